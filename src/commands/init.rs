@@ -1,0 +1,180 @@
+//! `git loop init`: write a commented `policy.toml` and the prompt template.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::cli::Ctx;
+use crate::git::Repo;
+use crate::policy::{self, Policy, toml_string};
+
+/// Set up git-loop in this repository.
+///
+/// Writes a commented policy.toml at the root of the working tree and the prompt template
+/// loop/PROMPT.md. Files that exist are left as they are unless --force is given. The target
+/// branch is the one checked out; the remote is `origin` when there is one. Commit both files:
+/// the loop reads them from Git, and a fresh clone must see them.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Overwrite policy.toml and loop/PROMPT.md if they exist
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
+    let repo = ctx.repo()?;
+    let root = repo.require_workdir()?;
+    let policy_text = policy_template(&repo, &root);
+    // The template must always be a valid policy; refuse to write one that is not.
+    Policy::parse(&policy_text, policy::FILE)?;
+
+    let files = [
+        (policy::FILE, policy_text),
+        ("loop/PROMPT.md", PROMPT_TEMPLATE.to_string()),
+    ];
+    let mut wrote = Vec::new();
+    for (rel, text) in &files {
+        let path = root.join(rel);
+        if path.exists() && !args.force {
+            eprintln!("{rel} exists; left as it is (--force overwrites it)");
+            continue;
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        writeln!(ctx.out, "wrote {rel}")?;
+        wrote.push(*rel);
+    }
+    if !wrote.is_empty() {
+        eprintln!(
+            "hint: review them, then commit: git add {} && git commit -m \"Set up git-loop\"",
+            wrote.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn policy_template(repo: &Repo, root: &Path) -> String {
+    let target = repo.head_branch().unwrap_or_else(|| "main".to_string());
+    let remote = if repo.remote_names().iter().any(|r| r == "origin") {
+        "remote = \"origin\"            # omit for a local-only loop".to_string()
+    } else {
+        "# remote = \"origin\"          # set to push promotions to a remote".to_string()
+    };
+    let gate = guess_gate(root)
+        .map(|argv| {
+            format!(
+                "commands = [[{}]]",
+                argv.iter()
+                    .map(|a| toml_string(a))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .unwrap_or_else(|| "commands = []                 # e.g. [[\"make\", \"test\"]]".into());
+    POLICY_TEMPLATE
+        .replace("{target}", &toml_string(&target))
+        .replace("{remote}", &remote)
+        .replace("{gate}", &gate)
+}
+
+/// The test command a project of this shape most likely uses.
+fn guess_gate(root: &Path) -> Option<Vec<&'static str>> {
+    let has = |f: &str| root.join(f).exists();
+    if has("Cargo.toml") {
+        Some(vec!["cargo", "test"])
+    } else if has("go.mod") {
+        Some(vec!["go", "test", "./..."])
+    } else if has("package.json") {
+        Some(vec!["npm", "test"])
+    } else if has("pyproject.toml") || has("setup.py") {
+        Some(vec!["python3", "-m", "pytest"])
+    } else {
+        None
+    }
+}
+
+const POLICY_TEMPLATE: &str = r#"# git-loop policy. Commit this file: the loop reads it from Git.
+# Durations are written like "30s", "45m", "2h" or "1h30m".
+
+[loop]
+target = {target}              # the branch that finished work is promoted into
+{remote}
+batch = "default"             # tasks join this batch unless `task add --batch` says otherwise
+workers = 1                   # agents running at once
+completion_token = "LOOP_DONE" # what the agent prints when it believes it is done
+
+[agent]
+# The agent's argv. Never run through a shell unless you write one.
+# Placeholders: {prompt_file} {task_id} {worktree} {branch} {attempt}
+command = ["claude", "-p", "--output-format", "text", "@{prompt_file}"]
+prompt = "loop/PROMPT.md"     # tracked template of the prompt
+timeout = "45m"               # wall time for one run
+stall_timeout = "10m"         # no output and no commit for this long: stalled
+tail_bytes = 65536            # how much output the run record keeps
+exit_grace = "30s"            # still running this long after the token: ended
+quota_patterns = ["rate limit", "usage limit", "429"]
+quota_exit_codes = []
+quota_cooldown = "10m"        # first wait after a quota hit; doubles while it persists
+
+[triage]
+min_body_chars = 140          # thinner tasks are held as blocked: thin_task
+require_acceptance = true     # the body must say how done is checked
+
+[gate]                        # protected: the agent's branch may not change it
+{gate}
+timeout = "20m"
+
+[review]                      # protected; optional second-model reviewer
+command = []
+
+[promote]
+strategy = "no-ff"            # "ff-only" | "no-ff" | "squash"
+guard_target = true           # the pre-push hook refuses direct pushes to the target
+delete_remote_branch = true
+
+[verify]                      # protected; run on the promoted target
+commands = []
+
+[retry]
+initial = "30s"
+max = "30m"
+multiplier = 2.0
+max_attempts = 5
+same_signature = 3            # the same failure this often in a row: needs_rework
+escalate_after = 2            # rounds of attempts before a person is asked
+cooloff = "1h"                # wait after attempts_exhausted before the next round
+
+[breaker]
+failures = 3
+open_for = "15m"
+probes = 1
+
+[lease]
+ttl = "60m"
+heartbeat = "30s"
+
+[runtime]                     # files that must exist AND be tracked
+manifest = ["policy.toml", "loop/PROMPT.md"]
+"#;
+
+const PROMPT_TEMPLATE: &str = r#"You are working on one task of a backlog, in a Git worktree of your own, on the
+branch {branch}. This is attempt {attempt}.
+
+# Task {id}: {title}
+
+{body}
+
+{context}
+
+# How to work
+
+- Make the change the task asks for, with tests, and commit it on this branch.
+  Uncommitted work is not judged.
+- Do not edit policy.toml: the gates that judge your work are not yours to change.
+- If you find other work that needs doing, file it instead of doing it:
+  `git loop task add "TITLE" --from {id} --body "..."`.
+- When the work is committed and you believe it is complete, print {token} on a
+  line of its own. The gates decide whether it is done, not you.
+"#;

@@ -1,0 +1,135 @@
+//! `git loop task add`
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::cli::Ctx;
+use crate::commands::{policy, read_body};
+use crate::ids;
+use crate::policy::{DEFAULT_BATCH, TriageSection};
+use crate::store::Store;
+use crate::task::{self, State, Task, check_name, check_title, reason};
+use crate::time::Timestamp;
+
+/// File a task; prints its id alone on standard output.
+///
+/// A task whose body is thinner than policy.toml's [triage] asks (too short, or not saying how
+/// done is checked) is stored, but held as `blocked: thin_task` until it is edited.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// What is to be done, in one line
+    title: String,
+
+    /// The details: what, why, and how done is checked
+    #[arg(long, conflicts_with = "body_file")]
+    body: Option<String>,
+
+    /// Read the body from FILE (`-` for standard input)
+    #[arg(long, value_name = "FILE")]
+    body_file: Option<PathBuf>,
+
+    /// Run only after task ID is done (repeatable)
+    #[arg(long, value_name = "ID")]
+    after: Vec<String>,
+
+    /// The batch the task belongs to [default: policy's loop.batch]
+    #[arg(long, value_name = "B")]
+    batch: Option<String>,
+
+    /// Higher runs first; ties go to the older task
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    priority: i64,
+
+    /// Never run at the same time as another task of this mutex group
+    #[arg(long, value_name = "NAME")]
+    mutex: Option<String>,
+
+    /// The task this one was discovered from
+    #[arg(long, value_name = "ID")]
+    from: Option<String>,
+}
+
+pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
+    let repo = ctx.repo()?;
+    let policy = policy(&repo)?;
+    check_title(&args.title)?;
+    let body = read_body(args.body, args.body_file.as_deref())?.unwrap_or_default();
+    let batch = args
+        .batch
+        .or_else(|| policy.as_ref().map(|p| p.loop_.batch.clone()))
+        .unwrap_or_else(|| DEFAULT_BATCH.to_string());
+    check_name("batch", &batch)?;
+    if let Some(m) = &args.mutex {
+        check_name("mutex", m)?;
+    }
+
+    let store = Store::new(&repo);
+    let existing = store.ids()?;
+    let refs: Vec<&str> = existing.iter().map(String::as_str).collect();
+    let mut after = Vec::new();
+    for prefix in &args.after {
+        let id = ids::resolve(prefix, &refs)?.to_string();
+        if !after.contains(&id) {
+            after.push(id);
+        }
+    }
+    let discovered_from = args
+        .from
+        .as_deref()
+        .map(|p| ids::resolve(p, &refs).map(str::to_string))
+        .transpose()?;
+
+    let triage = policy
+        .as_ref()
+        .map(|p| p.triage.clone())
+        .unwrap_or_else(TriageSection::default);
+    let (state, reason, detail) = match task::triage(&body, &triage) {
+        Some(why) => (
+            State::Blocked,
+            Some(reason::THIN_TASK.to_string()),
+            Some(why),
+        ),
+        None => (State::Ready, None, None),
+    };
+    let id = ids::generate(&refs);
+    let now = Timestamp::now();
+    let task = Task {
+        branch: format!("loop/{}", &id[..ids::MIN_SHORT]),
+        id,
+        title: args.title,
+        state,
+        reason,
+        detail,
+        batch,
+        priority: args.priority,
+        after,
+        mutex: args.mutex,
+        attempts: 0,
+        next_at: None,
+        signatures: Vec::new(),
+        discovered_from,
+        created: now,
+        updated: now,
+        promoted_commit: None,
+        body,
+    };
+    store.create(&task)?;
+    if task.state == State::Blocked {
+        eprintln!(
+            "held as blocked: thin_task: {}",
+            task.detail.as_deref().unwrap_or_default()
+        );
+        eprintln!(
+            "hint: `git loop task edit {} --body-file FILE` re-arms it",
+            &task.id[..ids::MIN_SHORT]
+        );
+    }
+    writeln!(ctx.out, "{}", task.id)?;
+    Ok(())
+}

@@ -1,0 +1,439 @@
+//! Git access in one place: opening the repository, reading refs and objects, writing objects,
+//! and compare-and-swap ref transactions, all through gix. Nothing outside this module names a
+//! gix type other than `ObjectId`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use gix::ObjectId;
+use gix::bstr::ByteSlice;
+use gix::refs::Target;
+use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
+
+use crate::error::{Class, LoopError};
+
+/// Name and e-mail used when the repository configures no identity.
+pub const FALLBACK_NAME: &str = "git-loop";
+pub const FALLBACK_EMAIL: &str = "git-loop@localhost";
+
+/// An open repository.
+pub struct Repo {
+    repo: gix::Repository,
+}
+
+/// One edit of a compare-and-swap transaction. All edits of a transaction succeed or none does.
+#[derive(Clone, Debug)]
+pub enum Cas {
+    /// Create `name` at `new`; it must not exist.
+    Create { name: String, new: ObjectId },
+    /// Move `name` from exactly `old` to `new`.
+    Update {
+        name: String,
+        old: ObjectId,
+        new: ObjectId,
+    },
+    /// Delete `name`, which must be exactly `old`.
+    Delete { name: String, old: ObjectId },
+    /// Require `name` to still be exactly `old`, without changing it.
+    Verify { name: String, old: ObjectId },
+}
+
+/// What became of a compare-and-swap transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CasOutcome {
+    Applied,
+    /// Some expectation did not hold (or a ref was locked by another writer): nothing changed.
+    Lost,
+}
+
+/// A ref and what it points at.
+#[derive(Clone, Debug)]
+pub struct RefTip {
+    pub name: String,
+    /// `None` for a symbolic ref.
+    pub id: Option<ObjectId>,
+}
+
+/// What a ref's commit chain looks like, one commit at a time.
+#[derive(Clone, Debug)]
+pub struct CommitInfo {
+    pub id: ObjectId,
+    pub tree: ObjectId,
+    pub parents: Vec<ObjectId>,
+    pub time: i64,
+    pub author: String,
+    pub message: String,
+}
+
+/// The kind of an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Commit,
+    Tree,
+    Blob,
+    Tag,
+}
+
+impl Repo {
+    /// Opens the repository that contains `dir`, honouring `GIT_DIR` and friends.
+    pub fn discover(dir: &Path) -> Result<Repo> {
+        let repo = gix::ThreadSafeRepository::discover_with_environment_overrides(dir)
+            .map_err(|e| {
+                LoopError::new(
+                    Class::Config,
+                    format!(
+                        "not a git repository (or any parent up to /): {}",
+                        dir.display()
+                    ),
+                )
+                .with_hint(format!("run git-loop inside a git repository ({e})"))
+            })?
+            .to_thread_local();
+        Repo::checked(repo)
+    }
+
+    /// Opens the repository at `dir` exactly (a `.git` dir, a bare repository or a work tree).
+    pub fn open(dir: &Path) -> Result<Repo> {
+        let repo = gix::open(dir).map_err(|e| {
+            LoopError::new(
+                Class::Config,
+                format!("not a git repository: {} ({e})", dir.display()),
+            )
+        })?;
+        Repo::checked(repo)
+    }
+
+    fn checked(mut repo: gix::Repository) -> Result<Repo> {
+        let storage = repo
+            .config_snapshot()
+            .string("extensions.refStorage")
+            .map(|s| s.to_str_lossy().into_owned());
+        if let Some(storage) = storage
+            && !storage.eq_ignore_ascii_case("files")
+        {
+            return Err(LoopError::new(
+                Class::Config,
+                format!(
+                    "this repository stores its refs as {storage}; git-loop supports only the files backend"
+                ),
+            )
+            .with_hint(
+                "git-loop's refs would be invisible to git here; use a repository made with \
+                 `git init --ref-format=files`, or convert with `git refs migrate --ref-format=files`",
+            )
+            .into());
+        }
+        repo.committer_or_set_fallback(FALLBACK_NAME, FALLBACK_EMAIL)
+            .context("setting up the committer identity")?;
+        // Objects of small state documents are read many times over; let gix cache them.
+        repo.object_cache_size_if_unset(4 * 1024 * 1024);
+        Ok(Repo { repo })
+    }
+
+    /// The root of the working tree, if the repository has one.
+    pub fn workdir(&self) -> Option<&Path> {
+        self.repo.workdir()
+    }
+
+    /// The root of the working tree, or a `config` error in a bare repository.
+    pub fn require_workdir(&self) -> Result<PathBuf> {
+        self.workdir().map(Path::to_path_buf).ok_or_else(|| {
+            LoopError::new(
+                Class::Config,
+                "this command needs a working tree, not a bare repository",
+            )
+            .into()
+        })
+    }
+
+    /// The directory shared by all worktrees (`git rev-parse --git-common-dir`).
+    pub fn common_dir(&self) -> &Path {
+        self.repo.common_dir()
+    }
+
+    /// The short name of the branch `HEAD` points at, if any (even if it has no commits yet).
+    pub fn head_branch(&self) -> Option<String> {
+        let name = self.repo.head_name().ok()??;
+        name.as_bstr()
+            .to_str()
+            .ok()
+            .and_then(|n| n.strip_prefix("refs/heads/"))
+            .map(str::to_string)
+    }
+
+    /// The names of the configured remotes.
+    pub fn remote_names(&self) -> Vec<String> {
+        self.repo
+            .remote_names()
+            .into_iter()
+            .map(|n| n.to_str_lossy().into_owned())
+            .collect()
+    }
+
+    /// A config value as a string.
+    pub fn config_string(&self, key: &str) -> Option<String> {
+        self.repo
+            .config_snapshot()
+            .string(key)
+            .map(|v| v.to_str_lossy().into_owned())
+    }
+
+    /// What the direct ref `name` points at, if it exists.
+    pub fn read_ref(&self, name: &str) -> Result<Option<ObjectId>> {
+        let Some(r) = self
+            .repo
+            .try_find_reference(name)
+            .with_context(|| format!("reading ref {name}"))?
+        else {
+            return Ok(None);
+        };
+        Ok(match r.target() {
+            gix::refs::TargetRef::Object(id) => Some(id.to_owned()),
+            gix::refs::TargetRef::Symbolic(_) => None,
+        })
+    }
+
+    /// All refs under `prefix` (which ends in `/`), sorted by name.
+    pub fn refs_under(&self, prefix: &str) -> Result<Vec<RefTip>> {
+        let platform = self.repo.references().context("listing refs")?;
+        let iter = platform
+            .prefixed(prefix.as_bytes())
+            .with_context(|| format!("listing refs under {prefix}"))?;
+        let mut out = Vec::new();
+        for r in iter {
+            let r = r.map_err(|e| anyhow::anyhow!("reading a ref under {prefix}: {e}"))?;
+            let name = r.name().as_bstr().to_str_lossy().into_owned();
+            let id = match r.target() {
+                gix::refs::TargetRef::Object(id) => Some(id.to_owned()),
+                gix::refs::TargetRef::Symbolic(_) => None,
+            };
+            out.push(RefTip { name, id });
+        }
+        Ok(out)
+    }
+
+    /// Applies all `edits` atomically, each under the ref's lock with its expectation checked.
+    pub fn cas(&self, edits: &[Cas]) -> Result<CasOutcome> {
+        let log = || LogChange {
+            mode: RefLog::AndReference,
+            force_create_reflog: false,
+            message: "git-loop".into(),
+        };
+        let mut ref_edits = Vec::with_capacity(edits.len());
+        for edit in edits {
+            let (name, change) = match edit {
+                Cas::Create { name, new } => (
+                    name,
+                    Change::Update {
+                        log: log(),
+                        expected: PreviousValue::MustNotExist,
+                        new: Target::Object(*new),
+                    },
+                ),
+                Cas::Update { name, old, new } => (
+                    name,
+                    Change::Update {
+                        log: log(),
+                        expected: PreviousValue::MustExistAndMatch(Target::Object(*old)),
+                        new: Target::Object(*new),
+                    },
+                ),
+                Cas::Verify { name, old } => (
+                    name,
+                    Change::Update {
+                        log: log(),
+                        expected: PreviousValue::MustExistAndMatch(Target::Object(*old)),
+                        new: Target::Object(*old),
+                    },
+                ),
+                Cas::Delete { name, old } => (
+                    name,
+                    Change::Delete {
+                        expected: PreviousValue::MustExistAndMatch(Target::Object(*old)),
+                        log: RefLog::AndReference,
+                    },
+                ),
+            };
+            ref_edits.push(RefEdit {
+                change,
+                name: name
+                    .as_str()
+                    .try_into()
+                    .with_context(|| format!("invalid ref name {name:?}"))?,
+                deref: false,
+            });
+        }
+        // `MustNotExist` also succeeds when the ref already holds the new value; a create of
+        // an object that cannot exist elsewhere (a fresh commit) makes that harmless.
+        match self.repo.edit_references(ref_edits) {
+            Ok(_) => Ok(CasOutcome::Applied),
+            Err(e) if e.is_conflict() || e.is_retryable() || is_lock_failure(&e) => {
+                tracing::debug!("compare-and-swap lost: {e:#}");
+                Ok(CasOutcome::Lost)
+            }
+            Err(e) => Err(anyhow::anyhow!("updating refs: {e:#}")),
+        }
+    }
+
+    /// Writes a blob.
+    pub fn write_blob(&self, bytes: &[u8]) -> Result<ObjectId> {
+        Ok(self
+            .repo
+            .write_blob(bytes)
+            .context("writing a blob")?
+            .detach())
+    }
+
+    /// Writes a tree: `base` (or the empty tree) with blobs put at the given `/`-separated paths.
+    pub fn write_tree(
+        &self,
+        base: Option<ObjectId>,
+        files: &[(&str, ObjectId)],
+    ) -> Result<ObjectId> {
+        let mut editor = match base {
+            Some(tree) => self.repo.edit_tree(tree).context("starting a tree")?,
+            None => self.repo.empty_tree().edit().context("starting a tree")?,
+        };
+        for (path, id) in files {
+            editor
+                .upsert(*path, gix::object::tree::EntryKind::Blob, *id)
+                .with_context(|| format!("adding {path} to a tree"))?;
+        }
+        Ok(editor.write().context("writing a tree")?.detach())
+    }
+
+    /// Writes a commit with the repository's identity (or the fallback one).
+    pub fn write_commit(
+        &self,
+        message: &str,
+        tree: ObjectId,
+        parents: &[ObjectId],
+    ) -> Result<ObjectId> {
+        let committer = self
+            .repo
+            .committer()
+            .context("no committer identity")?
+            .context("reading the committer identity")?;
+        let commit = self
+            .repo
+            .new_commit_as(committer, committer, message, tree, parents.iter().copied())
+            .context("writing a commit")?;
+        Ok(commit.id)
+    }
+
+    /// The tree of commit `id`, or `Err(kind)` when `id` is not a commit (`None`: missing).
+    pub fn commit_tree(&self, id: ObjectId) -> Result<std::result::Result<ObjectId, Option<Kind>>> {
+        let object = match self.repo.try_find_object(id) {
+            Ok(Some(o)) => o,
+            Ok(None) => return Ok(Err(None)),
+            Err(e) => return Err(anyhow::anyhow!("reading object {id}: {e}")),
+        };
+        if object.kind != gix::object::Kind::Commit {
+            return Ok(Err(self.kind(id)?));
+        }
+        let commit = object.into_commit();
+        Ok(Ok(commit
+            .tree_id()
+            .with_context(|| format!("decoding commit {id}"))?
+            .detach()))
+    }
+
+    /// The kind of an object, or `None` if it does not exist.
+    pub fn kind(&self, id: ObjectId) -> Result<Option<Kind>> {
+        let header = match self.repo.try_find_header(id) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(anyhow::anyhow!("reading object {id}: {e}")),
+        };
+        Ok(Some(match header.kind() {
+            gix::object::Kind::Commit => Kind::Commit,
+            gix::object::Kind::Tree => Kind::Tree,
+            gix::object::Kind::Blob => Kind::Blob,
+            gix::object::Kind::Tag => Kind::Tag,
+        }))
+    }
+
+    /// A commit's tree, parents, time, author and message.
+    pub fn commit_info(&self, id: ObjectId) -> Result<CommitInfo> {
+        let commit = self
+            .repo
+            .find_commit(id)
+            .with_context(|| format!("{id} is not a commit"))?;
+        let decoded = commit
+            .decode()
+            .with_context(|| format!("decoding commit {id}"))?;
+        Ok(CommitInfo {
+            id,
+            tree: decoded.tree(),
+            parents: decoded.parents().collect(),
+            time: decoded.committer().map(|c| c.seconds()).unwrap_or(0),
+            author: decoded
+                .author()
+                .map(|a| a.name.to_str_lossy().into_owned())
+                .unwrap_or_default(),
+            message: decoded.message.to_str_lossy().into_owned(),
+        })
+    }
+
+    /// The blob at `name` directly inside `tree`, if there is one.
+    pub fn tree_blob(&self, tree: ObjectId, name: &str) -> Result<Option<Vec<u8>>> {
+        let tree = self
+            .repo
+            .find_tree(tree)
+            .with_context(|| format!("{tree} is not a tree"))?;
+        let Some(entry) = tree.find_entry(name) else {
+            return Ok(None);
+        };
+        if !entry.mode().is_blob() {
+            return Ok(None);
+        }
+        let id = entry.object_id();
+        let blob = self
+            .repo
+            .find_blob(id)
+            .with_context(|| format!("reading {name} ({id})"))?;
+        Ok(Some(blob.data.clone()))
+    }
+
+    /// The blobs directly inside the sub-tree `dir` of `tree`, by file name.
+    pub fn tree_dir_blobs(&self, tree: ObjectId, dir: &str) -> Result<Vec<(String, ObjectId)>> {
+        let tree = self
+            .repo
+            .find_tree(tree)
+            .with_context(|| format!("{tree} is not a tree"))?;
+        let Some(entry) = tree.find_entry(dir) else {
+            return Ok(Vec::new());
+        };
+        if !entry.mode().is_tree() {
+            return Ok(Vec::new());
+        }
+        let sub = self
+            .repo
+            .find_tree(entry.object_id())
+            .with_context(|| format!("reading {dir}/"))?;
+        let mut out = Vec::new();
+        for e in sub.iter() {
+            let e = e.with_context(|| format!("reading {dir}/"))?;
+            if e.mode().is_blob() {
+                out.push((e.filename().to_str_lossy().into_owned(), e.object_id()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The bytes of a blob.
+    pub fn blob(&self, id: ObjectId) -> Result<Vec<u8>> {
+        Ok(self
+            .repo
+            .find_blob(id)
+            .with_context(|| format!("reading blob {id}"))?
+            .data
+            .clone())
+    }
+}
+
+fn is_lock_failure(e: &gix::Error) -> bool {
+    // A ref locked by another writer past `core.filesRefLockTimeout` is a lost race too.
+    let text = format!("{e:#}");
+    text.contains("lock") && (text.contains("already") || text.contains("acquire"))
+}

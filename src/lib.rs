@@ -1,0 +1,18 @@
+//! git-loop: run coding agents unattended over a Git repository, with all state in Git.
+//!
+//! The binary's `main` calls [`cli::main`]; everything else lives here. Commands are in
+//! [`commands`], one module each; the domain (policy, task store, graph) in modules named for
+//! what they are; Git access only through [`git`].
+
+pub mod cli;
+pub mod commands;
+pub mod error;
+pub mod git;
+pub mod graph;
+pub mod ids;
+pub mod output;
+pub mod policy;
+pub mod rand;
+pub mod store;
+pub mod task;
+pub mod time;

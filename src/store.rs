@@ -1,0 +1,321 @@
+//! The task store (SPEC §3, §4): one ref per task, `refs/loop/tasks/<id>`, pointing at a commit
+//! chain. Each commit's tree holds `task.toml` (the document), `body.md` (the body, byte for
+//! byte) and `runs/` (run records); its message names the transition; its first parent is the
+//! previous state. Every write is a compare-and-swap on the ref, through [`Repo::cas`], so a
+//! remote-backed compare-and-swap can replace the local one without touching the commands.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use gix::ObjectId;
+
+use crate::error::{Class, LoopError};
+use crate::git::{Cas, CasOutcome, CommitInfo, Kind, Repo};
+use crate::ids;
+use crate::task::Task;
+use crate::time::Timestamp;
+
+pub const TASK_REFS: &str = "refs/loop/tasks/";
+const DOC: &str = "task.toml";
+const BODY: &str = "body.md";
+const RUNS: &str = "runs";
+
+/// How many lost races an update survives before it gives up with a `transient` error.
+const MAX_TRIES: u32 = 100;
+
+pub fn task_ref(id: &str) -> String {
+    format!("{TASK_REFS}{id}")
+}
+
+/// One task as listed: its ref, and its document or why it could not be read.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub ref_name: String,
+    /// The ref name's last component (the full id for a well-formed ref).
+    pub id: String,
+    pub tip: Option<ObjectId>,
+    pub task: std::result::Result<Task, String>,
+}
+
+/// A task read with its body, and the commit it was read from.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub task: Task,
+    pub commit: ObjectId,
+    pub tree: ObjectId,
+}
+
+/// What an edit wants written.
+pub struct Edit {
+    /// The commit message: the transition, e.g. `ready -> human_gated: gated by a person`.
+    pub message: String,
+    /// Other refs that must still hold these values for the write to count (read locks).
+    pub verify: Vec<(String, ObjectId)>,
+}
+
+impl Edit {
+    pub fn new(message: impl Into<String>) -> Self {
+        Edit {
+            message: message.into(),
+            verify: Vec::new(),
+        }
+    }
+}
+
+/// What an update did.
+#[derive(Debug)]
+pub enum Updated {
+    Changed(Task),
+    /// The edit would have changed nothing, so nothing was written.
+    Unchanged(Task),
+}
+
+pub struct Store<'r> {
+    repo: &'r Repo,
+}
+
+impl<'r> Store<'r> {
+    pub fn new(repo: &'r Repo) -> Self {
+        Store { repo }
+    }
+
+    /// Every task ref, with its document (without the body) or why it is corrupt.
+    pub fn list(&self) -> Result<Vec<Listed>> {
+        let refs = self.repo.refs_under(TASK_REFS)?;
+        let mut out = Vec::with_capacity(refs.len());
+        for r in refs {
+            let id = r.name[TASK_REFS.len()..].to_string();
+            let task = match r.id {
+                None => Err("a symbolic ref, not a task".to_string()),
+                Some(tip) => self.read(&id, tip, false).map(|s| s.task),
+            };
+            out.push(Listed {
+                ref_name: r.name,
+                id,
+                tip: r.id,
+                task,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The ids of all task refs (well-formed or not).
+    pub fn ids(&self) -> Result<Vec<String>> {
+        Ok(self
+            .repo
+            .refs_under(TASK_REFS)?
+            .into_iter()
+            .map(|r| r.name[TASK_REFS.len()..].to_string())
+            .collect())
+    }
+
+    /// Resolves a unique id prefix to a full id.
+    pub fn resolve(&self, prefix: &str) -> Result<String> {
+        let ids = self.ids()?;
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        Ok(ids::resolve(prefix, &refs)?.to_string())
+    }
+
+    /// Reads one task with its body; a corrupt task is a `config` error naming its ref.
+    pub fn load(&self, id: &str) -> Result<Stored> {
+        let name = task_ref(id);
+        let tip = self.repo.read_ref(&name)?.ok_or_else(|| {
+            LoopError::new(Class::Usage, format!("no task {id}"))
+                .with_hint("`git loop task list` shows the ids")
+        })?;
+        self.read(id, tip, true).map_err(|why| {
+            LoopError::new(Class::Config, format!("task ref {name} is corrupt: {why}"))
+                .with_hint(format!(
+                    "inspect it with `git log {name}`; point it back at a good commit with \
+                     `git update-ref {name} <commit>`, or delete it with `git update-ref -d {name}`"
+                ))
+                .into()
+        })
+    }
+
+    /// Reads the document (and optionally the body) at commit `tip`; `Err` says why it is corrupt.
+    fn read(
+        &self,
+        id: &str,
+        tip: ObjectId,
+        with_body: bool,
+    ) -> std::result::Result<Stored, String> {
+        let tree = match self.repo.commit_tree(tip) {
+            Ok(Ok(tree)) => tree,
+            Ok(Err(Some(kind))) => {
+                return Err(format!("it points at a {}, not a commit", kind_name(kind)));
+            }
+            Ok(Err(None)) => return Err(format!("it points at {tip}, which does not exist")),
+            Err(e) => return Err(format!("{e:#}")),
+        };
+        let doc = match self.repo.tree_blob(tree, DOC) {
+            Ok(Some(doc)) => doc,
+            Ok(None) => return Err(format!("commit {tip} holds no {DOC}")),
+            Err(e) => return Err(format!("{e:#}")),
+        };
+        let text = String::from_utf8(doc).map_err(|_| format!("{DOC} is not UTF-8"))?;
+        let mut task = Task::from_toml(&text).map_err(|e| format!("{DOC} does not parse: {e}"))?;
+        if task.id != id {
+            return Err(format!("{DOC} names the task {}", task.id));
+        }
+        if with_body {
+            let body = self
+                .repo
+                .tree_blob(tree, BODY)
+                .map_err(|e| format!("{e:#}"))?
+                .unwrap_or_default();
+            task.body = String::from_utf8(body).map_err(|_| format!("{BODY} is not UTF-8"))?;
+        }
+        Ok(Stored {
+            task,
+            commit: tip,
+            tree,
+        })
+    }
+
+    /// Writes a new task. Its id must be new.
+    pub fn create(&self, task: &Task) -> Result<ObjectId> {
+        let commit = self.write_state(task, None, &format!("created: {}", task.state_label()))?;
+        match self.repo.cas(&[Cas::Create {
+            name: task_ref(&task.id),
+            new: commit,
+        }])? {
+            CasOutcome::Applied => Ok(commit),
+            CasOutcome::Lost => Err(LoopError::new(
+                Class::Transient,
+                format!("could not create {}: its ref is busy", task_ref(&task.id)),
+            )
+            .with_hint("try again")
+            .into()),
+        }
+    }
+
+    /// Applies `edit` to the task by compare-and-swap. After a lost race the task is read again
+    /// and `edit` applied again; if it then refuses, the refusal is `transient` (exit 4): the
+    /// task changed under us. An edit that changes nothing writes nothing.
+    pub fn update(
+        &self,
+        id: &str,
+        mut edit: impl FnMut(&mut Task) -> Result<Edit>,
+    ) -> Result<Updated> {
+        let name = task_ref(id);
+        for attempt in 0..MAX_TRIES {
+            let current = self.load(id)?;
+            let mut task = current.task.clone();
+            let change = match edit(&mut task) {
+                Ok(change) => change,
+                Err(e) if attempt > 0 && is_refusal(&e) => {
+                    let why = crate::error::find(&e)
+                        .map(|l| l.message.clone())
+                        .unwrap_or_default();
+                    return Err(LoopError::new(
+                        Class::Transient,
+                        format!("task {id} changed while it was being edited: {why}"),
+                    )
+                    .into());
+                }
+                Err(e) => return Err(e),
+            };
+            if task == current.task {
+                return Ok(Updated::Unchanged(task));
+            }
+            task.updated = Timestamp::now().max(Timestamp(current.task.updated.0 + 1));
+            let commit = self.write_state(&task, Some(&current), &change.message)?;
+            let mut edits = vec![Cas::Update {
+                name: name.clone(),
+                old: current.commit,
+                new: commit,
+            }];
+            edits.extend(
+                change
+                    .verify
+                    .into_iter()
+                    .filter(|(n, _)| *n != name)
+                    .map(|(name, old)| Cas::Verify { name, old }),
+            );
+            match self.repo.cas(&edits)? {
+                CasOutcome::Applied => return Ok(Updated::Changed(task)),
+                CasOutcome::Lost => {
+                    let cap_ms = 20u64.min(1 << attempt.min(5));
+                    std::thread::sleep(Duration::from_micros(crate::rand::below_or_equal(
+                        cap_ms * 1000,
+                    )));
+                }
+            }
+        }
+        Err(LoopError::new(
+            Class::Transient,
+            format!("gave up updating task {id} after {MAX_TRIES} lost races with other writers"),
+        )
+        .with_hint("try again; something else is writing this task continuously")
+        .into())
+    }
+
+    fn write_state(
+        &self,
+        task: &Task,
+        previous: Option<&Stored>,
+        message: &str,
+    ) -> Result<ObjectId> {
+        let doc = self.repo.write_blob(task.to_toml()?.as_bytes())?;
+        let mut files = vec![(DOC, doc)];
+        if previous.is_none_or(|p| p.task.body != task.body) {
+            files.push((BODY, self.repo.write_blob(task.body.as_bytes())?));
+        }
+        let tree = self.repo.write_tree(previous.map(|p| p.tree), &files)?;
+        let parents: Vec<ObjectId> = previous.map(|p| p.commit).into_iter().collect();
+        let message = format!("{message}\n\nLoop-Task: {}\n", task.id);
+        self.repo.write_commit(&message, tree, &parents)
+    }
+
+    /// The task's history: its ref's first-parent chain, newest first.
+    pub fn history(&self, id: &str) -> Result<Vec<CommitInfo>> {
+        let Some(tip) = self.repo.read_ref(&task_ref(id))? else {
+            return Ok(Vec::new());
+        };
+        chain(self.repo, tip)
+    }
+
+    /// The run records stored with a task state, by file name, as TOML tables.
+    pub fn runs(&self, stored: &Stored) -> Result<Vec<(String, toml::Table)>> {
+        let mut out = Vec::new();
+        for (name, blob) in self.repo.tree_dir_blobs(stored.tree, RUNS)? {
+            let bytes = self.repo.blob(blob)?;
+            let table = String::from_utf8(bytes)
+                .ok()
+                .and_then(|t| t.parse::<toml::Table>().ok())
+                .unwrap_or_default();
+            out.push((name, table));
+        }
+        Ok(out)
+    }
+}
+
+/// A ref's first-parent chain from `tip`, newest first.
+pub fn chain(repo: &Repo, tip: ObjectId) -> Result<Vec<CommitInfo>> {
+    let mut out = Vec::new();
+    let mut next = Some(tip);
+    while let Some(id) = next {
+        let info = repo.commit_info(id)?;
+        next = info.parents.first().copied();
+        out.push(info);
+    }
+    Ok(out)
+}
+
+/// An edit that declined to apply (as opposed to failing to read or write).
+fn is_refusal(e: &anyhow::Error) -> bool {
+    matches!(
+        crate::error::class_of(e),
+        Class::Usage | Class::Generic | Class::Policy
+    ) && crate::error::find(e).is_some()
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Commit => "commit",
+        Kind::Tree => "tree",
+        Kind::Blob => "blob",
+        Kind::Tag => "tag",
+    }
+}

@@ -1,0 +1,265 @@
+//! The task document (SPEC §3): what a task is, its states, and the rules every write obeys.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Class, LoopError};
+use crate::policy::TriageSection;
+use crate::time::Timestamp;
+
+/// Limits that keep a task document something every command can read quickly.
+pub const MAX_TITLE_BYTES: usize = 1024;
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// The states of SPEC §3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Ready,
+    Running,
+    AwaitingJudge,
+    NeedsRework,
+    QuotaWait,
+    Promoting,
+    Blocked,
+    HumanGated,
+    Done,
+    Cancelled,
+}
+
+impl State {
+    pub const ALL: [State; 10] = [
+        State::Ready,
+        State::Running,
+        State::AwaitingJudge,
+        State::NeedsRework,
+        State::QuotaWait,
+        State::Promoting,
+        State::Blocked,
+        State::HumanGated,
+        State::Done,
+        State::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Ready => "ready",
+            State::Running => "running",
+            State::AwaitingJudge => "awaiting_judge",
+            State::NeedsRework => "needs_rework",
+            State::QuotaWait => "quota_wait",
+            State::Promoting => "promoting",
+            State::Blocked => "blocked",
+            State::HumanGated => "human_gated",
+            State::Done => "done",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// States in which the loop itself owns the task (a worker, judge or promotion is on it).
+    pub fn is_owned_by_loop(self) -> bool {
+        matches!(
+            self,
+            State::Running | State::AwaitingJudge | State::Promoting
+        )
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Machine-readable reasons (SPEC §3).
+pub mod reason {
+    pub const THIN_TASK: &str = "thin_task";
+    pub const GATED: &str = "gated";
+}
+
+/// A task. The body is kept beside the document as its own blob (`body.md`), byte for byte.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub title: String,
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub batch: String,
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutex: Option<String>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovered_from: Option<String>,
+    pub branch: String,
+    pub created: Timestamp,
+    pub updated: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_commit: Option<String>,
+    #[serde(skip)]
+    pub body: String,
+}
+
+impl Task {
+    /// The document as stored (`task.toml`), without the body.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string(self)?)
+    }
+
+    /// Parses a stored document; the body is read separately.
+    pub fn from_toml(text: &str) -> Result<Task, String> {
+        let task: Task = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        if !crate::ids::is_full_id(&task.id) {
+            return Err(format!("bad id {:?}", task.id));
+        }
+        Ok(task)
+    }
+
+    pub fn set_state(&mut self, state: State, reason: Option<&str>, detail: Option<String>) {
+        self.state = state;
+        self.reason = reason.map(str::to_string);
+        self.detail = detail;
+    }
+
+    /// `state` or `state: reason`, for messages.
+    pub fn state_label(&self) -> String {
+        match &self.reason {
+            Some(r) => format!("{}: {r}", self.state),
+            None => self.state.to_string(),
+        }
+    }
+}
+
+/// Checks a title before it is stored.
+pub fn check_title(title: &str) -> Result<(), LoopError> {
+    if title.trim().is_empty() {
+        return Err(LoopError::new(Class::Usage, "the title must not be empty"));
+    }
+    if title.len() > MAX_TITLE_BYTES {
+        return Err(LoopError::new(
+            Class::Usage,
+            format!(
+                "the title is {} bytes long; titles are at most {MAX_TITLE_BYTES}",
+                title.len()
+            ),
+        )
+        .with_hint("put the details in the body (--body or --body-file)"));
+    }
+    Ok(())
+}
+
+/// Turns body bytes into text, refusing what cannot be stored faithfully.
+pub fn body_from_bytes(bytes: Vec<u8>) -> Result<String, LoopError> {
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(LoopError::new(
+            Class::Usage,
+            format!(
+                "the body is {} bytes long; bodies are at most {MAX_BODY_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        LoopError::new(
+            Class::Usage,
+            format!(
+                "the body is not valid UTF-8 (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+        .with_hint("task bodies are text; convert the file to UTF-8 first")
+    })
+}
+
+/// Checks a batch or mutex name: short, and free of spaces and control characters.
+pub fn check_name(what: &str, name: &str) -> Result<(), LoopError> {
+    if name.is_empty()
+        || name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(LoopError::new(
+            Class::Usage,
+            format!(
+                "{what} {:?} is not a valid name (1 to {MAX_NAME_CHARS} characters, no spaces or control characters)",
+                name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Why a body is too thin for `[triage]`, if it is.
+pub fn triage(body: &str, policy: &TriageSection) -> Option<String> {
+    let chars = body.trim().chars().count() as u64;
+    if chars < policy.min_body_chars {
+        return Some(format!(
+            "the body has {chars} characters; [triage] min_body_chars asks for {}",
+            policy.min_body_chars
+        ));
+    }
+    if policy.require_acceptance && !says_how_done_is_checked(body) {
+        return Some(
+            "the body does not say how done is checked; add a line such as \
+             `Acceptance: ...` or `Done when: ...`, or a checklist (`- [ ] ...`)"
+                .to_string(),
+        );
+    }
+    None
+}
+
+/// Words that, starting a line, introduce how a task's completion is checked.
+const ACCEPTANCE_MARKERS: &[&str] = &[
+    "acceptance",
+    "accepted when",
+    "done when",
+    "definition of done",
+    "success criteria",
+    "how to verify",
+    "verify",
+    "verification",
+    "verified by",
+    "test plan",
+    "tests",
+    "expected",
+];
+
+/// True when some line of `body` introduces acceptance criteria or is a checklist item.
+pub fn says_how_done_is_checked(body: &str) -> bool {
+    body.lines().any(|line| {
+        let trimmed = line.trim_start_matches(|c: char| {
+            c.is_whitespace() || matches!(c, '#' | '*' | '-' | '>' | '_' | '+')
+        });
+        let lower = trimmed.to_lowercase();
+        lower.starts_with("[ ]")
+            || lower.starts_with("[x]")
+            || ACCEPTANCE_MARKERS.iter().any(|m| lower.starts_with(m))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acceptance_markers() {
+        assert!(says_how_done_is_checked("## Acceptance\n- it works"));
+        assert!(says_how_done_is_checked("Done when: `cargo test` passes"));
+        assert!(says_how_done_is_checked("- [ ] the page renders"));
+        assert!(!says_how_done_is_checked("make it better somehow"));
+    }
+}

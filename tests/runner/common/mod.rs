@@ -1,0 +1,273 @@
+//! A hermetic test environment: real repositories in temp dirs, the real `git`, the real binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_git-loop");
+
+/// A body that passes the default `[triage]` (long enough, says how done is checked).
+pub const GOOD_BODY: &str = "Add a --verbose flag to the report command that prints each \
+    input file as it is read, so that slow inputs can be found quickly.\n\n\
+    Acceptance: `cargo test report_verbose` passes and the flag is documented in --help.";
+
+/// Sets the variables that make git and git-loop independent of the machine they run on.
+pub fn hermetic(cmd: &mut Command, home: &Path) {
+    for var in [
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_COMMON_DIR",
+        "GIT_LOOP_LOG",
+        "GIT_LOOP",
+        "EMAIL",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Test Author")
+        .env("GIT_AUTHOR_EMAIL", "author@example.com")
+        .env("GIT_COMMITTER_NAME", "Test Committer")
+        .env("GIT_COMMITTER_EMAIL", "committer@example.com")
+        .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+        .env("LC_ALL", "C")
+        .env("TZ", "UTC");
+}
+
+/// What a process did.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub raw_stdout: Vec<u8>,
+}
+
+impl Out {
+    fn from(o: Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            raw_stdout: o.stdout,
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+}
+
+pub struct TestRepo {
+    _tmp: TempDir,
+    pub root: PathBuf,
+    pub home: PathBuf,
+}
+
+impl TestRepo {
+    /// A repository on `main` with one commit.
+    pub fn new() -> TestRepo {
+        TestRepo::with_init(&["init", "-q", "-b", "main"])
+    }
+
+    /// A repository made by `git <init_args>` with one commit.
+    pub fn with_init(init_args: &[&str]) -> TestRepo {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let home = tmp.path().join("home");
+        let root = tmp.path().join("repo");
+        std::fs::create_dir_all(&home).expect("home");
+        std::fs::create_dir_all(&root).expect("repo");
+        let repo = TestRepo {
+            _tmp: tmp,
+            root,
+            home,
+        };
+        repo.git(init_args);
+        std::fs::write(repo.root.join("README"), "hello\n").expect("write");
+        repo.git(&["add", "README"]);
+        repo.git(&["commit", "-q", "-m", "initial"]);
+        repo
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) {
+        let path = self.root.join(rel);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("mkdir");
+        }
+        std::fs::write(path, contents).expect("write");
+    }
+
+    /// Runs git; panics unless it succeeds. Returns stdout.
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = self.git_out(args);
+        assert_eq!(out.code, 0, "git {args:?} failed: {}", out.stderr);
+        out.stdout
+    }
+
+    pub fn git_out(&self, args: &[&str]) -> Out {
+        let mut cmd = Command::new("git");
+        cmd.args(args).current_dir(&self.root);
+        hermetic(&mut cmd, &self.home);
+        Out::from(cmd.output().expect("run git"))
+    }
+
+    /// Runs git with `input` on stdin; panics unless it succeeds.
+    pub fn git_stdin(&self, args: &[&str], input: &[u8]) -> String {
+        let mut cmd = Command::new("git");
+        cmd.args(args).current_dir(&self.root);
+        hermetic(&mut cmd, &self.home);
+        let out = run_with_stdin(cmd, input);
+        assert_eq!(out.code, 0, "git {args:?} failed: {}", out.stderr);
+        out.stdout
+    }
+
+    /// A `git-loop` command in this repository, not yet run.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).current_dir(&self.root);
+        hermetic(&mut cmd, &self.home);
+        cmd
+    }
+
+    /// Runs git-loop and returns what it did, whatever its exit code.
+    pub fn run(&self, args: &[&str]) -> Out {
+        let mut cmd = self.cmd(args);
+        cmd.stdin(Stdio::null());
+        Out::from(cmd.output().expect("run git-loop"))
+    }
+
+    /// Runs git-loop with `input` on stdin.
+    pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Out {
+        run_with_stdin(self.cmd(args), input)
+    }
+
+    /// Runs git-loop; panics unless it exits 0. Returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.code, 0,
+            "git-loop {args:?} exited {}:\n{}",
+            out.code, out.stderr
+        );
+        out.stdout
+    }
+
+    /// Runs git-loop; panics unless it exits `code`. Returns what it did.
+    pub fn fails(&self, args: &[&str], code: i32) -> Out {
+        let out = self.run(args);
+        assert_eq!(
+            out.code, code,
+            "git-loop {args:?} exited {} (wanted {code}):\nstdout: {}\nstderr: {}",
+            out.code, out.stdout, out.stderr
+        );
+        out
+    }
+
+    /// Files a task with a body that passes triage; returns its full id.
+    pub fn add(&self, title: &str, extra: &[&str]) -> String {
+        let mut args = vec!["task", "add", title, "--body", GOOD_BODY];
+        args.extend_from_slice(extra);
+        let id = self.ok(&args).trim().to_string();
+        assert_eq!(id.len(), 32, "task add printed {id:?}");
+        id
+    }
+
+    /// The refs under `prefix`, as `name oid` lines.
+    pub fn refs(&self, prefix: &str) -> Vec<String> {
+        self.git(&["for-each-ref", "--format=%(refname) %(objectname)", prefix])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The commit a task ref points at.
+    pub fn task_tip(&self, id: &str) -> String {
+        self.git(&["rev-parse", &format!("refs/loop/tasks/{id}")])
+            .trim()
+            .to_string()
+    }
+
+    /// The stored `task.toml` of a task.
+    pub fn task_doc(&self, id: &str) -> String {
+        self.git(&[
+            "cat-file",
+            "blob",
+            &format!("refs/loop/tasks/{id}:task.toml"),
+        ])
+    }
+
+    /// Rewrites a task's document with plain git plumbing (as another tool might), replacing
+    /// the line that starts with `key =` (or appending it).
+    pub fn poke(&self, id: &str, key: &str, value: &str) {
+        let name = format!("refs/loop/tasks/{id}");
+        let old = self.task_tip(id);
+        let mut doc: Vec<String> = self
+            .task_doc(id)
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{key} =")))
+            .map(str::to_string)
+            .collect();
+        doc.insert(1, format!("{key} = {value}"));
+        let blob = self.git_stdin(
+            &["hash-object", "-w", "--stdin"],
+            (doc.join("\n") + "\n").as_bytes(),
+        );
+        let listing = self.git(&["ls-tree", &name]);
+        let tree_input: String = listing
+            .lines()
+            .map(|l| {
+                if l.ends_with("\ttask.toml") {
+                    format!("100644 blob {}\ttask.toml\n", blob.trim())
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        let tree = self.git_stdin(&["mktree"], tree_input.as_bytes());
+        let commit = self.git(&["commit-tree", tree.trim(), "-p", &old, "-m", "test: poke"]);
+        self.git(&["update-ref", &name, commit.trim(), &old]);
+    }
+
+    /// Sets a task's state with plain git, as a promotion would have.
+    pub fn set_state(&self, id: &str, state: &str) {
+        self.poke(id, "state", &format!("\"{state}\""));
+    }
+}
+
+fn run_with_stdin(mut cmd: Command, input: &[u8]) -> Out {
+    use std::io::Write;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = writer.join();
+    Out::from(out)
+}
+
+/// The ids in a JSON array of tasks, in order.
+pub fn ids_of(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .map(|t| t["id"].as_str().expect("id").to_string())
+        .collect()
+}

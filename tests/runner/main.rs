@@ -1,0 +1,8 @@
+//! The integration tests: one binary, real `git`, real repositories in temp dirs.
+
+mod common;
+mod test_bad_input;
+mod test_concurrency;
+mod test_graph;
+mod test_policy;
+mod test_tasks;
