@@ -4,6 +4,7 @@
 //! [`commands`], one module each; the domain (policy, task store, graph) in modules named for
 //! what they are; Git access only through [`git`].
 
+pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod error;

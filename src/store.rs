@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use gix::ObjectId;
 
+use crate::cache::TaskCache;
 use crate::error::{Class, LoopError};
 use crate::git::{Cas, CasOutcome, CommitInfo, Kind, Repo};
 use crate::ids;
@@ -80,22 +81,54 @@ impl<'r> Store<'r> {
     }
 
     /// Every task ref, with its document (without the body) or why it is corrupt.
+    ///
+    /// Documents come from the [`TaskCache`] when a ref still points at the commit an entry was
+    /// read from, and from Git otherwise. The documents read from Git are first gathered into
+    /// one buffer and parsed afterwards: interleaving long-lived allocations with the object
+    /// reads fragments the heap badly on large backlogs.
     pub fn list(&self) -> Result<Vec<Listed>> {
         let refs = self.repo.refs_under(TASK_REFS)?;
-        let mut out = Vec::with_capacity(refs.len());
-        for r in refs {
-            let id = r.name[TASK_REFS.len()..].to_string();
-            let task = match r.id {
-                None => Err("a symbolic ref, not a task".to_string()),
-                Some(tip) => self.read(&id, tip, false).map(|s| s.task),
-            };
-            out.push(Listed {
-                ref_name: r.name,
-                id,
-                tip: r.id,
-                task,
-            });
+        let mut cache = TaskCache::load(self.repo.common_dir());
+        let mut found: Vec<Option<std::result::Result<Task, String>>> = refs
+            .iter()
+            .map(|r| {
+                let id = &r.name[TASK_REFS.len()..];
+                match r.id {
+                    None => Some(Err("a symbolic ref, not a task".to_string())),
+                    Some(tip) => cache.take(&tip).filter(|t| t.id == id).map(Ok),
+                }
+            })
+            .collect();
+
+        let mut raw = Vec::new();
+        let mut spans = Vec::with_capacity(found.iter().filter(|f| f.is_none()).count());
+        for (i, r) in refs.iter().enumerate() {
+            if let (None, Some(tip)) = (&found[i], r.id) {
+                let start = raw.len();
+                let read = self.read_doc_into(tip, &mut raw);
+                spans.push((i, start..raw.len(), read));
+            }
         }
+        for (i, span, read) in spans {
+            let id = &refs[i].name[TASK_REFS.len()..];
+            found[i] = Some(read.and_then(|()| parse_doc(id, &raw[span])));
+        }
+        drop(raw);
+
+        let out: Vec<Listed> = refs
+            .into_iter()
+            .zip(found)
+            .map(|(r, task)| Listed {
+                id: r.name[TASK_REFS.len()..].to_string(),
+                ref_name: r.name,
+                tip: r.id,
+                task: task.unwrap_or_else(|| Err("not read".to_string())),
+            })
+            .collect();
+        cache.store(
+            out.iter()
+                .filter_map(|l| Some((l.tip?, l.task.as_ref().ok()?))),
+        );
         Ok(out)
     }
 
@@ -134,30 +167,11 @@ impl<'r> Store<'r> {
     }
 
     /// Reads the document (and optionally the body) at commit `tip`; `Err` says why it is corrupt.
-    fn read(
-        &self,
-        id: &str,
-        tip: ObjectId,
-        with_body: bool,
-    ) -> std::result::Result<Stored, String> {
-        let tree = match self.repo.commit_tree(tip) {
-            Ok(Ok(tree)) => tree,
-            Ok(Err(Some(kind))) => {
-                return Err(format!("it points at a {}, not a commit", kind_name(kind)));
-            }
-            Ok(Err(None)) => return Err(format!("it points at {tip}, which does not exist")),
-            Err(e) => return Err(format!("{e:#}")),
-        };
-        let doc = match self.repo.tree_blob(tree, DOC) {
-            Ok(Some(doc)) => doc,
-            Ok(None) => return Err(format!("commit {tip} holds no {DOC}")),
-            Err(e) => return Err(format!("{e:#}")),
-        };
-        let text = String::from_utf8(doc).map_err(|_| format!("{DOC} is not UTF-8"))?;
-        let mut task = Task::from_toml(&text).map_err(|e| format!("{DOC} does not parse: {e}"))?;
-        if task.id != id {
-            return Err(format!("{DOC} names the task {}", task.id));
-        }
+    fn read(&self, id: &str, tip: ObjectId, with_body: bool) -> std::result::Result<Stored, String> {
+        let tree = self.doc_tree(tip)?;
+        let mut doc = Vec::new();
+        self.read_blob_into(tree, tip, &mut doc)?;
+        let mut task = parse_doc(id, &doc)?;
         if with_body {
             let body = self
                 .repo
@@ -171,6 +185,34 @@ impl<'r> Store<'r> {
             commit: tip,
             tree,
         })
+    }
+
+    /// Appends the `task.toml` of commit `tip` to `out`.
+    fn read_doc_into(&self, tip: ObjectId, out: &mut Vec<u8>) -> std::result::Result<(), String> {
+        let tree = self.doc_tree(tip)?;
+        self.read_blob_into(tree, tip, out)
+    }
+
+    fn doc_tree(&self, tip: ObjectId) -> std::result::Result<ObjectId, String> {
+        match self.repo.commit_tree(tip) {
+            Ok(Ok(tree)) => Ok(tree),
+            Ok(Err(Some(kind))) => Err(format!("it points at a {}, not a commit", kind_name(kind))),
+            Ok(Err(None)) => Err(format!("it points at {tip}, which does not exist")),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+
+    fn read_blob_into(
+        &self,
+        tree: ObjectId,
+        tip: ObjectId,
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<(), String> {
+        match self.repo.tree_blob_into(tree, DOC, out) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("commit {tip} holds no {DOC}")),
+            Err(e) => Err(format!("{e:#}")),
+        }
     }
 
     /// Writes a new task. Its id must be new.
@@ -289,6 +331,16 @@ impl<'r> Store<'r> {
         }
         Ok(out)
     }
+}
+
+/// Parses a stored `task.toml` of the task `id`; `Err` says why it is corrupt.
+fn parse_doc(id: &str, bytes: &[u8]) -> std::result::Result<Task, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| format!("{DOC} is not UTF-8"))?;
+    let task = Task::from_toml(text).map_err(|e| format!("{DOC} does not parse: {e}"))?;
+    if task.id != id {
+        return Err(format!("{DOC} names the task {}", task.id));
+    }
+    Ok(task)
 }
 
 /// A ref's first-parent chain from `tip`, newest first.

@@ -238,16 +238,28 @@ const ACCEPTANCE_MARKERS: &[&str] = &[
     "expected",
 ];
 
-/// True when some line of `body` introduces acceptance criteria or is a checklist item.
+/// Phrases that say how done is checked wherever they stand.
+const ACCEPTANCE_PHRASES: &[&str] = &[
+    "acceptance:",
+    "acceptance criteria",
+    "done when:",
+    "definition of done",
+];
+
+/// True when `body` states acceptance criteria: a line that starts with a marker such as
+/// "Acceptance" or "Done when", a checklist item, or an explicit phrase anywhere.
 pub fn says_how_done_is_checked(body: &str) -> bool {
-    body.lines().any(|line| {
+    let lower = body.to_lowercase();
+    if ACCEPTANCE_PHRASES.iter().any(|p| lower.contains(p)) {
+        return true;
+    }
+    lower.lines().any(|line| {
         let trimmed = line.trim_start_matches(|c: char| {
             c.is_whitespace() || matches!(c, '#' | '*' | '-' | '>' | '_' | '+')
         });
-        let lower = trimmed.to_lowercase();
-        lower.starts_with("[ ]")
-            || lower.starts_with("[x]")
-            || ACCEPTANCE_MARKERS.iter().any(|m| lower.starts_with(m))
+        trimmed.starts_with("[ ]")
+            || trimmed.starts_with("[x]")
+            || ACCEPTANCE_MARKERS.iter().any(|m| trimmed.starts_with(m))
     })
 }
 
@@ -260,6 +272,8 @@ mod tests {
         assert!(says_how_done_is_checked("## Acceptance\n- it works"));
         assert!(says_how_done_is_checked("Done when: `cargo test` passes"));
         assert!(says_how_done_is_checked("- [ ] the page renders"));
+        assert!(says_how_done_is_checked("Fix it. Acceptance: the test passes."));
         assert!(!says_how_done_is_checked("make it better somehow"));
+        assert!(!says_how_done_is_checked("we accept that the tests are slow"));
     }
 }

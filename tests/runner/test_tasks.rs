@@ -394,3 +394,35 @@ fn corrupt_task_refs_are_marked_and_the_rest_listed() {
         blob.trim()
     );
 }
+
+#[test]
+fn the_listing_cache_never_lies() {
+    let repo = TestRepo::new();
+    let a = repo.add("original title", &[]);
+    let b = repo.add("other", &[]);
+    let first = repo.run(&["task", "list", "--json"]).json();
+    assert_eq!(first[0]["title"], "original title");
+    let cache = repo.path(".git/loop/cache/tasks.json");
+    assert!(cache.exists(), "a listing fills the cache");
+
+    // Another tool moves a task ref with plain git: the next listing sees it.
+    repo.poke(&a, "title", "\"changed behind our back\"");
+    let v = repo.run(&["task", "list", "--json"]).json();
+    assert_eq!(v[0]["title"], "changed behind our back");
+    assert_eq!(repo.run(&["ready", "--json"]).json()[0]["title"], "changed behind our back");
+
+    // A ref deleted with plain git disappears, and a garbage cache is ignored.
+    repo.git(&["update-ref", "-d", &format!("refs/loop/tasks/{b}")]);
+    std::fs::write(&cache, b"{ this is not json").expect("write");
+    let v = repo.run(&["task", "list", "--json"]).json();
+    assert_eq!(crate::common::ids_of(&v), vec![a.clone()]);
+
+    // A cache entry is only ever used for the exact commit it was read from.
+    let text = std::fs::read_to_string(&cache).expect("rebuilt");
+    let forged = text.replace("changed behind our back", "forged");
+    std::fs::write(&cache, forged).expect("write");
+    repo.poke(&a, "priority", "7");
+    let v = repo.run(&["task", "list", "--json"]).json();
+    assert_eq!(v[0]["title"], "changed behind our back");
+    assert_eq!(v[0]["priority"], 7);
+}
