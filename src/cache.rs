@@ -45,7 +45,9 @@ impl TaskCache {
             .map(|f| {
                 f.entries
                     .into_iter()
-                    .filter_map(|(tip, task)| Some((ObjectId::from_hex(tip.as_bytes()).ok()?, task)))
+                    .filter_map(|(tip, task)| {
+                        Some((ObjectId::from_hex(tip.as_bytes()).ok()?, task))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -84,7 +86,11 @@ impl TaskCache {
 fn write_atomically(path: &Path, file: &FileRef<'_>) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".tasks.json.{}.{:x}", std::process::id(), crate::rand::u64()));
+    let tmp = dir.join(format!(
+        ".tasks.json.{}.{:x}",
+        std::process::id(),
+        crate::rand::u64()
+    ));
     let result = (|| {
         let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         serde_json::to_writer(&mut out, file)?;

@@ -256,6 +256,7 @@ impl Policy {
     }
 
     /// The policy every field of which is a default, with `agent.command` as given.
+    #[cfg(test)]
     pub fn with_agent(command: Vec<String>) -> Policy {
         let mut text = String::from("[agent]\ncommand = [");
         for (i, arg) in command.iter().enumerate() {

@@ -167,7 +167,12 @@ impl<'r> Store<'r> {
     }
 
     /// Reads the document (and optionally the body) at commit `tip`; `Err` says why it is corrupt.
-    fn read(&self, id: &str, tip: ObjectId, with_body: bool) -> std::result::Result<Stored, String> {
+    fn read(
+        &self,
+        id: &str,
+        tip: ObjectId,
+        with_body: bool,
+    ) -> std::result::Result<Stored, String> {
         let tree = self.doc_tree(tip)?;
         let mut doc = Vec::new();
         self.read_blob_into(tree, tip, &mut doc)?;

@@ -272,8 +272,12 @@ mod tests {
         assert!(says_how_done_is_checked("## Acceptance\n- it works"));
         assert!(says_how_done_is_checked("Done when: `cargo test` passes"));
         assert!(says_how_done_is_checked("- [ ] the page renders"));
-        assert!(says_how_done_is_checked("Fix it. Acceptance: the test passes."));
+        assert!(says_how_done_is_checked(
+            "Fix it. Acceptance: the test passes."
+        ));
         assert!(!says_how_done_is_checked("make it better somehow"));
-        assert!(!says_how_done_is_checked("we accept that the tests are slow"));
+        assert!(!says_how_done_is_checked(
+            "we accept that the tests are slow"
+        ));
     }
 }

@@ -409,7 +409,10 @@ fn the_listing_cache_never_lies() {
     repo.poke(&a, "title", "\"changed behind our back\"");
     let v = repo.run(&["task", "list", "--json"]).json();
     assert_eq!(v[0]["title"], "changed behind our back");
-    assert_eq!(repo.run(&["ready", "--json"]).json()[0]["title"], "changed behind our back");
+    assert_eq!(
+        repo.run(&["ready", "--json"]).json()[0]["title"],
+        "changed behind our back"
+    );
 
     // A ref deleted with plain git disappears, and a garbage cache is ignored.
     repo.git(&["update-ref", "-d", &format!("refs/loop/tasks/{b}")]);

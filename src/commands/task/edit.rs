@@ -106,11 +106,12 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
 
     let updated = store.update(&id, |task| {
         if task.state == State::Done {
-            return Err(
-                usage(format!("task {} is done; a done task is final", &id[..7]))
-                    .with_hint("file a follow-up with `git loop task add --from ID`")
-                    .into(),
-            );
+            return Err(usage(format!(
+                "task {} is done; a done task is final",
+                id.get(..ids::MIN_SHORT).unwrap_or(&id)
+            ))
+            .with_hint("file a follow-up with `git loop task add --from ID`")
+            .into());
         }
         let mut what = Vec::new();
         let mut verify = Vec::new();
