@@ -22,8 +22,7 @@ Exit codes:
   7  breaker open: refused while quarantined
 
 Environment:
-  GIT_LOOP_LOG   log level for diagnostics on stderr (error, warn, info, debug, trace)
-  GIT_LOOP=0     makes git-loop's hooks do nothing";
+  GIT_LOOP_LOG   log level for diagnostics on stderr (error, warn, info, debug, trace)";
 
 /// Run coding agents unattended over a Git repository, and trust what comes out.
 ///
@@ -40,11 +39,11 @@ Environment:
 )]
 pub struct Cli {
     /// More diagnostics on stderr (-v info, -vv debug, -vvv trace)
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, display_order = 900)]
     verbose: u8,
 
     /// Run as if started in DIR
-    #[arg(short = 'C', value_name = "DIR", global = true)]
+    #[arg(short = 'C', value_name = "DIR", global = true, display_order = 901)]
     directory: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -58,6 +57,7 @@ enum Command {
     Task(commands::task::Command),
     Ready(commands::ready::Args),
     Log(commands::log::Args),
+    Man(commands::man::Args),
 }
 
 /// Where a command runs and where it writes its results.
@@ -108,6 +108,7 @@ fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Task(cmd) => commands::task::run(ctx, cmd),
         Command::Ready(args) => commands::ready::run(ctx, args),
         Command::Log(args) => commands::log::run(ctx, args),
+        Command::Man(args) => commands::man::run(ctx, args),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod init;
 pub mod log;
+pub mod man;
 pub mod ready;
 pub mod task;
 
@@ -27,8 +28,26 @@ pub fn policy(repo: &Repo) -> Result<Option<Policy>> {
     }
 }
 
-/// The body given as `--body TEXT` or `--body-file FILE` (`-` for standard input).
-pub fn read_body(text: Option<String>, file: Option<&Path>) -> Result<Option<String>> {
+/// A task body given on the command line, as text or as a file.
+#[derive(Debug, clap::Args)]
+pub struct BodyArgs {
+    /// The body: what, why, and how done is checked
+    #[arg(long, conflicts_with = "body_file")]
+    body: Option<String>,
+
+    /// Read the body from FILE (`-` for standard input)
+    #[arg(long, value_name = "FILE")]
+    body_file: Option<PathBuf>,
+}
+
+impl BodyArgs {
+    /// The body, if one was given; refuses what cannot be stored faithfully.
+    pub fn read(self) -> Result<Option<String>> {
+        read_body(self.body, self.body_file.as_deref())
+    }
+}
+
+fn read_body(text: Option<String>, file: Option<&Path>) -> Result<Option<String>> {
     if let Some(text) = text {
         return Ok(Some(body_from_bytes(text.into_bytes())?));
     }

@@ -412,22 +412,8 @@ impl Repo {
 
     /// The blob at `name` directly inside `tree`, if there is one.
     pub fn tree_blob(&self, tree: ObjectId, name: &str) -> Result<Option<Vec<u8>>> {
-        let tree = self
-            .repo
-            .find_tree(tree)
-            .with_context(|| format!("{tree} is not a tree"))?;
-        let Some(entry) = tree.find_entry(name) else {
-            return Ok(None);
-        };
-        if !entry.mode().is_blob() {
-            return Ok(None);
-        }
-        let id = entry.object_id();
-        let blob = self
-            .repo
-            .find_blob(id)
-            .with_context(|| format!("reading {name} ({id})"))?;
-        Ok(Some(blob.data.clone()))
+        let mut out = Vec::new();
+        Ok(self.tree_blob_into(tree, name, &mut out)?.then_some(out))
     }
 
     /// The blobs directly inside the sub-tree `dir` of `tree`, by file name.

@@ -2,6 +2,7 @@
 
 mod common;
 mod test_bad_input;
+mod test_cli;
 mod test_concurrency;
 mod test_graph;
 mod test_policy;

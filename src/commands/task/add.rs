@@ -1,11 +1,9 @@
 //! `git loop task add`
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 
 use crate::cli::Ctx;
-use crate::commands::{policy, read_body};
+use crate::commands::{BodyArgs, policy};
 use crate::ids;
 use crate::policy::{DEFAULT_BATCH, TriageSection};
 use crate::store::Store;
@@ -21,13 +19,8 @@ pub struct Args {
     /// What is to be done, in one line
     title: String,
 
-    /// The details: what, why, and how done is checked
-    #[arg(long, conflicts_with = "body_file")]
-    body: Option<String>,
-
-    /// Read the body from FILE (`-` for standard input)
-    #[arg(long, value_name = "FILE")]
-    body_file: Option<PathBuf>,
+    #[command(flatten)]
+    body: BodyArgs,
 
     /// Run only after task ID is done (repeatable)
     #[arg(long, value_name = "ID")]
@@ -59,7 +52,7 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
     let repo = ctx.repo()?;
     let policy = policy(&repo)?;
     check_title(&args.title)?;
-    let body = read_body(args.body, args.body_file.as_deref())?.unwrap_or_default();
+    let body = args.body.read()?.unwrap_or_default();
     let batch = args
         .batch
         .or_else(|| policy.as_ref().map(|p| p.loop_.batch.clone()))

@@ -1,11 +1,9 @@
 //! `git loop task edit`
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 
 use crate::cli::Ctx;
-use crate::commands::{policy, read_body};
+use crate::commands::{BodyArgs, policy};
 use crate::error::usage;
 use crate::graph::Graph;
 use crate::ids::{self, ShortIds};
@@ -26,13 +24,8 @@ pub struct Args {
     #[arg(long)]
     title: Option<String>,
 
-    /// A new body
-    #[arg(long, conflicts_with = "body_file")]
-    body: Option<String>,
-
-    /// Read a new body from FILE (`-` for standard input)
-    #[arg(long, value_name = "FILE")]
-    body_file: Option<PathBuf>,
+    #[command(flatten)]
+    body: BodyArgs,
 
     /// Also run after task ID (repeatable)
     #[arg(long, value_name = "ID")]
@@ -71,7 +64,7 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
     if let Some(m) = &args.mutex {
         check_name("mutex", m)?;
     }
-    let body = read_body(args.body, args.body_file.as_deref())?;
+    let body = args.body.read()?;
     let nothing_asked = args.title.is_none()
         && body.is_none()
         && args.after.is_empty()
