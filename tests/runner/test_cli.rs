@@ -35,7 +35,16 @@ fn man_install_puts_the_page_where_git_help_finds_it() {
     let mut cmd = Command::new(bin.join("git-loop"));
     cmd.args(["man", "--install"]);
     hermetic(&mut cmd, tmp.path());
-    let out = cmd.output().expect("run");
+    // A fork in another test thread may briefly hold the copy's write descriptor (ETXTBSY).
+    let out = (0..100)
+        .find_map(|_| match cmd.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                None
+            }
+            other => Some(other.expect("run")),
+        })
+        .expect("the copied binary stayed busy");
     assert_eq!(
         out.status.code(),
         Some(0),
