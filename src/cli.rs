@@ -57,6 +57,7 @@ enum Command {
     Task(commands::task::Command),
     Ready(commands::ready::Args),
     Log(commands::log::Args),
+    Promote(commands::promote::Args),
     Man(commands::man::Args),
 }
 
@@ -108,6 +109,7 @@ fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Task(cmd) => commands::task::run(ctx, cmd),
         Command::Ready(args) => commands::ready::run(ctx, args),
         Command::Log(args) => commands::log::run(ctx, args),
+        Command::Promote(args) => commands::promote::run(ctx, args),
         Command::Man(args) => commands::man::run(ctx, args),
     }
 }

@@ -79,6 +79,8 @@ impl std::fmt::Display for State {
 pub mod reason {
     pub const THIN_TASK: &str = "thin_task";
     pub const GATED: &str = "gated";
+    pub const CONFLICT: &str = "conflict";
+    pub const VERIFY_FAILED: &str = "verify_failed";
 }
 
 /// A task. The body is kept beside the document as its own blob (`body.md`), byte for byte.
@@ -109,6 +111,10 @@ pub struct Task {
     pub branch: String,
     pub created: Timestamp,
     pub updated: Timestamp,
+    /// The branch head that the judge (or a person's `promote`, through the gates) approved:
+    /// only exactly this commit is ever promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_commit: Option<String>,
     #[serde(skip)]

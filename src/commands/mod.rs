@@ -4,6 +4,7 @@
 pub mod init;
 pub mod log;
 pub mod man;
+pub mod promote;
 pub mod ready;
 pub mod task;
 
@@ -95,6 +96,7 @@ pub struct TaskJson<'a> {
     pub branch: &'a str,
     pub created: String,
     pub updated: String,
+    pub approved: Option<&'a str>,
     pub promoted_commit: Option<&'a str>,
 }
 
@@ -119,6 +121,7 @@ impl<'a> TaskJson<'a> {
             branch: &task.branch,
             created: task.created.to_rfc3339(),
             updated: task.updated.to_rfc3339(),
+            approved: task.approved.as_deref(),
             promoted_commit: task.promoted_commit.as_deref(),
         }
     }

@@ -1,6 +1,9 @@
 //! Git access in one place: opening the repository, reading refs and objects, writing objects,
-//! and compare-and-swap ref transactions, all through gix. Nothing outside this module names a
-//! gix type other than `ObjectId`.
+//! and compare-and-swap ref transactions, all through gix; [`cli`] runs the `git` binary for
+//! what gix does not do well. Nothing outside this module names a gix type other than
+//! `ObjectId`, and nothing outside [`cli`] spawns `git`.
+
+pub mod cli;
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +14,10 @@ use gix::refs::Target;
 use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
 
 use crate::error::{Class, LoopError};
+
+/// A ref lock this old belongs to a writer that died: ref transactions hold locks for
+/// milliseconds.
+const STALE_LOCK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Name and e-mail used when the repository configures no identity.
 pub const FALLBACK_NAME: &str = "git-loop";
@@ -36,6 +43,17 @@ pub enum Cas {
     Delete { name: String, old: ObjectId },
     /// Require `name` to still be exactly `old`, without changing it.
     Verify { name: String, old: ObjectId },
+}
+
+impl Cas {
+    pub fn name(&self) -> &str {
+        match self {
+            Cas::Create { name, .. }
+            | Cas::Update { name, .. }
+            | Cas::Delete { name, .. }
+            | Cas::Verify { name, .. } => name,
+        }
+    }
 }
 
 /// What became of a compare-and-swap transaction.
@@ -264,13 +282,46 @@ impl Repo {
         }
         // `MustNotExist` also succeeds when the ref already holds the new value; a create of
         // an object that cannot exist elsewhere (a fresh commit) makes that harmless.
-        match self.repo.edit_references(ref_edits) {
-            Ok(_) => Ok(CasOutcome::Applied),
-            Err(e) if e.is_conflict() || e.is_retryable() || is_lock_failure(&e) => {
-                tracing::debug!("compare-and-swap lost: {e:#}");
-                Ok(CasOutcome::Lost)
+        let deadline =
+            std::time::Instant::now() + STALE_LOCK + std::time::Duration::from_millis(500);
+        loop {
+            match self.repo.edit_references(ref_edits.clone()) {
+                Ok(_) => return Ok(CasOutcome::Applied),
+                Err(e) if is_lock_failure(&e) => {
+                    // A ref is locked: by a live writer for an instant, or by a killed one for
+                    // ever. Wait a little; take a lock that outlives any real transaction.
+                    tracing::debug!("ref locked: {e:#}");
+                    if std::time::Instant::now() > deadline {
+                        return Ok(CasOutcome::Lost);
+                    }
+                    for edit in edits {
+                        self.remove_stale_lock(edit.name(), STALE_LOCK);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) if e.is_conflict() || e.is_retryable() => {
+                    tracing::debug!("compare-and-swap lost: {e:#}");
+                    return Ok(CasOutcome::Lost);
+                }
+                Err(e) => return Err(anyhow::anyhow!("updating refs: {e:#}")),
             }
-            Err(e) => Err(anyhow::anyhow!("updating refs: {e:#}")),
+        }
+    }
+
+    /// Removes the lock file of ref `name` if it is older than `age` (its writer is gone: ref
+    /// transactions hold their locks for far less; git itself waits only 100 ms for them).
+    pub fn remove_stale_lock(&self, name: &str, age: std::time::Duration) {
+        let lock = self.common_dir().join(format!("{name}.lock"));
+        let Ok(meta) = std::fs::metadata(&lock) else {
+            return;
+        };
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|e| e >= age);
+        if old && std::fs::remove_file(&lock).is_ok() {
+            tracing::warn!("removed the stale lock {}", lock.display());
         }
     }
 
@@ -416,6 +467,43 @@ impl Repo {
         Ok(self.tree_blob_into(tree, name, &mut out)?.then_some(out))
     }
 
+    /// Whether commit `a` is `b` or one of its ancestors.
+    pub fn is_ancestor(&self, a: ObjectId, b: ObjectId) -> Result<bool> {
+        if a == b {
+            return Ok(true);
+        }
+        let base = self
+            .repo
+            .merge_base(a, b)
+            .map_err(|e| anyhow::anyhow!("finding the merge base of {a} and {b}: {e}"))?;
+        Ok(base.is_some_and(|base| base.detach() == a))
+    }
+
+    /// The bytes of the file at `path` (`/`-separated) in commit `commit`, if it is a blob there.
+    pub fn file_at(&self, commit: ObjectId, path: &str) -> Result<Option<Vec<u8>>> {
+        let tree = self
+            .repo
+            .find_commit(commit)
+            .with_context(|| format!("{commit} is not a commit"))?
+            .tree()
+            .with_context(|| format!("reading the tree of {commit}"))?;
+        let Some(entry) = tree
+            .lookup_entry_by_path(path)
+            .with_context(|| format!("looking up {path} in {commit}"))?
+        else {
+            return Ok(None);
+        };
+        if !entry.mode().is_blob() {
+            return Ok(None);
+        }
+        Ok(Some(self.blob(entry.object_id())?))
+    }
+
+    /// Whether the repository configures a committer identity (git needs one to write).
+    pub fn has_identity(&self) -> bool {
+        self.repo.committer().is_some()
+    }
+
     /// The blobs directly inside the sub-tree `dir` of `tree`, by file name.
     pub fn tree_dir_blobs(&self, tree: ObjectId, dir: &str) -> Result<Vec<(String, ObjectId)>> {
         let tree = self
@@ -454,7 +542,7 @@ impl Repo {
 }
 
 fn is_lock_failure(e: &gix::Error) -> bool {
-    // A ref locked by another writer past `core.filesRefLockTimeout` is a lost race too.
-    let text = format!("{e:#}");
-    text.contains("lock") && (text.contains("already") || text.contains("acquire"))
+    // gix-lock raises a retryable error around the `AlreadyExists` of the lock file.
+    e.downcast_any_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::AlreadyExists)
 }

@@ -1,9 +1,11 @@
 //! The integration tests: one binary, real `git`, real repositories in temp dirs.
 
 mod common;
+mod promote_fixture;
 mod test_bad_input;
 mod test_cli;
 mod test_concurrency;
 mod test_graph;
 mod test_policy;
+mod test_promote;
 mod test_tasks;

@@ -429,3 +429,16 @@ fn the_listing_cache_never_lies() {
     assert_eq!(v[0]["title"], "changed behind our back");
     assert_eq!(v[0]["priority"], 7);
 }
+
+#[test]
+fn a_ref_lock_left_by_a_killed_writer_is_taken_over() {
+    let repo = TestRepo::new();
+    let id = repo.add("locked", &[]);
+    let lock = repo.path(&format!(".git/refs/loop/tasks/{id}.lock"));
+    std::fs::write(&lock, "0000000000000000000000000000000000000000\n").expect("lock");
+    // Fresh locks are waited for; one older than any real ref transaction is a dead writer's.
+    let out = repo.run(&["task", "edit", &id, "--title", "unlocked"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!lock.exists(), "the stale lock was removed");
+    assert!(repo.task_doc(&id).contains("title = \"unlocked\""));
+}

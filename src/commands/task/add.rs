@@ -109,6 +109,7 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         discovered_from,
         created: now,
         updated: now,
+        approved: None,
         promoted_commit: None,
         body,
     };

@@ -1,0 +1,138 @@
+//! Running gate and verify commands: each an argv (never through a shell), in a given
+//! directory, in its own process group, with a time limit and the tail of its output kept.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::error::{Class, LoopError};
+
+/// How much of a command's output is kept for messages and records.
+const TAIL: usize = 8 * 1024;
+
+/// What one command did.
+#[derive(Clone, Debug)]
+pub struct CommandResult {
+    pub argv: Vec<String>,
+    pub passed: bool,
+    /// The exit code, or `None` when it was killed (timeout or signal).
+    pub code: Option<i32>,
+    pub timed_out: bool,
+    /// The last bytes of its combined stdout and stderr.
+    pub tail: String,
+}
+
+impl CommandResult {
+    /// One line saying what happened, e.g. `cargo test: exit 101`.
+    pub fn summary(&self) -> String {
+        let what = if self.timed_out {
+            "timed out".to_string()
+        } else {
+            match self.code {
+                Some(c) => format!("exit {c}"),
+                None => "killed by a signal".to_string(),
+            }
+        };
+        format!("{}: {what}", self.argv.join(" "))
+    }
+}
+
+/// Runs `commands` one after another in `dir` until one fails. A program that cannot be found
+/// is a `config` error; a failing command is a result, not an error.
+pub fn run_all(
+    commands: &[Vec<String>],
+    dir: &Path,
+    timeout: Duration,
+) -> Result<Vec<CommandResult>> {
+    let mut results = Vec::new();
+    for argv in commands {
+        let result = run_one(argv, dir, timeout)?;
+        let passed = result.passed;
+        results.push(result);
+        if !passed {
+            break;
+        }
+    }
+    Ok(results)
+}
+
+fn run_one(argv: &[String], dir: &Path, timeout: Duration) -> Result<CommandResult> {
+    let (program, args) = argv.split_first().context("an empty command")?;
+    let (reader, writer) = std::io::pipe().context("creating a pipe")?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone().context("duplicating a pipe")?)
+        .stderr(writer)
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => LoopError::new(
+            Class::Config,
+            format!("{program}: program not found (running {})", argv.join(" ")),
+        )
+        .with_hint("install it, or fix the command in policy.toml")
+        .into(),
+        _ => anyhow::Error::new(e).context(format!("starting {}", argv.join(" "))),
+    })?;
+    drop(cmd);
+    // Read the output on a thread, keeping only its tail.
+    let collector = std::thread::spawn(move || {
+        let mut reader = reader;
+        let mut tail: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            tail.extend_from_slice(&buf[..n]);
+            if tail.len() > 2 * TAIL {
+                tail.drain(..tail.len() - TAIL);
+            }
+        }
+        if tail.len() > TAIL {
+            tail.drain(..tail.len() - TAIL);
+        }
+        String::from_utf8_lossy(&tail).into_owned()
+    });
+    let started = Instant::now();
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for a command")? {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            timed_out = true;
+            kill_group(child.id(), "TERM");
+            std::thread::sleep(Duration::from_millis(500));
+            kill_group(child.id(), "KILL");
+            break child.wait().context("waiting for a killed command")?;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Members of the group that outlived the leader would keep the pipe open.
+    kill_group(child.id(), "KILL");
+    let tail = collector.join().unwrap_or_default();
+    Ok(CommandResult {
+        argv: argv.to_vec(),
+        passed: status.success() && !timed_out,
+        code: status.code(),
+        timed_out,
+        tail,
+    })
+}
+
+/// Sends `signal` to the process group `pgid` (the `kill` utility: no unsafe code needed).
+pub fn kill_group(pgid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg("--")
+        .arg(format!("-{pgid}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}

@@ -1,0 +1,371 @@
+//! The `git` binary, for what gix does not do well: push, fetch, worktrees, `merge-tree`, notes
+//! and status. Every call goes through [`Git`]; nothing else in git-loop spawns `git`.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{Context, Result};
+
+use crate::error::{Class, LoopError};
+
+/// Set on every push git-loop makes, so that its own pre-push hook can recognise a promotion.
+pub const PROMOTE_ENV: &str = "GIT_LOOP_PROMOTE";
+
+/// Runs `git` in one directory (a work tree or a git dir).
+#[derive(Clone, Debug)]
+pub struct Git {
+    dir: PathBuf,
+    /// Identity for commands that write commits or notes when the repository configures none.
+    fallback_identity: bool,
+    env: Vec<(String, String)>,
+}
+
+/// The result of `git merge-tree`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MergeTree {
+    Clean(String),
+    Conflict(Vec<String>),
+}
+
+/// One ref update of a push, as the porcelain output reports it.
+#[derive(Debug, Clone)]
+pub struct PushedRef {
+    pub flag: char,
+    pub to: String,
+    pub summary: String,
+}
+
+/// What a push did, classified.
+#[derive(Debug)]
+pub enum Push {
+    /// Every ref was updated or already up to date.
+    Ok(Vec<PushedRef>),
+    /// The remote moved under us (lease or fast-forward check failed): retry later.
+    LostRace(String),
+    /// The remote refused the update (a hook, a protected branch): a person must act.
+    Rejected(String),
+}
+
+/// A linked worktree as `git worktree list --porcelain` reports it.
+#[derive(Debug, Clone)]
+pub struct Worktree {
+    pub path: PathBuf,
+    pub head: Option<String>,
+    pub branch: Option<String>,
+    pub prunable: bool,
+}
+
+impl Git {
+    pub fn new(dir: impl Into<PathBuf>, fallback_identity: bool) -> Git {
+        Git {
+            dir: dir.into(),
+            fallback_identity,
+            env: Vec::new(),
+        }
+    }
+
+    /// The same, with `key=value` in every command's environment.
+    pub fn with_env(mut self, key: &str, value: &str) -> Git {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The same git in another directory.
+    pub fn in_dir(&self, dir: impl Into<PathBuf>) -> Git {
+        Git {
+            dir: dir.into(),
+            ..self.clone()
+        }
+    }
+
+    fn command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new("git");
+        cmd.arg("-C").arg(&self.dir).args(args);
+        cmd.stdin(Stdio::null());
+        if self.fallback_identity {
+            for (k, v) in [
+                ("GIT_AUTHOR_NAME", super::FALLBACK_NAME),
+                ("GIT_AUTHOR_EMAIL", super::FALLBACK_EMAIL),
+                ("GIT_COMMITTER_NAME", super::FALLBACK_NAME),
+                ("GIT_COMMITTER_EMAIL", super::FALLBACK_EMAIL),
+            ] {
+                if std::env::var_os(k).is_none() {
+                    cmd.env(k, v);
+                }
+            }
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs git and returns its output, whatever its exit status.
+    pub fn output<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<Output> {
+        let mut cmd = self.command(args);
+        let shown = describe(args);
+        tracing::debug!("running {shown} in {}", self.dir.display());
+        cmd.output().map_err(|e| {
+            LoopError::new(Class::Config, format!("cannot run git: {e}"))
+                .with_hint("install git and make sure it is on PATH")
+                .into()
+        })
+    }
+
+    /// Runs git; fails (generic) with its stderr unless it exits 0. Returns stdout.
+    pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<String> {
+        let out = self.output(args)?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "{} failed: {}",
+                describe(args),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs git with `input` on stdin; fails unless it exits 0. Returns stdout.
+    pub fn run_stdin<S: AsRef<OsStr>>(&self, args: &[S], input: &[u8]) -> Result<String> {
+        use std::io::Write;
+        let mut cmd = self.command(args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("cannot run git")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input).context("writing to git")?;
+        }
+        let out = child.wait_with_output().context("waiting for git")?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "{} failed: {}",
+                describe(args),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Merges `theirs` into `ours` without touching any index or work tree.
+    pub fn merge_tree(&self, ours: &str, theirs: &str) -> Result<MergeTree> {
+        let out = self.output(&[
+            "merge-tree",
+            "--write-tree",
+            "--name-only",
+            "--no-messages",
+            "-z",
+            ours,
+            theirs,
+        ])?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut fields = stdout.split('\0').filter(|f| !f.is_empty());
+        let tree = fields.next().unwrap_or_default().trim().to_string();
+        match out.status.code() {
+            Some(0) => Ok(MergeTree::Clean(tree)),
+            Some(1) => {
+                let mut paths: Vec<String> = fields.map(str::to_string).collect();
+                paths.dedup();
+                Ok(MergeTree::Conflict(paths))
+            }
+            _ => anyhow::bail!(
+                "git merge-tree {ours} {theirs} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        }
+    }
+
+    /// Pushes `specs` (`<src>:<dst>`) to `remote` atomically, with the given leases
+    /// (`<ref>:<expected>`, an empty expectation meaning "must not exist"). Never forces.
+    pub fn push(&self, remote: &str, leases: &[String], specs: &[String]) -> Result<Push> {
+        let mut args: Vec<String> = vec!["push".into(), "--atomic".into(), "--porcelain".into()];
+        for lease in leases {
+            args.push(format!("--force-with-lease={lease}"));
+        }
+        args.push(remote.into());
+        args.extend(specs.iter().cloned());
+        let out = self.output(&args)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let refs: Vec<PushedRef> = stdout.lines().filter_map(parse_porcelain).collect();
+        if refs.is_empty() {
+            // Nothing reached the ref-update stage: the remote could not be talked to.
+            if out.status.success() {
+                return Ok(Push::Ok(refs));
+            }
+            return Err(classify_unreachable(remote, &stderr));
+        }
+        let rejected: Vec<&PushedRef> = refs.iter().filter(|r| r.flag == '!').collect();
+        if rejected.is_empty() && out.status.success() {
+            return Ok(Push::Ok(refs));
+        }
+        let why = rejected
+            .iter()
+            .map(|r| format!("{}: {}", r.to, r.summary))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let lost_race = rejected.iter().all(|r| {
+            let s = r.summary.as_str();
+            s.contains("stale info")
+                || s.contains("fetch first")
+                || s.contains("non-fast-forward")
+                || s.contains("atomic push failed")
+                || s.contains("already exists")
+        }) && !rejected.is_empty();
+        if lost_race {
+            Ok(Push::LostRace(why))
+        } else if rejected.is_empty() {
+            Err(classify_unreachable(remote, &stderr))
+        } else {
+            Ok(Push::Rejected(why))
+        }
+    }
+
+    /// What `remote` has at `refname`, asked of the remote itself.
+    pub fn ls_remote(&self, remote: &str, refname: &str) -> Result<Option<String>> {
+        let out = self.output(&["ls-remote", "--refs", remote, refname])?;
+        if !out.status.success() {
+            return Err(classify_unreachable(
+                remote,
+                &String::from_utf8_lossy(&out.stderr),
+            ));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        Ok(stdout
+            .lines()
+            .find(|l| l.ends_with(&format!("\t{refname}")))
+            .and_then(|l| l.split('\t').next())
+            .map(str::to_string))
+    }
+
+    /// Fetches `refspec` from `remote` (into a remote-tracking namespace, never refs/loop/*).
+    pub fn fetch(&self, remote: &str, refspec: &str) -> Result<()> {
+        let out = self.output(&["fetch", "--quiet", "--no-tags", remote, refspec])?;
+        if !out.status.success() {
+            return Err(classify_unreachable(
+                remote,
+                &String::from_utf8_lossy(&out.stderr),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The linked and main worktrees.
+    pub fn worktrees(&self) -> Result<Vec<Worktree>> {
+        let text = self.run(&["worktree", "list", "--porcelain"])?;
+        let mut out = Vec::new();
+        for block in text.split("\n\n") {
+            let mut wt = Worktree {
+                path: PathBuf::new(),
+                head: None,
+                branch: None,
+                prunable: false,
+            };
+            for line in block.lines() {
+                if let Some(p) = line.strip_prefix("worktree ") {
+                    wt.path = PathBuf::from(p);
+                } else if let Some(h) = line.strip_prefix("HEAD ") {
+                    wt.head = Some(h.to_string());
+                } else if let Some(b) = line.strip_prefix("branch ") {
+                    wt.branch = Some(b.to_string());
+                } else if line.starts_with("prunable") {
+                    wt.prunable = true;
+                }
+            }
+            if !wt.path.as_os_str().is_empty() {
+                out.push(wt);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether tracked files have staged or unstaged changes (untracked files do not count:
+    /// git itself refuses to overwrite them).
+    pub fn has_tracked_changes(&self) -> Result<bool> {
+        Ok(!self
+            .run(&["status", "--porcelain", "--untracked-files=no"])?
+            .trim()
+            .is_empty())
+    }
+
+    /// Whether the work tree has uncommitted changes or untracked files that are not ignored.
+    pub fn is_dirty(&self) -> Result<bool> {
+        Ok(!self
+            .run(&["status", "--porcelain", "--untracked-files=normal"])?
+            .trim()
+            .is_empty())
+    }
+}
+
+/// `git <args>` for messages.
+fn describe<S: AsRef<OsStr>>(args: &[S]) -> String {
+    let mut s = String::from("git");
+    for a in args {
+        s.push(' ');
+        s.push_str(&a.as_ref().to_string_lossy());
+    }
+    s
+}
+
+/// `<flag>\t<from>:<to>\t<summary>` → the ref update.
+fn parse_porcelain(line: &str) -> Option<PushedRef> {
+    let mut parts = line.splitn(3, '\t');
+    let flag = parts.next()?.chars().next()?;
+    if !matches!(flag, ' ' | '+' | '-' | '*' | '!' | '=') {
+        return None;
+    }
+    let refs = parts.next()?;
+    let to = refs.rsplit(':').next()?.to_string();
+    let summary = parts.next().unwrap_or_default().to_string();
+    Some(PushedRef { flag, to, summary })
+}
+
+/// A failure to talk to a remote: credentials and a missing remote are `config`, the rest
+/// (network, a repository that has moved) `transient`.
+fn classify_unreachable(remote: &str, stderr: &str) -> anyhow::Error {
+    let text = stderr.trim();
+    let lower = text.to_lowercase();
+    if lower.contains("authentication failed")
+        || lower.contains("permission denied")
+        || lower.contains("could not read username")
+        || lower.contains("terminal prompts disabled")
+    {
+        return LoopError::new(
+            Class::Config,
+            format!("the remote {remote} refused the credentials: {text}"),
+        )
+        .with_hint("fix the credentials for this remote; retrying will not help")
+        .into();
+    }
+    LoopError::new(
+        Class::Transient,
+        format!("cannot reach the remote {remote}: {text}"),
+    )
+    .with_hint("try again when the remote is reachable")
+    .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn porcelain_lines() {
+        let r = parse_porcelain("!\trefs/heads/x:refs/heads/main\t[rejected] (stale info)")
+            .expect("parsed");
+        assert_eq!(r.flag, '!');
+        assert_eq!(r.to, "refs/heads/main");
+        assert!(r.summary.contains("stale info"));
+        assert!(parse_porcelain("To /tmp/remote.git").is_none());
+        assert!(parse_porcelain("Done").is_none());
+    }
+}

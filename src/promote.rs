@@ -1,0 +1,1664 @@
+//! Promotion (SPEC §7): one idempotent, resumable attempt to bring a task's approved commit into
+//! the target branch.
+//!
+//! The phases are `preflight → push_source → merge → push_target → verify → cleanup →
+//! delete_remote_branch → done`. Each observes the world before acting, and each is recorded as
+//! a checkpoint commit on `refs/loop/promote/<id>` (written by compare-and-swap) after it acts,
+//! so that no phase does two irreversible things without a checkpoint between them. A process
+//! killed at any instant and run again converges on one merge and the same final target.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use gix::ObjectId;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Class, LoopError};
+use crate::gate;
+use crate::git::cli::{Git, MergeTree, PROMOTE_ENV, Push};
+use crate::git::{Cas, CasOutcome, Repo};
+use crate::policy::{PROTECTED_SECTIONS, Policy, Strategy};
+use crate::store::{Edit, Store, Updated};
+use crate::task::{State, Task, reason};
+use crate::time::Timestamp;
+
+pub const PROMOTE_REFS: &str = "refs/loop/promote/";
+pub const RESCUE_REFS: &str = "refs/loop/rescue/";
+pub const NOTES_REF: &str = "refs/notes/loop";
+const DOC: &str = "promote.toml";
+
+/// Set to `<phase>:before` or `<phase>:after` to make promotion SIGKILL itself there (tests).
+pub const CRASH_ENV: &str = "GIT_LOOP_CRASH_AT";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Preflight,
+    PushSource,
+    Merge,
+    PushTarget,
+    Verify,
+    Cleanup,
+    DeleteRemoteBranch,
+    Done,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 8] = [
+        Phase::Preflight,
+        Phase::PushSource,
+        Phase::Merge,
+        Phase::PushTarget,
+        Phase::Verify,
+        Phase::Cleanup,
+        Phase::DeleteRemoteBranch,
+        Phase::Done,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Preflight => "preflight",
+            Phase::PushSource => "push_source",
+            Phase::Merge => "merge",
+            Phase::PushTarget => "push_target",
+            Phase::Verify => "verify",
+            Phase::Cleanup => "cleanup",
+            Phase::DeleteRemoteBranch => "delete_remote_branch",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// The state a promotion has reached, as its latest checkpoint records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub task: String,
+    pub strategy: String,
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// The approved commit being promoted.
+    pub source: String,
+    /// The phases done so far, in order.
+    #[serde(default)]
+    pub completed: Vec<String>,
+    /// The target tip the merge was built on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// The commit that brings the work into the target (a merge, a squash, or the source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<String>,
+    /// A task filed because of this promotion (conflict fix, activation gap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_up: Option<String>,
+    pub by: String,
+    pub updated: Timestamp,
+}
+
+impl Record {
+    fn has(&self, phase: Phase) -> bool {
+        self.completed.iter().any(|p| p == phase.name())
+    }
+}
+
+pub struct Options {
+    pub dry_run: bool,
+    /// Who promotes: a runner id, or the person's name.
+    pub by: String,
+}
+
+/// What a promotion attempt ended with (failures are errors with their class).
+#[derive(Debug)]
+pub enum Outcome {
+    AlreadyPromoted { merge: Option<String> },
+    Promoted { merge: String, notes: Vec<String> },
+    DryRun { plan: Vec<String> },
+}
+
+pub fn promote_ref(id: &str) -> String {
+    format!("{PROMOTE_REFS}{id}")
+}
+
+/// Runs one promotion attempt of task `id` (a full id).
+pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Result<Outcome> {
+    // One promotion of a task at a time. The kernel releases the lock when its holder dies, so
+    // while we hold it, a lock left on this task's checkpoint ref is a dead writer's.
+    let _held = if options.dry_run {
+        None
+    } else {
+        let lock = lock_promotion(repo, id)?;
+        repo.remove_stale_lock(&promote_ref(id), Duration::ZERO);
+        Some(lock)
+    };
+    let store = Store::new(repo);
+    let task = store.load(id)?.task;
+    let chain = Chain::load(repo, id)?;
+    if let Some(rec) = &chain.rec
+        && rec.has(Phase::Done)
+    {
+        return Ok(Outcome::AlreadyPromoted {
+            merge: rec.merge.clone(),
+        });
+    }
+    match task.state {
+        State::Cancelled => {
+            return Err(policy_error(format!("task {} is cancelled", short(id)))
+                .with_hint("`git loop task reopen` it first")
+                .into());
+        }
+        State::Done if chain.rec.is_none() => {
+            return Err(policy_error(format!(
+                "task {} is done; there is nothing to promote",
+                short(id)
+            ))
+            .into());
+        }
+        _ => {}
+    }
+    let workdir = repo.workdir().map(Path::to_path_buf);
+    let git = Git::new(
+        workdir
+            .clone()
+            .unwrap_or_else(|| repo.common_dir().to_path_buf()),
+        !repo.has_identity(),
+    )
+    .with_env(PROMOTE_ENV, id);
+    let mut p = Promotion {
+        repo,
+        policy,
+        store,
+        git,
+        id: id.to_string(),
+        task,
+        chain,
+        notes: Vec::new(),
+        by: options.by.clone(),
+    };
+    if options.dry_run {
+        return p.dry_run();
+    }
+    p.run()
+}
+
+struct Promotion<'r> {
+    repo: &'r Repo,
+    policy: &'r Policy,
+    store: Store<'r>,
+    git: Git,
+    id: String,
+    task: Task,
+    chain: Chain<'r>,
+    notes: Vec<String>,
+    by: String,
+}
+
+impl Promotion<'_> {
+    fn run(&mut self) -> Result<Outcome> {
+        self.preflight()?;
+        self.push_source()?;
+        self.merge()?;
+        self.push_target()?;
+        self.verify()?;
+        self.cleanup()?;
+        self.delete_remote_branch()?;
+        self.done()?;
+        Ok(Outcome::Promoted {
+            merge: self.rec().merge.clone().unwrap_or_default(),
+            notes: std::mem::take(&mut self.notes),
+        })
+    }
+
+    fn rec(&self) -> &Record {
+        self.chain
+            .rec
+            .as_ref()
+            .expect("preflight writes the first checkpoint")
+    }
+
+    fn short(&self) -> &str {
+        short(&self.id)
+    }
+
+    fn target(&self) -> &str {
+        &self.policy.loop_.target
+    }
+
+    fn remote(&self) -> Option<&str> {
+        self.policy.loop_.remote.as_deref()
+    }
+
+    fn target_ref(&self) -> String {
+        format!("refs/heads/{}", self.target())
+    }
+
+    fn branch_ref(&self) -> String {
+        format!("refs/heads/{}", self.task.branch)
+    }
+
+    fn source(&self) -> Result<ObjectId> {
+        oid(&self.rec().source)
+    }
+
+    /// Records that `phase` is done (or was observed done), with `message` saying how.
+    fn checkpoint(
+        &mut self,
+        phase: Phase,
+        message: &str,
+        edit: impl FnOnce(&mut Record),
+        keep: &[ObjectId],
+    ) -> Result<()> {
+        self.record(
+            &format!("{}: {message}", phase.name()),
+            |rec| {
+                edit(rec);
+                if !rec.has(phase) {
+                    rec.completed.push(phase.name().to_string());
+                }
+            },
+            keep,
+        )
+    }
+
+    /// Records a phase that has nothing to do.
+    fn skip(&mut self, phase: Phase, why: &str) -> Result<()> {
+        crash_point(phase, "after");
+        self.checkpoint(phase, &format!("skipped: {why}"), |_| {}, &[])
+    }
+
+    /// Records a step within a phase, without marking any phase done.
+    fn record(
+        &mut self,
+        message: &str,
+        edit: impl FnOnce(&mut Record),
+        keep: &[ObjectId],
+    ) -> Result<()> {
+        let mut rec = self.rec().clone();
+        edit(&mut rec);
+        rec.updated = Timestamp::now();
+        rec.by = self.by.clone();
+        self.chain.write(rec, message, keep)
+    }
+
+    // ---- preflight ------------------------------------------------------------------------
+
+    fn preflight(&mut self) -> Result<()> {
+        crash_point(Phase::Preflight, "before");
+        if let Some(remote) = self.remote()
+            && !self.repo.remote_names().iter().any(|r| r == remote)
+        {
+            return Err(LoopError::new(
+                Class::Config,
+                format!("policy.toml names the remote {remote:?}, but this repository has no such remote"),
+            )
+            .with_hint(format!("add it with `git remote add {remote} URL`, or remove loop.remote"))
+            .into());
+        }
+        check_breaker(self.repo)?;
+        if self.task.state == State::Blocked
+            && matches!(
+                self.task.reason.as_deref(),
+                Some(reason::CONFLICT | reason::VERIFY_FAILED)
+            )
+        {
+            let listed = self.store.list()?;
+            let graph =
+                crate::graph::Graph::new(listed.iter().filter_map(|l| l.task.as_ref().ok()));
+            let pending: Vec<String> = graph
+                .pending_deps(&self.task)
+                .iter()
+                .map(|d| short(d).to_string())
+                .collect();
+            if !pending.is_empty() {
+                return Err(policy_error(format!(
+                    "task {} is blocked ({}) and waits for task {}",
+                    self.short(),
+                    self.task.state_label(),
+                    pending.join(", ")
+                ))
+                .with_hint("its promotion resumes when that task is done")
+                .into());
+            }
+        }
+        let target_tip = self.target_tip()?;
+        self.check_manifest(target_tip)?;
+
+        let resuming = self.chain.rec.is_some();
+        let source = if resuming {
+            self.source()?
+        } else {
+            let head = self.repo.read_ref(&self.branch_ref())?.ok_or_else(|| {
+                policy_error(format!(
+                    "task {} has no branch {}: there is nothing to promote",
+                    self.short(),
+                    self.task.branch
+                ))
+            })?;
+            if self.repo.is_ancestor(head, target_tip)? {
+                return Err(policy_error(format!(
+                    "{} has no commits beyond {}: there is nothing to promote",
+                    self.task.branch,
+                    self.target()
+                ))
+                .into());
+            }
+            head
+        };
+        self.check_frozen_finish_line(target_tip, source)?;
+        if !resuming {
+            self.approve(source)?;
+        }
+        self.set_task_promoting()?;
+        if !resuming {
+            let rec = Record {
+                task: self.id.clone(),
+                strategy: self.policy.promote.strategy.as_str().to_string(),
+                target: self.target().to_string(),
+                remote: self.remote().map(str::to_string),
+                source: source.to_string(),
+                completed: vec![Phase::Preflight.name().to_string()],
+                base: None,
+                merge: None,
+                follow_up: None,
+                by: self.by.clone(),
+                updated: Timestamp::now(),
+            };
+            self.chain.write(
+                rec,
+                &format!(
+                    "preflight: promoting {} into {}",
+                    &source.to_string()[..7],
+                    self.target()
+                ),
+                &[source],
+            )?;
+        }
+        crash_point(Phase::Preflight, "after");
+        Ok(())
+    }
+
+    /// The target's tip: the remote's (freshly fetched) when a remote is set, else the local one.
+    fn target_tip(&self) -> Result<ObjectId> {
+        let (name, shown) = match self.remote() {
+            Some(remote) => {
+                let tracking = format!("refs/remotes/{remote}/{}", self.target());
+                self.git
+                    .fetch(remote, &format!("+{}:{tracking}", self.target_ref()))?;
+                (tracking, format!("{remote}/{}", self.target()))
+            }
+            None => (self.target_ref(), self.target().to_string()),
+        };
+        self.repo.read_ref(&name)?.ok_or_else(|| {
+            LoopError::new(
+                Class::Config,
+                format!("the target branch {shown} does not exist"),
+            )
+            .with_hint("create it, or set loop.target in policy.toml")
+            .into()
+        })
+    }
+
+    fn check_manifest(&self, target_tip: ObjectId) -> Result<()> {
+        for path in &self.policy.runtime.manifest {
+            if self.repo.file_at(target_tip, path)?.is_none() {
+                return Err(LoopError::new(
+                    Class::Config,
+                    format!(
+                        "the runtime file {path} is not committed on {}",
+                        self.target()
+                    ),
+                )
+                .with_hint(format!(
+                    "git add {path} && git commit, on {}",
+                    self.target()
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a source that changes the protected sections of policy.toml (SPEC §9).
+    fn check_frozen_finish_line(&self, target_tip: ObjectId, source: ObjectId) -> Result<()> {
+        let before = protected_sections(&self.repo.file_at(target_tip, crate::policy::FILE)?);
+        let after = protected_sections(&self.repo.file_at(source, crate::policy::FILE)?);
+        if before == after {
+            return Ok(());
+        }
+        let diff = similar::TextDiff::from_lines(&before, &after)
+            .unified_diff()
+            .header(
+                &format!("{}:policy.toml", self.target()),
+                &format!("{}:policy.toml", self.task.branch),
+            )
+            .to_string();
+        Err(policy_error(format!(
+            "{} changes the protected sections of policy.toml ([{}]); the finish line is frozen:\n{}",
+            self.task.branch,
+            PROTECTED_SECTIONS.join("], ["),
+            diff.trim_end()
+        ))
+        .with_hint("a person changes gates on the target itself and re-pins with `git loop init --repin`")
+        .into())
+    }
+
+    /// Makes sure exactly `head` is approved: the judge's approval must name it; without one,
+    /// the gates run here on `head` (a person promoting by hand).
+    fn approve(&mut self, head: ObjectId) -> Result<()> {
+        let head_hex = head.to_string();
+        match self.task.approved.clone() {
+            Some(approved) if approved == head_hex => Ok(()),
+            Some(approved) => {
+                let message = format!(
+                    "{} moved after judging (approved {}, now {}): the new commits are not judged",
+                    self.task.branch,
+                    &approved[..approved.len().min(7)],
+                    &head_hex[..7]
+                );
+                let why = message.clone();
+                self.store.update(&self.id, |t| {
+                    let from = t.state_label();
+                    t.set_state(State::AwaitingJudge, None, Some(why.clone()));
+                    Ok(Edit::new(format!(
+                        "{from} -> awaiting_judge: branch moved after judging"
+                    )))
+                })?;
+                Err(policy_error(message)
+                    .with_hint("the judge must approve the branch head before it is promoted")
+                    .into())
+            }
+            None => {
+                let results = self.run_in_temp_worktree(
+                    head,
+                    &self.policy.gate.commands.clone(),
+                    self.policy.gate.timeout,
+                )?;
+                if let Some(failed) = results.iter().find(|r| !r.passed) {
+                    return Err(policy_error(format!(
+                        "the gate failed on {} ({}): {}\n{}",
+                        self.task.branch,
+                        &head_hex[..7],
+                        failed.summary(),
+                        failed.tail.trim_end()
+                    ))
+                    .with_hint("fix the branch, then promote again")
+                    .into());
+                }
+                let gates = results.len();
+                let updated = self.store.update(&self.id, |t| {
+                    t.approved = Some(head_hex.clone());
+                    Ok(Edit::new(format!(
+                        "{}: approved {} ({gates} gate command(s) passed at promote)",
+                        t.state,
+                        &head_hex[..7]
+                    )))
+                })?;
+                self.task = updated_task(updated);
+                Ok(())
+            }
+        }
+    }
+
+    fn set_task_promoting(&mut self) -> Result<()> {
+        if matches!(self.task.state, State::Promoting | State::Done) {
+            return Ok(());
+        }
+        let updated = self.store.update(&self.id, |t| {
+            if matches!(t.state, State::Promoting | State::Done) {
+                return Ok(Edit::new("unchanged"));
+            }
+            let from = t.state_label();
+            t.set_state(State::Promoting, None, None);
+            Ok(Edit::new(format!("{from} -> promoting: promotion started")))
+        })?;
+        self.task = updated_task(updated);
+        Ok(())
+    }
+
+    // ---- push_source ----------------------------------------------------------------------
+
+    fn push_source(&mut self) -> Result<()> {
+        if self.rec().has(Phase::PushSource) {
+            return Ok(());
+        }
+        crash_point(Phase::PushSource, "before");
+        let Some(remote) = self.remote().map(str::to_string) else {
+            return self.skip(Phase::PushSource, "no remote");
+        };
+        let source = self.rec().source.clone();
+        let branch_ref = self.branch_ref();
+        let there = self.git.ls_remote(&remote, &branch_ref)?;
+        let message = if there.as_deref() == Some(source.as_str()) {
+            format!(
+                "{remote} already has {} at {}",
+                self.task.branch,
+                &source[..7]
+            )
+        } else {
+            self.push_or_classify(&remote, &[], &[format!("{source}:{branch_ref}")])?;
+            format!(
+                "pushed {} to {remote} at {}",
+                self.task.branch,
+                &source[..7]
+            )
+        };
+        crash_point(Phase::PushSource, "after");
+        self.checkpoint(Phase::PushSource, &message, |_| {}, &[])
+    }
+
+    fn push_or_classify(&self, remote: &str, leases: &[String], specs: &[String]) -> Result<()> {
+        match self.git.push(remote, leases, specs)? {
+            Push::Ok(_) => Ok(()),
+            Push::LostRace(why) => Err(LoopError::new(
+                Class::Transient,
+                format!("{remote} moved while pushing: {why}"),
+            )
+            .with_hint("run the promotion again: it merges onto the new tip")
+            .into()),
+            Push::Rejected(why) => Err(policy_error(format!("{remote} rejected the push: {why}"))
+                .with_hint("the remote's rules refused it; a person must look")
+                .into()),
+        }
+    }
+
+    // ---- merge ----------------------------------------------------------------------------
+
+    fn merge(&mut self) -> Result<()> {
+        if self.rec().has(Phase::Merge) {
+            return Ok(());
+        }
+        crash_point(Phase::Merge, "before");
+        let tip = self.target_tip()?;
+        if let Some(found) = self.work_in(tip)? {
+            let message = format!(
+                "{} already contains the work ({})",
+                self.target(),
+                &found.to_string()[..7]
+            );
+            crash_point(Phase::Merge, "after");
+            return self.checkpoint(
+                Phase::Merge,
+                &message,
+                |r| {
+                    r.merge = Some(found.to_string());
+                    r.base.get_or_insert_with(|| tip.to_string());
+                },
+                &[],
+            );
+        }
+        // A merge built earlier on this same tip is still good; otherwise build one.
+        let built = match (&self.rec().merge, &self.rec().base) {
+            (Some(m), Some(b)) if oid(b)? == tip => oid(m)?,
+            _ => {
+                let m = self.build_merge(tip)?;
+                // Built, not applied: the phase is not done until the target holds it.
+                self.record(
+                    &format!(
+                        "merge: built {} on {}",
+                        &m.to_string()[..7],
+                        &tip.to_string()[..7]
+                    ),
+                    |r| {
+                        r.merge = Some(m.to_string());
+                        r.base = Some(tip.to_string());
+                    },
+                    &[m],
+                )?;
+                m
+            }
+        };
+        if self.remote().is_some() {
+            // The remote's target is moved by push_target; nothing is applied locally yet.
+            crash_point(Phase::Merge, "after");
+            return self.checkpoint(
+                Phase::Merge,
+                &format!(
+                    "{} is ready to push onto {}",
+                    &built.to_string()[..7],
+                    &tip.to_string()[..7]
+                ),
+                |_| {},
+                &[],
+            );
+        }
+        match self.advance_local_target(built)? {
+            Advance::Moved | Advance::AlreadyThere => {}
+            Advance::LeftDirty(path) => {
+                return Err(LoopError::new(
+                    Class::Transient,
+                    format!(
+                        "{} is checked out in {} with uncommitted changes; it was left as it is",
+                        self.target(),
+                        path.display()
+                    ),
+                )
+                .with_hint("commit or stash those changes, then promote again")
+                .into());
+            }
+            Advance::Diverged => {
+                return Err(LoopError::new(
+                    Class::Transient,
+                    format!("{} moved while merging", self.target()),
+                )
+                .with_hint("promote again: the merge is rebuilt on the new tip")
+                .into());
+            }
+        }
+        crash_point(Phase::Merge, "after");
+        self.checkpoint(
+            Phase::Merge,
+            &format!("{} moved to {}", self.target(), &built.to_string()[..7]),
+            |_| {},
+            &[],
+        )
+    }
+
+    /// The commit of `tip`'s history that holds this task's work, if any.
+    fn work_in(&self, tip: ObjectId) -> Result<Option<ObjectId>> {
+        let source = self.source()?;
+        if let Some(m) = &self.rec().merge
+            && self.repo.is_ancestor(oid(m)?, tip)?
+        {
+            return Ok(Some(oid(m)?));
+        }
+        if self.repo.is_ancestor(source, tip)? {
+            return Ok(Some(tip));
+        }
+        if self.policy.promote.strategy == Strategy::Squash {
+            // A squash leaves no ancestry; its commit carries a Loop-Task trailer instead.
+            let trailer = format!("Loop-Task: {}", self.id);
+            let stop = self.rec().base.as_deref().map(oid).transpose()?;
+            let mut next = Some(tip);
+            for _ in 0..10_000 {
+                let Some(id) = next else { break };
+                if Some(id) == stop {
+                    break;
+                }
+                let info = self.repo.commit_info(id)?;
+                if info.message.lines().any(|l| l.trim() == trailer) {
+                    return Ok(Some(id));
+                }
+                next = info.parents.first().copied();
+            }
+        }
+        Ok(None)
+    }
+
+    /// Builds the commit that brings the source onto `tip` by the policy's strategy, touching
+    /// no index or work tree. A conflict files a fix task and blocks this one.
+    fn build_merge(&mut self, tip: ObjectId) -> Result<ObjectId> {
+        let source = self.source()?;
+        let fast_forward = self.repo.is_ancestor(tip, source)?;
+        let strategy = self.policy.promote.strategy;
+        if strategy == Strategy::FfOnly {
+            if fast_forward {
+                return Ok(source);
+            }
+            return Err(policy_error(format!(
+                "{} cannot be fast-forwarded to {}: promote.strategy is ff-only",
+                self.target(),
+                self.task.branch
+            ))
+            .with_hint(format!(
+                "rebase {} onto {}, or use another strategy",
+                self.task.branch,
+                self.target()
+            ))
+            .into());
+        }
+        let tree = if fast_forward {
+            self.repo.commit_info(source)?.tree
+        } else {
+            match self.git.merge_tree(&tip.to_string(), &source.to_string())? {
+                MergeTree::Clean(tree) => oid(&tree)?,
+                MergeTree::Conflict(paths) => return Err(self.conflict(tip, paths)),
+            }
+        };
+        let title = one_line(&self.task.title);
+        let trailer = format!("Loop-Task: {}", self.id);
+        match strategy {
+            Strategy::Squash => {
+                if tree == self.repo.commit_info(tip)?.tree {
+                    // Everything is already there (e.g. through a conflict fix): nothing to add.
+                    return Ok(tip);
+                }
+                self.repo
+                    .write_commit(&format!("{title}\n\n{trailer}\n"), tree, &[tip])
+            }
+            _ => self.repo.write_commit(
+                &format!("Merge {}: {title}\n\n{trailer}\n", self.task.branch),
+                tree,
+                &[tip, source],
+            ),
+        }
+    }
+
+    /// Files (or finds) the conflict-fix task, blocks this task on it, and returns the error.
+    fn conflict(&mut self, tip: ObjectId, paths: Vec<String>) -> anyhow::Error {
+        let title = format!(
+            "resolve conflict: merge {} into {}",
+            self.short(),
+            self.target()
+        );
+        let listing = paths
+            .iter()
+            .map(|p| format!("- {p}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let source = self.rec().source.clone();
+        let body = format!(
+            "Merging {branch} (task {short}: {task_title}) into {target} conflicts in:\n\n{listing}\n\n\
+             On this task's branch (which starts from {target}), merge {branch} at {src7} and \
+             resolve the conflicts, keeping the intent of both sides.\n\n\
+             Acceptance: `git merge-base --is-ancestor {source} HEAD` succeeds on this branch and \
+             the gates pass. When this task is done, task {short} is promoted again.",
+            branch = self.task.branch,
+            short = self.short(),
+            task_title = one_line(&self.task.title),
+            target = self.target(),
+            src7 = &source[..7],
+        );
+        match self.file_follow_up(&title, &body, reason::CONFLICT, &format!(
+            "merging into {} at {} conflicts in {} path(s)", self.target(), &tip.to_string()[..7], paths.len()
+        )) {
+            Ok(fix) => policy_error(format!(
+                "merging {} into {} conflicts in: {}; filed task {} to resolve it, and task {} waits for it",
+                self.task.branch,
+                self.target(),
+                paths.join(", "),
+                short(&fix),
+                self.short()
+            ))
+            .into(),
+            Err(e) => e,
+        }
+    }
+
+    /// Files a follow-up task (unless an open one with this title exists), makes this task
+    /// wait for it as `blocked: <why>`, and records it in the checkpoint.
+    fn file_follow_up(
+        &mut self,
+        title: &str,
+        body: &str,
+        why: &str,
+        detail: &str,
+    ) -> Result<String> {
+        let existing = self.store.list()?.into_iter().find_map(|l| {
+            let t = l.task.ok()?;
+            (t.discovered_from.as_deref() == Some(self.id.as_str())
+                && t.title == title
+                && !matches!(t.state, State::Done | State::Cancelled))
+            .then_some(t.id)
+        });
+        let fix = match existing {
+            Some(id) => id,
+            None => {
+                let ids = self.store.ids()?;
+                let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let id = crate::ids::generate(&refs);
+                let now = Timestamp::now();
+                let task = Task {
+                    branch: format!("loop/{}", &id[..crate::ids::MIN_SHORT]),
+                    id: id.clone(),
+                    title: title.to_string(),
+                    state: State::Ready,
+                    reason: None,
+                    detail: None,
+                    batch: self.task.batch.clone(),
+                    priority: self.task.priority.saturating_add(1),
+                    after: Vec::new(),
+                    mutex: self.task.mutex.clone(),
+                    attempts: 0,
+                    next_at: None,
+                    signatures: Vec::new(),
+                    discovered_from: Some(self.id.clone()),
+                    created: now,
+                    updated: now,
+                    approved: None,
+                    promoted_commit: None,
+                    body: body.to_string(),
+                };
+                self.store.create(&task)?;
+                id
+            }
+        };
+        let detail = detail.to_string();
+        let fix_id = fix.clone();
+        let updated = self.store.update(&self.id, |t| {
+            let from = t.state_label();
+            if !t.after.contains(&fix_id) {
+                t.after.push(fix_id.clone());
+            }
+            t.set_state(State::Blocked, Some(why), Some(detail.clone()));
+            Ok(Edit::new(format!(
+                "{from} -> blocked: {why}: waits for {}",
+                short(&fix_id)
+            )))
+        })?;
+        self.task = updated_task(updated);
+        let fix_for_rec = fix.clone();
+        self.record(
+            &format!("{why}: filed {}", short(&fix)),
+            |r| r.follow_up = Some(fix_for_rec),
+            &[],
+        )?;
+        Ok(fix)
+    }
+
+    /// Fast-forwards the local target branch to `to`, never clobbering a checkout of it.
+    fn advance_local_target(&mut self, to: ObjectId) -> Result<Advance> {
+        let name = self.target_ref();
+        let current = self.repo.read_ref(&name)?;
+        if current == Some(to) {
+            return Ok(Advance::AlreadyThere);
+        }
+        if let Some(cur) = current
+            && !self.repo.is_ancestor(cur, to)?
+        {
+            return Ok(Advance::Diverged);
+        }
+        let checkout =
+            self.git.worktrees()?.into_iter().find(|w| {
+                w.branch.as_deref() == Some(name.as_str()) && !w.prunable && w.path.exists()
+            });
+        match checkout {
+            None => {
+                let edit = match current {
+                    Some(old) => Cas::Update { name, old, new: to },
+                    None => Cas::Create { name, new: to },
+                };
+                match self.repo.cas(&[edit])? {
+                    CasOutcome::Applied => Ok(Advance::Moved),
+                    CasOutcome::Lost => Ok(Advance::Diverged),
+                }
+            }
+            Some(wt) => {
+                let there = self.git.in_dir(&wt.path);
+                if there.has_tracked_changes()? {
+                    return Ok(Advance::LeftDirty(wt.path));
+                }
+                let out = there.output(&["merge", "--ff-only", "--quiet", &to.to_string()])?;
+                if !out.status.success() {
+                    return Err(LoopError::new(
+                        Class::Transient,
+                        format!(
+                            "could not fast-forward the checkout of {} in {}: {}",
+                            self.target(),
+                            wt.path.display(),
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ),
+                    )
+                    .into());
+                }
+                Ok(Advance::Moved)
+            }
+        }
+    }
+
+    // ---- push_target ----------------------------------------------------------------------
+
+    fn push_target(&mut self) -> Result<()> {
+        if self.rec().has(Phase::PushTarget) {
+            return Ok(());
+        }
+        crash_point(Phase::PushTarget, "before");
+        let Some(remote) = self.remote().map(str::to_string) else {
+            return self.skip(Phase::PushTarget, "no remote");
+        };
+        let merge = oid(self
+            .rec()
+            .merge
+            .as_deref()
+            .context("merge phase recorded no commit")?)?;
+        let base = self.rec().base.clone().unwrap_or_default();
+        let tip = self.target_tip()?;
+        let message = if self.repo.is_ancestor(merge, tip)? {
+            format!(
+                "{remote}/{} already contains {}",
+                self.target(),
+                &merge.to_string()[..7]
+            )
+        } else {
+            let lease = format!("{}:{base}", self.target_ref());
+            let spec = format!("{merge}:{}", self.target_ref());
+            if let Err(e) = self.push_or_classify(&remote, &[lease], &[spec]) {
+                if crate::error::class_of(&e) == Class::Transient {
+                    // The target moved since the merge was built: build it again next time.
+                    let moved = self.target_tip().unwrap_or(tip);
+                    if oid(&base).ok() != Some(moved) {
+                        self.record(
+                            &format!(
+                                "push_target: {remote}/{} moved to {}; the merge will be rebuilt",
+                                self.target(),
+                                &moved.to_string()[..7]
+                            ),
+                            |r| {
+                                r.merge = None;
+                                r.base = None;
+                                r.completed.retain(|p| p != Phase::Merge.name());
+                            },
+                            &[],
+                        )?;
+                    }
+                }
+                return Err(e);
+            }
+            format!(
+                "pushed {} to {remote}/{}",
+                &merge.to_string()[..7],
+                self.target()
+            )
+        };
+        crash_point(Phase::PushTarget, "after");
+        // Bring the local target along when that is safe, and say so when it is not, before
+        // the checkpoint: a kill in between runs this phase again, which observes the push.
+        match self.advance_local_target(merge)? {
+            Advance::Moved | Advance::AlreadyThere => {}
+            Advance::LeftDirty(path) => self.notes.push(format!(
+                "{} is checked out in {} with uncommitted changes; left as it is (`git pull --ff-only` there later)",
+                self.target(),
+                path.display()
+            )),
+            Advance::Diverged => self.notes.push(format!(
+                "the local {} has commits that {remote}/{} does not; left as it is",
+                self.target(),
+                self.target()
+            )),
+        }
+        self.checkpoint(Phase::PushTarget, &message, |_| {}, &[])
+    }
+
+    // ---- verify ---------------------------------------------------------------------------
+
+    fn verify(&mut self) -> Result<()> {
+        if self.rec().has(Phase::Verify) {
+            return Ok(());
+        }
+        crash_point(Phase::Verify, "before");
+        let commands = self.policy.verify.commands.clone();
+        if commands.is_empty() {
+            return self.skip(Phase::Verify, "no verify.commands");
+        }
+        let tip = self.target_tip()?;
+        let results = self.run_in_temp_worktree(tip, &commands, self.policy.gate.timeout)?;
+        if let Some(failed) = results.iter().find(|r| !r.passed) {
+            let title = format!(
+                "activation gap: {} fails verify on {}",
+                self.short(),
+                self.target()
+            );
+            let body = format!(
+                "Task {short} ({task_title}) was merged into {target}, but verify fails on {target} at {tip7}:\n\n\
+                 {summary}\n\n```\n{tail}\n```\n\n\
+                 Make the merged change work on {target}.\n\n\
+                 Acceptance: every `verify.commands` of policy.toml passes on {target} once this \
+                 task is promoted. Then task {short} finishes its promotion.",
+                short = self.short(),
+                task_title = one_line(&self.task.title),
+                target = self.target(),
+                tip7 = &tip.to_string()[..7],
+                summary = failed.summary(),
+                tail = failed.tail.trim_end(),
+            );
+            let gap =
+                self.file_follow_up(&title, &body, reason::VERIFY_FAILED, &failed.summary())?;
+            crash_point(Phase::Verify, "after");
+            return Err(policy_error(format!(
+                "verify failed on {} after merging {}: {}\n{}",
+                self.target(),
+                self.short(),
+                failed.summary(),
+                failed.tail.trim_end()
+            ))
+            .with_hint(format!(
+                "filed task {} (activation gap); task {} finishes its promotion when it is done",
+                short(&gap),
+                self.short()
+            ))
+            .into());
+        }
+        crash_point(Phase::Verify, "after");
+        self.checkpoint(
+            Phase::Verify,
+            &format!(
+                "{} command(s) passed on {}",
+                results.len(),
+                &tip.to_string()[..7]
+            ),
+            |_| {},
+            &[],
+        )
+    }
+
+    // ---- cleanup --------------------------------------------------------------------------
+
+    fn cleanup(&mut self) -> Result<()> {
+        if self.rec().has(Phase::Cleanup) {
+            return Ok(());
+        }
+        crash_point(Phase::Cleanup, "before");
+        let branch_ref = self.branch_ref();
+        let loop_dir = self
+            .repo
+            .common_dir()
+            .join("loop")
+            .join("worktrees")
+            .join(self.short());
+        let mut said = Vec::new();
+        let main_worktree = self.repo.workdir().map(Path::to_path_buf);
+        // Temporary checkouts for gates and verify that a killed promotion left behind.
+        let tmp_dir = self.repo.common_dir().join("loop").join("tmp");
+        let tmp_prefix = format!("{}-", self.short());
+        for wt in self.git.worktrees()? {
+            let temp = wt.path.parent().is_some_and(|p| same_path(p, &tmp_dir))
+                && wt
+                    .path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&tmp_prefix));
+            if temp {
+                self.git
+                    .run(&["worktree", "remove", "--force", &wt.path.to_string_lossy()])?;
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&tmp_dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&tmp_prefix) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        for wt in self.git.worktrees()? {
+            let ours =
+                wt.branch.as_deref() == Some(branch_ref.as_str()) || same_path(&wt.path, &loop_dir);
+            if !ours
+                || main_worktree
+                    .as_deref()
+                    .is_some_and(|m| same_path(m, &wt.path))
+            {
+                continue;
+            }
+            if wt.path.exists() {
+                if let Some(rescue) =
+                    rescue_worktree(self.repo, &self.git.in_dir(&wt.path), &self.id)?
+                {
+                    said.push(format!("saved uncommitted work in {rescue}"));
+                }
+                self.git
+                    .run(&["worktree", "remove", "--force", &wt.path.to_string_lossy()])?;
+                said.push(format!("removed the worktree {}", wt.path.display()));
+            }
+        }
+        self.git.run(&["worktree", "prune"])?;
+        // The local task branch goes only if its commits are safe in the target or a rescue ref.
+        if let Some(head) = self.repo.read_ref(&branch_ref)? {
+            let checked_out = self
+                .git
+                .worktrees()?
+                .iter()
+                .any(|w| w.branch.as_deref() == Some(branch_ref.as_str()));
+            if checked_out {
+                said.push(format!("kept {} (it is checked out)", self.task.branch));
+            } else {
+                let target_tip = match self.remote() {
+                    Some(remote) => self
+                        .repo
+                        .read_ref(&format!("refs/remotes/{remote}/{}", self.target()))?,
+                    None => self.repo.read_ref(&self.target_ref())?,
+                };
+                let contained = match target_tip {
+                    Some(tip) => self.repo.is_ancestor(head, tip)?,
+                    None => false,
+                };
+                if !contained {
+                    let rescue = save_rescue(self.repo, &self.id, head)?;
+                    said.push(format!("saved {} in {rescue}", self.task.branch));
+                }
+                match self.repo.cas(&[Cas::Delete {
+                    name: branch_ref.clone(),
+                    old: head,
+                }])? {
+                    CasOutcome::Applied => said.push(format!("deleted {}", self.task.branch)),
+                    CasOutcome::Lost => said.push(format!("kept {} (it moved)", self.task.branch)),
+                }
+            }
+        }
+        crash_point(Phase::Cleanup, "after");
+        let message = if said.is_empty() {
+            "nothing to clean".to_string()
+        } else {
+            said.join("; ")
+        };
+        self.checkpoint(Phase::Cleanup, &message, |_| {}, &[])
+    }
+
+    // ---- delete_remote_branch -------------------------------------------------------------
+
+    fn delete_remote_branch(&mut self) -> Result<()> {
+        if self.rec().has(Phase::DeleteRemoteBranch) {
+            return Ok(());
+        }
+        crash_point(Phase::DeleteRemoteBranch, "before");
+        let Some(remote) = self.remote().map(str::to_string) else {
+            return self.skip(Phase::DeleteRemoteBranch, "no remote");
+        };
+        if !self.policy.promote.delete_remote_branch {
+            return self.skip(
+                Phase::DeleteRemoteBranch,
+                "promote.delete_remote_branch is false",
+            );
+        }
+        let branch_ref = self.branch_ref();
+        let source = self.rec().source.clone();
+        // Best effort: a failure is said, not fatal.
+        let message = match self.git.ls_remote(&remote, &branch_ref) {
+            Ok(None) => format!("{remote} has no {}", self.task.branch),
+            Ok(Some(at)) if at != source => {
+                format!(
+                    "kept {remote}/{}: it moved to {}",
+                    self.task.branch,
+                    &at[..at.len().min(7)]
+                )
+            }
+            Ok(Some(_)) => {
+                let lease = format!("{branch_ref}:{source}");
+                match self
+                    .git
+                    .push(&remote, &[lease], &[format!(":{branch_ref}")])
+                {
+                    Ok(Push::Ok(_)) => format!("deleted {remote}/{}", self.task.branch),
+                    Ok(Push::LostRace(why) | Push::Rejected(why)) => {
+                        format!("kept {remote}/{}: {why}", self.task.branch)
+                    }
+                    Err(e) => format!("kept {remote}/{}: {e:#}", self.task.branch),
+                }
+            }
+            Err(e) => format!("could not look at {remote}: {e:#}"),
+        };
+        crash_point(Phase::DeleteRemoteBranch, "after");
+        self.checkpoint(Phase::DeleteRemoteBranch, &message, |_| {}, &[])
+    }
+
+    // ---- done -----------------------------------------------------------------------------
+
+    fn done(&mut self) -> Result<()> {
+        crash_point(Phase::Done, "before");
+        let merge = self
+            .rec()
+            .merge
+            .clone()
+            .context("merge phase recorded no commit")?;
+        let note = format!(
+            "task: {}\ntitle: {}\nstrategy: {}\ntarget: {}\npromoted: {}\nby: {}\n",
+            self.id,
+            one_line(&self.task.title),
+            self.rec().strategy,
+            self.target(),
+            Timestamp::now().to_rfc3339(),
+            self.by
+        );
+        self.git.run(&[
+            "notes",
+            &format!("--ref={NOTES_REF}"),
+            "add",
+            "-f",
+            "-m",
+            &note,
+            &merge,
+        ])?;
+        let merged = merge.clone();
+        self.store.update(&self.id, |t| {
+            if t.state == State::Done && t.promoted_commit.as_deref() == Some(merged.as_str()) {
+                return Ok(Edit::new("unchanged"));
+            }
+            let from = t.state_label();
+            t.set_state(State::Done, None, None);
+            t.promoted_commit = Some(merged.clone());
+            Ok(Edit::new(format!(
+                "{from} -> done: promoted as {}",
+                &merged[..7]
+            )))
+        })?;
+        // Re-arm before the last checkpoint: a crash in between re-runs this phase.
+        for id in rearm_waiting(&self.store, &self.id)? {
+            self.notes.push(format!(
+                "task {} was waiting for this one; its promotion resumes",
+                short(&id)
+            ));
+        }
+        crash_point(Phase::Done, "after");
+        self.checkpoint(
+            Phase::Done,
+            &format!("{} is done", self.short()),
+            |_| {},
+            &[],
+        )
+    }
+
+    // ---- helpers --------------------------------------------------------------------------
+
+    /// Runs `commands` in a temporary detached worktree at `commit`, removed afterwards.
+    fn run_in_temp_worktree(
+        &self,
+        commit: ObjectId,
+        commands: &[Vec<String>],
+        timeout: Duration,
+    ) -> Result<Vec<gate::CommandResult>> {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dir = self.repo.common_dir().join("loop").join("tmp");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!(
+            "{}-{:08x}",
+            self.short(),
+            crate::rand::u64() as u32
+        ));
+        self.git.run(&[
+            "worktree",
+            "add",
+            "--detach",
+            "--quiet",
+            &path.to_string_lossy(),
+            &commit.to_string(),
+        ])?;
+        let results = gate::run_all(commands, &path, timeout);
+        let removed = self
+            .git
+            .run(&["worktree", "remove", "--force", &path.to_string_lossy()]);
+        let results = results?;
+        removed?;
+        Ok(results)
+    }
+
+    fn dry_run(&mut self) -> Result<Outcome> {
+        let mut plan = Vec::new();
+        let tip = self.target_tip()?;
+        self.check_manifest(tip)?;
+        let shown_target = match self.remote() {
+            Some(r) => format!("{r}/{}", self.target()),
+            None => self.target().to_string(),
+        };
+        let source = match &self.chain.rec {
+            Some(rec) => {
+                plan.push(format!(
+                    "resume the promotion begun by {} (done: {})",
+                    rec.by,
+                    rec.completed.join(", ")
+                ));
+                oid(&rec.source)?
+            }
+            None => {
+                let head = self.repo.read_ref(&self.branch_ref())?.ok_or_else(|| {
+                    policy_error(format!(
+                        "task {} has no branch {}",
+                        self.short(),
+                        self.task.branch
+                    ))
+                })?;
+                if self.repo.is_ancestor(head, tip)? {
+                    return Err(policy_error(format!(
+                        "{} has no commits beyond {shown_target}",
+                        self.task.branch
+                    ))
+                    .into());
+                }
+                match &self.task.approved {
+                    Some(a) if oid(a).ok() == Some(head) => {
+                        plan.push(format!("promote {} (approved)", &a[..7]))
+                    }
+                    Some(_) => plan.push("refuse: the branch moved after judging".to_string()),
+                    None => plan.push(format!(
+                        "run {} gate command(s) on {} and approve it",
+                        self.policy.gate.commands.len(),
+                        &head.to_string()[..7]
+                    )),
+                }
+                head
+            }
+        };
+        self.check_frozen_finish_line(tip, source)?;
+        let strategy = self.policy.promote.strategy.as_str();
+        let merge = if self.repo.is_ancestor(source, tip)? {
+            format!(
+                "nothing to merge: {shown_target} already contains {}",
+                &source.to_string()[..7]
+            )
+        } else if self.repo.is_ancestor(tip, source)? {
+            format!(
+                "{strategy}: {shown_target} is an ancestor of the source (fast-forward possible)"
+            )
+        } else {
+            match self.git.merge_tree(&tip.to_string(), &source.to_string())? {
+                MergeTree::Clean(_) => format!(
+                    "{strategy} merge onto {shown_target} at {}: clean",
+                    &tip.to_string()[..7]
+                ),
+                MergeTree::Conflict(paths) => {
+                    format!("{strategy} merge conflicts in: {}", paths.join(", "))
+                }
+            }
+        };
+        if let Some(remote) = self.remote() {
+            plan.push(format!("push {} to {remote}", self.task.branch));
+            plan.push(merge);
+            plan.push(format!(
+                "push {shown_target} with a lease on {}",
+                &tip.to_string()[..7]
+            ));
+        } else {
+            plan.push(merge);
+        }
+        plan.push(format!(
+            "run {} verify command(s)",
+            self.policy.verify.commands.len()
+        ));
+        plan.push(
+            "remove the task's worktree (saving uncommitted work) and its branch".to_string(),
+        );
+        if self.remote().is_some() && self.policy.promote.delete_remote_branch {
+            plan.push("delete the remote task branch".to_string());
+        }
+        plan.push("mark the task done and note the promoted commit".to_string());
+        Ok(Outcome::DryRun { plan })
+    }
+}
+
+enum Advance {
+    Moved,
+    AlreadyThere,
+    LeftDirty(PathBuf),
+    Diverged,
+}
+
+/// The promotion checkpoints of one task: `refs/loop/promote/<id>`.
+struct Chain<'r> {
+    repo: &'r Repo,
+    name: String,
+    tip: Option<ObjectId>,
+    rec: Option<Record>,
+}
+
+impl<'r> Chain<'r> {
+    fn load(repo: &'r Repo, id: &str) -> Result<Chain<'r>> {
+        let name = promote_ref(id);
+        let tip = repo.read_ref(&name)?;
+        let rec = match tip {
+            None => None,
+            Some(tip) => {
+                let corrupt = |why: String| {
+                    LoopError::new(Class::Config, format!("{name} is corrupt: {why}"))
+                        .with_hint(format!("inspect it with `git log {name}`"))
+                };
+                let tree = repo
+                    .commit_tree(tip)?
+                    .map_err(|_| corrupt("it does not point at a commit".into()))?;
+                let bytes = repo
+                    .tree_blob(tree, DOC)?
+                    .ok_or_else(|| corrupt(format!("no {DOC}")))?;
+                let text =
+                    String::from_utf8(bytes).map_err(|_| corrupt(format!("{DOC} is not UTF-8")))?;
+                Some(
+                    toml::from_str::<Record>(&text)
+                        .map_err(|e| corrupt(e.message().to_string()))?,
+                )
+            }
+        };
+        Ok(Chain {
+            repo,
+            name,
+            tip,
+            rec,
+        })
+    }
+
+    /// Appends a checkpoint by compare-and-swap; `keep` are commits to keep reachable.
+    fn write(&mut self, rec: Record, message: &str, keep: &[ObjectId]) -> Result<()> {
+        let doc = self.repo.write_blob(toml::to_string(&rec)?.as_bytes())?;
+        let tree = self.repo.write_tree(None, &[(DOC, doc)])?;
+        let mut parents: Vec<ObjectId> = self.tip.into_iter().collect();
+        for k in keep {
+            if !parents.contains(k) {
+                parents.push(*k);
+            }
+        }
+        let commit = self.repo.write_commit(
+            &format!("{message}\n\nLoop-Task: {}\n", rec.task),
+            tree,
+            &parents,
+        )?;
+        let edit = match self.tip {
+            Some(old) => Cas::Update {
+                name: self.name.clone(),
+                old,
+                new: commit,
+            },
+            None => Cas::Create {
+                name: self.name.clone(),
+                new: commit,
+            },
+        };
+        match self.repo.cas(&[edit])? {
+            CasOutcome::Applied => {
+                self.tip = Some(commit);
+                self.rec = Some(rec);
+                Ok(())
+            }
+            CasOutcome::Lost => Err(LoopError::new(
+                Class::Transient,
+                format!("another promotion of task {} is running", short(&rec.task)),
+            )
+            .with_hint("let it finish; run the promotion again to see where it stands")
+            .into()),
+        }
+    }
+}
+
+/// Moves tasks blocked on `done_id` (a conflict fix or an activation gap) back to `promoting`
+/// once everything they wait for is done. Returns their ids.
+pub fn rearm_waiting(store: &Store<'_>, done_id: &str) -> Result<Vec<String>> {
+    let listed = store.list()?;
+    let tasks: Vec<&Task> = listed.iter().filter_map(|l| l.task.as_ref().ok()).collect();
+    let graph = crate::graph::Graph::new(tasks.iter().copied());
+    let mut rearmed = Vec::new();
+    for t in &tasks {
+        let waiting = t.state == State::Blocked
+            && matches!(
+                t.reason.as_deref(),
+                Some(reason::CONFLICT | reason::VERIFY_FAILED)
+            )
+            && t.after.iter().any(|d| d == done_id);
+        if !waiting || !graph.pending_deps(t).is_empty() {
+            continue;
+        }
+        let done = done_id.to_string();
+        let updated = store.update(&t.id, |task| {
+            if task.state != State::Blocked {
+                return Ok(Edit::new("unchanged"));
+            }
+            let from = task.state_label();
+            task.set_state(State::Promoting, None, None);
+            Ok(Edit::new(format!(
+                "{from} -> promoting: {} is done",
+                short(&done)
+            )))
+        })?;
+        if matches!(updated, Updated::Changed(_)) {
+            rearmed.push(t.id.clone());
+        }
+    }
+    Ok(rearmed)
+}
+
+/// Saves the uncommitted and untracked-but-not-ignored files of a worktree into a new rescue
+/// ref, without touching its index. Returns the ref, or `None` when there was nothing to save.
+pub fn rescue_worktree(repo: &Repo, git: &Git, id: &str) -> Result<Option<String>> {
+    if !git.is_dirty()? {
+        return Ok(None);
+    }
+    let index = std::env::temp_dir().join(format!(
+        "git-loop-rescue-{}-{:x}",
+        std::process::id(),
+        crate::rand::u64()
+    ));
+    let with_index = git
+        .clone()
+        .with_env("GIT_INDEX_FILE", &index.to_string_lossy());
+    let result = (|| -> Result<ObjectId> {
+        let head = git.run(&["rev-parse", "--verify", "--quiet", "HEAD"]).ok();
+        match &head {
+            Some(_) => with_index.run(&["read-tree", "HEAD"])?,
+            None => with_index.run(&["read-tree", "--empty"])?,
+        };
+        with_index.run(&["add", "-A", "--", "."])?;
+        let tree = with_index.run(&["write-tree"])?;
+        let parents: Vec<ObjectId> = head.iter().map(|h| oid(h.trim())).collect::<Result<_>>()?;
+        repo.write_commit(
+            &format!(
+                "rescue: uncommitted work of task {id} in {}\n\nLoop-Task: {id}\n",
+                git.dir().display()
+            ),
+            oid(tree.trim())?,
+            &parents,
+        )
+    })();
+    let _ = std::fs::remove_file(&index);
+    let commit = result?;
+    Ok(Some(save_rescue(repo, id, commit)?))
+}
+
+/// Points the next free `refs/loop/rescue/<id>/<n>` at `commit`.
+pub fn save_rescue(repo: &Repo, id: &str, commit: ObjectId) -> Result<String> {
+    let prefix = format!("{RESCUE_REFS}{id}/");
+    let existing = repo.refs_under(&prefix)?;
+    if let Some(same) = existing.iter().find(|r| r.id == Some(commit)) {
+        return Ok(same.name.clone());
+    }
+    let mut n = existing
+        .iter()
+        .filter_map(|r| r.name[prefix.len()..].parse::<u64>().ok())
+        .max()
+        .map_or(1, |m| m + 1);
+    loop {
+        let name = format!("{prefix}{n}");
+        match repo.cas(&[Cas::Create {
+            name: name.clone(),
+            new: commit,
+        }])? {
+            CasOutcome::Applied => return Ok(name),
+            CasOutcome::Lost => n += 1,
+        }
+    }
+}
+
+/// Takes the OS lock that serialises promotions of task `id`.
+fn lock_promotion(repo: &Repo, id: &str) -> Result<std::fs::File> {
+    let dir = repo.common_dir().join("loop").join("locks");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("promote-{id}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LoopError::new(
+            Class::Transient,
+            format!("another promotion of task {} is running", short(id)),
+        )
+        .with_hint("let it finish; run the promotion again to see where it stands")
+        .into()),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("locking {}", path.display())))
+        }
+    }
+}
+
+/// Refuses while the breaker is open (SPEC §5).
+fn check_breaker(repo: &Repo) -> Result<()> {
+    let Some(tip) = repo.read_ref("refs/loop/breaker")? else {
+        return Ok(());
+    };
+    let Ok(tree) = repo.commit_tree(tip)? else {
+        return Ok(());
+    };
+    let Some(bytes) = repo.tree_blob(tree, "breaker.toml")? else {
+        return Ok(());
+    };
+    let doc: toml::Table = String::from_utf8_lossy(&bytes).parse().unwrap_or_default();
+    if doc.get("state").and_then(|s| s.as_str()) == Some("open") {
+        let why = doc
+            .get("reason")
+            .and_then(|s| s.as_str())
+            .unwrap_or("no reason given");
+        return Err(
+            LoopError::new(Class::Breaker, format!("the breaker is open: {why}"))
+                .with_hint("`git loop resume` closes it once the cause is fixed")
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The protected sections of a policy file, normalised, for comparison and diffs.
+fn protected_sections(file: &Option<Vec<u8>>) -> String {
+    let Some(bytes) = file else {
+        return String::new();
+    };
+    let text = String::from_utf8_lossy(bytes);
+    let Ok(table) = text.parse::<toml::Table>() else {
+        // Unparsable: compare the raw text, so that any change shows.
+        return text.into_owned();
+    };
+    let mut out = String::new();
+    for section in PROTECTED_SECTIONS {
+        if let Some(value) = table.get(*section) {
+            let mut one = toml::Table::new();
+            one.insert((*section).to_string(), value.clone());
+            out.push_str(&toml::to_string(&one).unwrap_or_default());
+        }
+    }
+    out
+}
+
+fn crash_point(phase: Phase, when: &str) {
+    if let Some(spec) = std::env::var_os(CRASH_ENV)
+        && spec.to_string_lossy() == format!("{}:{when}", phase.name())
+    {
+        let pid = std::process::id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status();
+        std::process::abort();
+    }
+}
+
+fn updated_task(updated: Updated) -> Task {
+    match updated {
+        Updated::Changed(t) | Updated::Unchanged(t) => t,
+    }
+}
+
+fn policy_error(message: impl Into<String>) -> LoopError {
+    LoopError::new(Class::Policy, message)
+}
+
+fn oid(hex: &str) -> Result<ObjectId> {
+    ObjectId::from_hex(hex.trim().as_bytes())
+        .with_context(|| format!("{hex:?} is not an object id"))
+}
+
+fn short(id: &str) -> &str {
+    id.get(..crate::ids::MIN_SHORT).unwrap_or(id)
+}
+
+fn one_line(s: &str) -> String {
+    crate::output::safe(s.lines().next().unwrap_or_default(), false)
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}

@@ -1,0 +1,597 @@
+//! `git loop promote`: idempotent, crash-safe promotion, tested by killing real processes.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::common::{GOOD_BODY, ids_of};
+use crate::promote_fixture::{Config, Fixture};
+
+const PHASES: [&str; 8] = [
+    "preflight",
+    "push_source",
+    "merge",
+    "push_target",
+    "verify",
+    "cleanup",
+    "delete_remote_branch",
+    "done",
+];
+
+#[test]
+fn promotes_with_each_strategy_locally_and_to_a_remote() {
+    for strategy in ["ff-only", "no-ff", "squash"] {
+        for remote in [false, true] {
+            let f = Fixture::new(Config {
+                strategy,
+                remote,
+                diverge: strategy != "ff-only",
+                dirty_worktree: true,
+                ..Config::default()
+            });
+            let out = f.promote();
+            assert_eq!(out.code, 0, "{strategy} remote={remote}: {}", out.stderr);
+            assert!(out.stderr.contains("promoted"), "{}", out.stderr);
+            f.assert_converged();
+            // The worktree's uncommitted and untracked files were saved before it was removed.
+            let rescue = format!("refs/loop/rescue/{}/1", f.id);
+            assert_eq!(
+                f.repo.git(&["show", &format!("{rescue}:feature.txt")]),
+                "uncommitted edit\n"
+            );
+            assert_eq!(
+                f.repo.git(&["show", &format!("{rescue}:notes.txt")]),
+                "untracked notes\n"
+            );
+        }
+    }
+}
+
+/// Kills the promotion at `point`, runs it again, and checks everything converged.
+fn crash_and_resume(strategy: &str, remote: bool) {
+    for phase in PHASES {
+        for when in ["before", "after"] {
+            let f = Fixture::new(Config {
+                strategy,
+                remote,
+                diverge: strategy != "ff-only",
+                ..Config::default()
+            });
+            let point = format!("{phase}:{when}");
+            let killed = f.promote_env("GIT_LOOP_CRASH_AT", &point);
+            assert_eq!(
+                killed.code, -1,
+                "{strategy} remote={remote} {point}: not killed: {}",
+                killed.stderr
+            );
+            let out = f.promote();
+            assert_eq!(
+                out.code, 0,
+                "{strategy} remote={remote} after a kill at {point}: {}",
+                out.stderr
+            );
+            f.assert_converged();
+        }
+    }
+}
+
+#[test]
+fn crash_matrix_ff_only_local() {
+    crash_and_resume("ff-only", false);
+}
+
+#[test]
+fn crash_matrix_ff_only_remote() {
+    crash_and_resume("ff-only", true);
+}
+
+#[test]
+fn crash_matrix_no_ff_local() {
+    crash_and_resume("no-ff", false);
+}
+
+#[test]
+fn crash_matrix_no_ff_remote() {
+    crash_and_resume("no-ff", true);
+}
+
+#[test]
+fn crash_matrix_squash_local() {
+    crash_and_resume("squash", false);
+}
+
+#[test]
+fn crash_matrix_squash_remote() {
+    crash_and_resume("squash", true);
+}
+
+#[test]
+fn sigkill_at_random_instants_50_times() {
+    // A fixed seed: the instants differ from run to run of the loop, not between test runs.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut killed_midway = 0;
+    for round in 0..50 {
+        let f = Fixture::new(Config {
+            strategy: ["ff-only", "no-ff", "squash"][round % 3],
+            remote: round % 2 == 0,
+            diverge: round % 3 != 0,
+            ..Config::default()
+        });
+        let mut child = f
+            .repo
+            .cmd(&["promote", f.short()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_micros(next() % 120_000));
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().expect("wait");
+        if status.code().is_none() {
+            killed_midway += 1;
+        }
+        let out = f.promote();
+        assert_eq!(out.code, 0, "round {round}: {}", out.stderr);
+        f.assert_converged();
+    }
+    assert!(
+        killed_midway > 10,
+        "only {killed_midway} of 50 runs were killed before finishing"
+    );
+}
+
+#[test]
+fn two_promotions_at_once_merge_once() {
+    for remote in [false, true] {
+        let f = Fixture::new(Config {
+            remote,
+            diverge: true,
+            ..Config::default()
+        });
+        let spawn = || {
+            f.repo
+                .cmd(&["promote", f.short()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        };
+        let (a, b) = (spawn(), spawn());
+        let codes: Vec<i32> = [a, b]
+            .into_iter()
+            .map(|c| {
+                c.wait_with_output()
+                    .expect("wait")
+                    .status
+                    .code()
+                    .unwrap_or(-1)
+            })
+            .collect();
+        assert!(codes.contains(&0), "one finishes: {codes:?}");
+        assert!(
+            codes.iter().all(|c| *c == 0 || *c == 4),
+            "the other is 0 or 4: {codes:?}"
+        );
+        if codes.contains(&4) {
+            let out = f.promote();
+            assert_eq!(out.code, 0, "{}", out.stderr);
+        }
+        f.assert_converged();
+    }
+}
+
+#[test]
+fn a_push_to_the_target_between_merge_and_push_is_a_lost_race() {
+    let f = Fixture::new(Config {
+        remote: true,
+        diverge: true,
+        ..Config::default()
+    });
+    let killed = f.promote_env("GIT_LOOP_CRASH_AT", "push_target:before");
+    assert_eq!(killed.code, -1);
+    // Someone else pushes to main from another clone.
+    let remote = f.remote.as_ref().expect("remote");
+    let other = f.repo.root.parent().expect("tmp").join("other");
+    f.repo.git(&[
+        "clone",
+        "-q",
+        &remote.to_string_lossy(),
+        &other.to_string_lossy(),
+    ]);
+    let in_other = |args: &[&str]| {
+        let mut full = vec!["-C", other.to_str().expect("utf-8")];
+        full.extend_from_slice(args);
+        f.repo.git(&full)
+    };
+    std::fs::write(other.join("theirs.txt"), "their work\n").expect("write");
+    in_other(&["add", "theirs.txt"]);
+    in_other(&["commit", "-q", "-m", "Their work"]);
+    in_other(&["push", "-q", "origin", "main"]);
+    let theirs = in_other(&["rev-parse", "HEAD"]).trim().to_string();
+
+    let out = f.promote();
+    assert_eq!(out.code, 4, "the lost race is transient: {}", out.stderr);
+    assert_eq!(f.target(), theirs, "nothing was forced over their commit");
+    let out = f.promote();
+    assert_eq!(
+        out.code, 0,
+        "the re-run merges onto the new target: {}",
+        out.stderr
+    );
+    assert_eq!(
+        f.repo
+            .git_out(&["merge-base", "--is-ancestor", &theirs, &f.target()])
+            .code,
+        0,
+        "their commit is preserved"
+    );
+    f.assert_converged();
+}
+
+#[test]
+fn an_unreachable_remote_is_transient_and_a_missing_one_is_config() {
+    let f = Fixture::new(Config {
+        remote: true,
+        ..Config::default()
+    });
+    let remote = f.remote.clone().expect("remote");
+    let away = remote.with_extension("away");
+    std::fs::rename(&remote, &away).expect("move the remote away");
+    let out = f.promote();
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot reach the remote origin"),
+        "{}",
+        out.stderr
+    );
+    std::fs::rename(&away, &remote).expect("bring it back");
+    let out = f.promote();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    f.assert_converged();
+
+    let g = Fixture::new(Config {
+        remote: true,
+        ..Config::default()
+    });
+    g.repo.git(&["remote", "remove", "origin"]);
+    let out = g.promote();
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("no such remote"), "{}", out.stderr);
+}
+
+#[test]
+fn uncommitted_changes_in_the_users_checkout_survive() {
+    for remote in [false, true] {
+        let f = Fixture::new(Config {
+            remote,
+            ..Config::default()
+        });
+        f.repo.write("README", "my uncommitted edit\n");
+        f.repo.write("scratch.txt", b"\x00untracked bytes\xff");
+        let main_before = f.repo.git(&["rev-parse", "main"]);
+        let out = f.promote();
+        assert_eq!(
+            std::fs::read(f.repo.path("README")).expect("read"),
+            b"my uncommitted edit\n"
+        );
+        assert_eq!(
+            std::fs::read(f.repo.path("scratch.txt")).expect("read"),
+            b"\x00untracked bytes\xff"
+        );
+        assert_eq!(
+            f.repo.git(&["rev-parse", "main"]),
+            main_before,
+            "the checked-out main was left as it is"
+        );
+        if remote {
+            assert_eq!(out.code, 0, "{}", out.stderr);
+            assert!(out.stderr.contains("left as it is"), "{}", out.stderr);
+            let remote_main = f.target();
+            assert_ne!(remote_main, main_before.trim(), "the remote got the merge");
+        } else {
+            assert_eq!(out.code, 4, "{}", out.stderr);
+            assert!(out.stderr.contains("uncommitted changes"), "{}", out.stderr);
+            // Once the person commits their edit, the promotion goes through.
+            f.repo.git(&["commit", "-q", "-am", "My edit"]);
+            let out = f.promote();
+            assert_eq!(out.code, 0, "{}", out.stderr);
+            assert_eq!(
+                std::fs::read(f.repo.path("scratch.txt")).expect("read"),
+                b"\x00untracked bytes\xff"
+            );
+            assert_eq!(
+                f.repo.git(&["show", "main:feature.txt"]),
+                "the feature, second line\nmore\n"
+            );
+            assert_eq!(
+                std::fs::read_to_string(f.repo.path("feature.txt")).expect("checkout updated"),
+                "the feature, second line\nmore\n"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_conflict_files_a_fix_task_and_its_completion_rearms_the_original() {
+    let f = Fixture::new(Config::default());
+    let repo = &f.repo;
+    // main changes the same file differently.
+    repo.write("feature.txt", "main's own version\n");
+    repo.git(&["add", "feature.txt"]);
+    repo.git(&["commit", "-q", "-m", "Main's feature"]);
+    let out = f.promote();
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("conflicts in: feature.txt"),
+        "{}",
+        out.stderr
+    );
+
+    let tasks = repo.run(&["task", "list", "--json"]).json();
+    let fix = tasks
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|t| t["title"] == format!("resolve conflict: merge {} into main", f.short()).as_str())
+        .expect("a conflict-fix task was filed")
+        .clone();
+    let fix_id = fix["id"].as_str().expect("id").to_string();
+    assert_eq!(fix["discovered_from"], f.id.as_str());
+    let body = repo.run(&["task", "show", &fix_id, "--json"]).json()["body"]
+        .as_str()
+        .expect("body")
+        .to_string();
+    assert!(body.contains("- feature.txt"), "{body}");
+    let original = repo.run(&["task", "show", &f.id, "--json"]).json();
+    assert_eq!(original["state"], "blocked");
+    assert_eq!(original["reason"], "conflict");
+    assert_eq!(original["after"][0], fix_id.as_str());
+    // Promoting again while the fix is pending refuses and files nothing new.
+    assert_eq!(f.promote().code, 5);
+    assert_eq!(
+        repo.run(&["task", "list", "--json"])
+            .json()
+            .as_array()
+            .expect("array")
+            .len(),
+        2
+    );
+
+    // The fix: a branch from main that merges the task's branch and resolves the conflict.
+    let fix_branch = format!("loop/{}", &fix_id[..7]);
+    repo.git(&["checkout", "-q", "-b", &fix_branch, "main"]);
+    let merge = repo.git_out(&["merge", "-q", "--no-edit", &format!("loop/{}", f.short())]);
+    assert_ne!(merge.code, 0, "the merge conflicts");
+    repo.write("feature.txt", "the feature, second line\nmore\n");
+    repo.git(&["add", "feature.txt"]);
+    repo.git(&["commit", "-q", "--no-edit"]);
+    repo.git(&["checkout", "-q", "main"]);
+    let out = repo.run(&["promote", &fix_id[..7]]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("its promotion resumes"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        repo.run(&["task", "show", &f.id, "--json"]).json()["state"],
+        "promoting"
+    );
+
+    let out = f.promote();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        repo.run(&["task", "show", &f.id, "--json"]).json()["state"],
+        "done"
+    );
+}
+
+#[test]
+fn a_verify_failure_files_an_activation_gap_task_and_its_completion_finishes_the_promotion() {
+    let f = Fixture::new(Config {
+        verify: "[[\"sh\", \"-c\", \"test -f ACTIVATED\"]]",
+        ..Config::default()
+    });
+    let repo = &f.repo;
+    let out = f.promote();
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(out.stderr.contains("verify failed"), "{}", out.stderr);
+    assert!(
+        repo.git(&["show", "main:feature.txt"])
+            .contains("the feature"),
+        "merged"
+    );
+    let original = repo.run(&["task", "show", &f.id, "--json"]).json();
+    assert_eq!(original["state"], "blocked");
+    assert_eq!(original["reason"], "verify_failed");
+    let gap_id = original["after"][0]
+        .as_str()
+        .expect("waits for the gap task")
+        .to_string();
+    let gap = repo.run(&["task", "show", &gap_id, "--json"]).json();
+    assert!(
+        gap["title"]
+            .as_str()
+            .expect("title")
+            .starts_with("activation gap"),
+        "{gap}"
+    );
+    assert_eq!(gap["discovered_from"], f.id.as_str());
+    assert!(
+        gap["body"]
+            .as_str()
+            .expect("body")
+            .contains("test -f ACTIVATED")
+    );
+
+    repo.git(&[
+        "checkout",
+        "-q",
+        "-b",
+        &format!("loop/{}", &gap_id[..7]),
+        "main",
+    ]);
+    repo.write("ACTIVATED", "yes\n");
+    repo.git(&["add", "ACTIVATED"]);
+    repo.git(&["commit", "-q", "-m", "Activate"]);
+    repo.git(&["checkout", "-q", "main"]);
+    let out = repo.run(&["promote", &gap_id[..7]]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        repo.run(&["task", "show", &f.id, "--json"]).json()["state"],
+        "promoting"
+    );
+    let out = f.promote();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let show = repo.run(&["task", "show", &f.id, "--json"]).json();
+    assert_eq!(show["state"], "done");
+    let merges = repo
+        .git(&[
+            "log",
+            "--format=%(trailers:key=Loop-Task,valueonly)",
+            "main",
+        ])
+        .lines()
+        .filter(|l| l.contains(f.id.as_str()))
+        .count();
+    assert_eq!(merges, 1, "verify retried without merging again");
+}
+
+#[test]
+fn a_branch_that_edits_the_gate_is_refused_with_the_diff() {
+    let f = Fixture::new(Config::default());
+    let wt = f.repo.worktree_path(f.short());
+    let policy = std::fs::read_to_string(wt.join("policy.toml")).expect("policy");
+    std::fs::write(
+        wt.join("policy.toml"),
+        policy.replace("[gate]\ncommands = []", "[gate]\ncommands = [[\"true\"]]"),
+    )
+    .expect("write");
+    f.repo.git(&[
+        "-C",
+        &wt.to_string_lossy(),
+        "commit",
+        "-q",
+        "-am",
+        "Loosen the gate",
+    ]);
+    let main_before = f.target();
+    let out = f.promote();
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("protected sections of policy.toml"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("-commands = []"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("+commands = [[\"true\"]]"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(f.target(), main_before);
+    assert!(
+        f.repo.refs("refs/loop/promote/").is_empty(),
+        "no promotion was started"
+    );
+}
+
+#[test]
+fn by_hand_the_gates_run_on_the_branch_head_and_approve_it() {
+    let f = Fixture::new(Config {
+        gate: "[[\"sh\", \"-c\", \"grep -q second feature.txt\"]]",
+        ..Config::default()
+    });
+    let out = f.promote();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let show = f.repo.run(&["task", "show", &f.id, "--json"]).json();
+    assert!(show["approved"].is_string());
+    f.assert_converged();
+
+    let g = Fixture::new(Config {
+        gate: "[[\"sh\", \"-c\", \"echo gate says no; exit 3\"]]",
+        ..Config::default()
+    });
+    let out = g.promote();
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the gate failed") && out.stderr.contains("gate says no"),
+        "{}",
+        out.stderr
+    );
+    assert!(g.repo.run(&["task", "show", &g.id, "--json"]).json()["approved"].is_null());
+    assert!(g.repo.refs("refs/loop/promote/").is_empty());
+}
+
+#[test]
+fn a_branch_that_moved_after_judging_goes_back_to_the_judge() {
+    let f = Fixture::new(Config::default());
+    let first = f.repo.git(&["rev-parse", &format!("loop/{}~1", f.short())]);
+    f.repo
+        .poke(&f.id, "approved", &format!("\"{}\"", first.trim()));
+    let main_before = f.target();
+    let out = f.promote();
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(out.stderr.contains("moved after judging"), "{}", out.stderr);
+    assert_eq!(
+        f.repo.run(&["task", "show", &f.id, "--json"]).json()["state"],
+        "awaiting_judge"
+    );
+    assert_eq!(f.target(), main_before);
+}
+
+#[test]
+fn no_branch_or_no_new_commits_is_exit_5_and_done_or_cancelled_refuse() {
+    let f = Fixture::new(Config::default());
+    let other = f.repo.add("No branch yet", &[]);
+    let out = f.repo.run(&["promote", &other[..7]]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(out.stderr.contains("has no branch"), "{}", out.stderr);
+    f.repo
+        .git(&["branch", &format!("loop/{}", &other[..7]), "main"]);
+    let out = f.repo.run(&["promote", &other[..7]]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no commits beyond main"),
+        "{}",
+        out.stderr
+    );
+    f.repo.ok(&["task", "cancel", &other[..7]]);
+    assert_eq!(f.repo.run(&["promote", &other[..7]]).code, 5);
+    assert!(ids_of(&f.repo.run(&["ready", "--json"]).json()).contains(&f.id));
+    let _ = GOOD_BODY;
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let f = Fixture::new(Config {
+        remote: true,
+        diverge: true,
+        ..Config::default()
+    });
+    let before = f.repo.git(&["for-each-ref"]);
+    let out = f.repo.run(&["promote", f.short(), "--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("merge onto origin/main"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("clean"), "{}", out.stdout);
+    let after = f.repo.git(&["for-each-ref"]);
+    // Only the remote-tracking ref may have been refreshed by the fetch.
+    let strip = |s: &str| {
+        s.lines()
+            .filter(|l| !l.contains("refs/remotes/"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(strip(&before), strip(&after));
+}
