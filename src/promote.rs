@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Class, LoopError};
 use crate::gate;
-use crate::git::cli::{Git, MergeTree, PROMOTE_ENV, Push};
+use crate::git::cli::{Git, MergeTree, PROMOTE_ENV, Push, PushedRef};
 use crate::git::{Cas, CasOutcome, Repo};
 use crate::policy::{PROTECTED_SECTIONS, Policy, Strategy};
 use crate::store::{Edit, Store, Updated};
@@ -26,7 +26,9 @@ use crate::time::Timestamp;
 pub const PROMOTE_REFS: &str = "refs/loop/promote/";
 pub const RESCUE_REFS: &str = "refs/loop/rescue/";
 pub const NOTES_REF: &str = "refs/notes/loop";
-const DOC: &str = "promote.toml";
+/// The record of a checkpoint stands between these lines of its commit message, as TOML.
+const RECORD_START: &str = "--- promote.toml";
+const RECORD_END: &str = "---";
 
 /// Set to `<phase>:before` or `<phase>:after` to make promotion SIGKILL itself there (tests).
 pub const CRASH_ENV: &str = "GIT_LOOP_CRASH_AT";
@@ -173,6 +175,7 @@ pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Res
         chain,
         notes: Vec::new(),
         by: options.by.clone(),
+        remote_tip: None,
     };
     if options.dry_run {
         return p.dry_run();
@@ -190,6 +193,9 @@ struct Promotion<'r> {
     chain: Chain<'r>,
     notes: Vec<String>,
     by: String,
+    /// The remote target's tip as fetched in this run (one fetch per run: pushes carry a lease,
+    /// so a stale view can only lose a race, never overwrite anything).
+    remote_tip: Option<ObjectId>,
 }
 
 impl Promotion<'_> {
@@ -376,8 +382,17 @@ impl Promotion<'_> {
         Ok(())
     }
 
-    /// The target's tip: the remote's (freshly fetched) when a remote is set, else the local one.
-    fn target_tip(&self) -> Result<ObjectId> {
+    /// The target's tip: the remote's when a remote is set (fetched once per run), else the
+    /// local one.
+    fn target_tip(&mut self) -> Result<ObjectId> {
+        if let Some(tip) = self.remote_tip {
+            return Ok(tip);
+        }
+        self.fresh_target_tip()
+    }
+
+    /// The target's tip, fetched again from the remote when there is one.
+    fn fresh_target_tip(&mut self) -> Result<ObjectId> {
         let (name, shown) = match self.remote() {
             Some(remote) => {
                 let tracking = format!("refs/remotes/{remote}/{}", self.target());
@@ -387,14 +402,17 @@ impl Promotion<'_> {
             }
             None => (self.target_ref(), self.target().to_string()),
         };
-        self.repo.read_ref(&name)?.ok_or_else(|| {
+        let tip = self.repo.read_ref(&name)?.ok_or_else(|| {
             LoopError::new(
                 Class::Config,
                 format!("the target branch {shown} does not exist"),
             )
             .with_hint("create it, or set loop.target in policy.toml")
-            .into()
-        })
+        })?;
+        if self.remote().is_some() {
+            self.remote_tip = Some(tip);
+        }
+        Ok(tip)
     }
 
     fn check_manifest(&self, target_tip: ObjectId) -> Result<()> {
@@ -484,10 +502,15 @@ impl Promotion<'_> {
                     .into());
                 }
                 let gates = results.len();
+                // Approved and promoting in one write.
                 let updated = self.store.update(&self.id, |t| {
+                    let from = t.state_label();
                     t.approved = Some(head_hex.clone());
+                    if !matches!(t.state, State::Promoting | State::Done) {
+                        t.set_state(State::Promoting, None, None);
+                    }
                     Ok(Edit::new(format!(
-                        "{}: approved {} ({gates} gate command(s) passed at promote)",
+                        "{from} -> {}: approved {} ({gates} gate command(s) passed at promote)",
                         t.state,
                         &head_hex[..7]
                     )))
@@ -526,15 +549,15 @@ impl Promotion<'_> {
         };
         let source = self.rec().source.clone();
         let branch_ref = self.branch_ref();
-        let there = self.git.ls_remote(&remote, &branch_ref)?;
-        let message = if there.as_deref() == Some(source.as_str()) {
+        // Never forced: a push of what the remote already has is reported up to date ('=').
+        let pushed = self.push_or_classify(&remote, &[], &[format!("{source}:{branch_ref}")])?;
+        let message = if pushed.iter().all(|r| r.flag == '=') {
             format!(
                 "{remote} already has {} at {}",
                 self.task.branch,
                 &source[..7]
             )
         } else {
-            self.push_or_classify(&remote, &[], &[format!("{source}:{branch_ref}")])?;
             format!(
                 "pushed {} to {remote} at {}",
                 self.task.branch,
@@ -545,9 +568,14 @@ impl Promotion<'_> {
         self.checkpoint(Phase::PushSource, &message, |_| {}, &[])
     }
 
-    fn push_or_classify(&self, remote: &str, leases: &[String], specs: &[String]) -> Result<()> {
+    fn push_or_classify(
+        &self,
+        remote: &str,
+        leases: &[String],
+        specs: &[String],
+    ) -> Result<Vec<PushedRef>> {
         match self.git.push(remote, leases, specs)? {
-            Push::Ok(_) => Ok(()),
+            Push::Ok(refs) => Ok(refs),
             Push::LostRace(why) => Err(LoopError::new(
                 Class::Transient,
                 format!("{remote} moved while pushing: {why}"),
@@ -588,6 +616,25 @@ impl Promotion<'_> {
         // A merge built earlier on this same tip is still good; otherwise build one.
         let built = match (&self.rec().merge, &self.rec().base) {
             (Some(m), Some(b)) if oid(b)? == tip => oid(m)?,
+            _ if self.remote().is_some() => {
+                // With a remote nothing is applied here (push_target moves the remote's
+                // target), so building and recording the merge is the whole phase.
+                let m = self.build_merge(tip)?;
+                crash_point(Phase::Merge, "after");
+                return self.checkpoint(
+                    Phase::Merge,
+                    &format!(
+                        "built {} on {}, ready to push",
+                        &m.to_string()[..7],
+                        &tip.to_string()[..7]
+                    ),
+                    |r| {
+                        r.merge = Some(m.to_string());
+                        r.base = Some(tip.to_string());
+                    },
+                    &[m],
+                );
+            }
             _ => {
                 let m = self.build_merge(tip)?;
                 // Built, not applied: the phase is not done until the target holds it.
@@ -857,7 +904,7 @@ impl Promotion<'_> {
             return Ok(Advance::Diverged);
         }
         let checkout =
-            self.git.worktrees()?.into_iter().find(|w| {
+            self.repo.worktrees()?.into_iter().find(|w| {
                 w.branch.as_deref() == Some(name.as_str()) && !w.prunable && w.path.exists()
             });
         match checkout {
@@ -923,7 +970,7 @@ impl Promotion<'_> {
             if let Err(e) = self.push_or_classify(&remote, &[lease], &[spec]) {
                 if crate::error::class_of(&e) == Class::Transient {
                     // The target moved since the merge was built: build it again next time.
-                    let moved = self.target_tip().unwrap_or(tip);
+                    let moved = self.fresh_target_tip().unwrap_or(tip);
                     if oid(&base).ok() != Some(moved) {
                         self.record(
                             &format!(
@@ -942,6 +989,7 @@ impl Promotion<'_> {
                 }
                 return Err(e);
             }
+            self.remote_tip = Some(merge);
             format!(
                 "pushed {} to {remote}/{}",
                 &merge.to_string()[..7],
@@ -1045,18 +1093,41 @@ impl Promotion<'_> {
             .join(self.short());
         let mut said = Vec::new();
         let main_worktree = self.repo.workdir().map(Path::to_path_buf);
-        // Temporary checkouts for gates and verify that a killed promotion left behind.
+        // One look at the worktrees: the task's own (saved, then removed), temporary checkouts
+        // for gates and verify that a killed promotion left behind (removed), and any other
+        // checkout of the task branch (which keeps the branch).
         let tmp_dir = self.repo.common_dir().join("loop").join("tmp");
         let tmp_prefix = format!("{}-", self.short());
-        for wt in self.git.worktrees()? {
+        let worktrees = self.repo.worktrees()?;
+        let mut removed = false;
+        let mut checked_out = false;
+        for wt in &worktrees {
+            let is_main = main_worktree
+                .as_deref()
+                .is_some_and(|m| same_path(m, &wt.path));
             let temp = wt.path.parent().is_some_and(|p| same_path(p, &tmp_dir))
                 && wt
                     .path
                     .file_name()
                     .is_some_and(|n| n.to_string_lossy().starts_with(&tmp_prefix));
-            if temp {
+            let ours = !is_main
+                && (wt.branch.as_deref() == Some(branch_ref.as_str())
+                    || same_path(&wt.path, &loop_dir));
+            if temp || (ours && wt.path.exists()) {
+                if ours
+                    && let Some(rescue) =
+                        rescue_worktree(self.repo, &self.git.in_dir(&wt.path), &self.id)?
+                {
+                    said.push(format!("saved uncommitted work in {rescue}"));
+                }
                 self.git
                     .run(&["worktree", "remove", "--force", &wt.path.to_string_lossy()])?;
+                if ours {
+                    said.push(format!("removed the worktree {}", wt.path.display()));
+                }
+                removed = true;
+            } else if wt.branch.as_deref() == Some(branch_ref.as_str()) && !wt.prunable {
+                checked_out = true;
             }
         }
         if let Ok(entries) = std::fs::read_dir(&tmp_dir) {
@@ -1066,35 +1137,11 @@ impl Promotion<'_> {
                 }
             }
         }
-        for wt in self.git.worktrees()? {
-            let ours =
-                wt.branch.as_deref() == Some(branch_ref.as_str()) || same_path(&wt.path, &loop_dir);
-            if !ours
-                || main_worktree
-                    .as_deref()
-                    .is_some_and(|m| same_path(m, &wt.path))
-            {
-                continue;
-            }
-            if wt.path.exists() {
-                if let Some(rescue) =
-                    rescue_worktree(self.repo, &self.git.in_dir(&wt.path), &self.id)?
-                {
-                    said.push(format!("saved uncommitted work in {rescue}"));
-                }
-                self.git
-                    .run(&["worktree", "remove", "--force", &wt.path.to_string_lossy()])?;
-                said.push(format!("removed the worktree {}", wt.path.display()));
-            }
+        if removed || worktrees.iter().any(|w| w.prunable || !w.path.exists()) {
+            self.git.run(&["worktree", "prune"])?;
         }
-        self.git.run(&["worktree", "prune"])?;
         // The local task branch goes only if its commits are safe in the target or a rescue ref.
         if let Some(head) = self.repo.read_ref(&branch_ref)? {
-            let checked_out = self
-                .git
-                .worktrees()?
-                .iter()
-                .any(|w| w.branch.as_deref() == Some(branch_ref.as_str()));
             if checked_out {
                 said.push(format!("kept {} (it is checked out)", self.task.branch));
             } else {
@@ -1148,30 +1195,24 @@ impl Promotion<'_> {
         }
         let branch_ref = self.branch_ref();
         let source = self.rec().source.clone();
-        // Best effort: a failure is said, not fatal.
-        let message = match self.git.ls_remote(&remote, &branch_ref) {
-            Ok(None) => format!("{remote} has no {}", self.task.branch),
-            Ok(Some(at)) if at != source => {
-                format!(
+        // Best effort: a failure is said, not fatal. The lease deletes only what we pushed.
+        let lease = format!("{branch_ref}:{source}");
+        let message = match self
+            .git
+            .push(&remote, &[lease], &[format!(":{branch_ref}")])
+        {
+            Ok(Push::Ok(_)) => format!("deleted {remote}/{}", self.task.branch),
+            Ok(Push::LostRace(_)) => match self.git.ls_remote(&remote, &branch_ref) {
+                Ok(None) => format!("{remote} has no {}", self.task.branch),
+                Ok(Some(at)) => format!(
                     "kept {remote}/{}: it moved to {}",
                     self.task.branch,
                     &at[..at.len().min(7)]
-                )
-            }
-            Ok(Some(_)) => {
-                let lease = format!("{branch_ref}:{source}");
-                match self
-                    .git
-                    .push(&remote, &[lease], &[format!(":{branch_ref}")])
-                {
-                    Ok(Push::Ok(_)) => format!("deleted {remote}/{}", self.task.branch),
-                    Ok(Push::LostRace(why) | Push::Rejected(why)) => {
-                        format!("kept {remote}/{}: {why}", self.task.branch)
-                    }
-                    Err(e) => format!("kept {remote}/{}: {e:#}", self.task.branch),
-                }
-            }
-            Err(e) => format!("could not look at {remote}: {e:#}"),
+                ),
+                Err(e) => format!("kept {remote}/{}: {e:#}", self.task.branch),
+            },
+            Ok(Push::Rejected(why)) => format!("kept {remote}/{}: {why}", self.task.branch),
+            Err(e) => format!("kept {remote}/{}: {e:#}", self.task.branch),
         };
         crash_point(Phase::DeleteRemoteBranch, "after");
         self.checkpoint(Phase::DeleteRemoteBranch, &message, |_| {}, &[])
@@ -1195,15 +1236,7 @@ impl Promotion<'_> {
             Timestamp::now().to_rfc3339(),
             self.by
         );
-        self.git.run(&[
-            "notes",
-            &format!("--ref={NOTES_REF}"),
-            "add",
-            "-f",
-            "-m",
-            &note,
-            &merge,
-        ])?;
+        self.repo.set_note(NOTES_REF, oid(&merge)?, &note)?;
         let merged = merge.clone();
         self.store.update(&self.id, |t| {
             if t.state == State::Done && t.promoted_commit.as_deref() == Some(merged.as_str()) {
@@ -1230,7 +1263,15 @@ impl Promotion<'_> {
             &format!("{} is done", self.short()),
             |_| {},
             &[],
-        )
+        )?;
+        // The maintenance git would have started after each fetch and push, started once, and
+        // only when git's own estimate says it has work (too many loose objects).
+        if needs_gc(self.repo) {
+            let _ = self
+                .git
+                .output(&["maintenance", "run", "--auto", "--quiet", "--detach"]);
+        }
+        Ok(())
     }
 
     // ---- helpers --------------------------------------------------------------------------
@@ -1388,18 +1429,13 @@ impl<'r> Chain<'r> {
                     LoopError::new(Class::Config, format!("{name} is corrupt: {why}"))
                         .with_hint(format!("inspect it with `git log {name}`"))
                 };
-                let tree = repo
-                    .commit_tree(tip)?
-                    .map_err(|_| corrupt("it does not point at a commit".into()))?;
-                let bytes = repo
-                    .tree_blob(tree, DOC)?
-                    .ok_or_else(|| corrupt(format!("no {DOC}")))?;
-                let text =
-                    String::from_utf8(bytes).map_err(|_| corrupt(format!("{DOC} is not UTF-8")))?;
-                Some(
-                    toml::from_str::<Record>(&text)
-                        .map_err(|e| corrupt(e.message().to_string()))?,
-                )
+                if repo.kind(tip)? != Some(crate::git::Kind::Commit) {
+                    return Err(corrupt("it does not point at a commit".into()).into());
+                }
+                let message = repo.commit_info(tip)?.message;
+                let doc = record_of(&message)
+                    .ok_or_else(|| corrupt("no record in its message".into()))?;
+                Some(toml::from_str::<Record>(doc).map_err(|e| corrupt(e.message().to_string()))?)
             }
         };
         Ok(Chain {
@@ -1412,8 +1448,8 @@ impl<'r> Chain<'r> {
 
     /// Appends a checkpoint by compare-and-swap; `keep` are commits to keep reachable.
     fn write(&mut self, rec: Record, message: &str, keep: &[ObjectId]) -> Result<()> {
-        let doc = self.repo.write_blob(toml::to_string(&rec)?.as_bytes())?;
-        let tree = self.repo.write_tree(None, &[(DOC, doc)])?;
+        // The record travels in the message over the empty tree: one object per checkpoint.
+        let tree = ObjectId::empty_tree(gix::hash::Kind::Sha1);
         let mut parents: Vec<ObjectId> = self.tip.into_iter().collect();
         for k in keep {
             if !parents.contains(k) {
@@ -1421,7 +1457,11 @@ impl<'r> Chain<'r> {
             }
         }
         let commit = self.repo.write_commit(
-            &format!("{message}\n\nLoop-Task: {}\n", rec.task),
+            &format!(
+                "{message}\n\n{RECORD_START}\n{}{RECORD_END}\n\nLoop-Task: {}\n",
+                toml::to_string(&rec)?,
+                rec.task
+            ),
             tree,
             &parents,
         )?;
@@ -1450,6 +1490,13 @@ impl<'r> Chain<'r> {
             .into()),
         }
     }
+}
+
+/// The TOML record inside a checkpoint commit's message.
+fn record_of(message: &str) -> Option<&str> {
+    let start = message.find(&format!("{RECORD_START}\n"))? + RECORD_START.len() + 1;
+    let len = message[start..].find(&format!("\n{RECORD_END}\n"))? + 1;
+    Some(&message[start..start + len])
 }
 
 /// Moves tasks blocked on `done_id` (a conflict fix or an activation gap) back to `promoting`
@@ -1547,6 +1594,21 @@ pub fn save_rescue(repo: &Repo, id: &str, commit: ObjectId) -> Result<String> {
             CasOutcome::Lost => n += 1,
         }
     }
+}
+
+/// git's estimate of "too many loose objects" for `gc --auto`: more than `gc.auto / 256` in
+/// the sample directory `objects/17` (`gc.auto` is 6700 unless configured; 0 disables it).
+fn needs_gc(repo: &Repo) -> bool {
+    let limit = repo
+        .config_string("gc.auto")
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or(6700);
+    if limit <= 0 {
+        return false;
+    }
+    let sample = repo.common_dir().join("objects").join("17");
+    let loose = std::fs::read_dir(sample).map_or(0, |d| d.count() as i64);
+    loose > (limit + 255) / 256
 }
 
 /// Takes the OS lock that serialises promotions of task `id`.

@@ -47,15 +47,6 @@ pub enum Push {
     Rejected(String),
 }
 
-/// A linked worktree as `git worktree list --porcelain` reports it.
-#[derive(Debug, Clone)]
-pub struct Worktree {
-    pub path: PathBuf,
-    pub head: Option<String>,
-    pub branch: Option<String>,
-    pub prunable: bool,
-}
-
 impl Git {
     pub fn new(dir: impl Into<PathBuf>, fallback_identity: bool) -> Git {
         Git {
@@ -89,6 +80,8 @@ impl Git {
         S: AsRef<OsStr>,
     {
         let mut cmd = Command::new("git");
+        // git-loop runs maintenance itself, once per promotion, not after every fetch and push.
+        cmd.arg("-c").arg("maintenance.auto=false");
         cmd.arg("-C").arg(&self.dir).args(args);
         cmd.stdin(Stdio::null());
         if self.fallback_identity {
@@ -114,11 +107,18 @@ impl Git {
         let mut cmd = self.command(args);
         let shown = describe(args);
         tracing::debug!("running {shown} in {}", self.dir.display());
-        cmd.output().map_err(|e| {
+        let started = std::time::Instant::now();
+        let out = cmd.output().map_err(|e| -> anyhow::Error {
             LoopError::new(Class::Config, format!("cannot run git: {e}"))
                 .with_hint("install git and make sure it is on PATH")
                 .into()
-        })
+        })?;
+        tracing::debug!(
+            "{shown}: exit {:?} after {} ms",
+            out.status.code(),
+            started.elapsed().as_millis()
+        );
+        Ok(out)
     }
 
     /// Runs git; fails (generic) with its stderr unless it exits 0. Returns stdout.
@@ -213,14 +213,9 @@ impl Git {
             .map(|r| format!("{}: {}", r.to, r.summary))
             .collect::<Vec<_>>()
             .join("; ");
-        let lost_race = rejected.iter().all(|r| {
-            let s = r.summary.as_str();
-            s.contains("stale info")
-                || s.contains("fetch first")
-                || s.contains("non-fast-forward")
-                || s.contains("atomic push failed")
-                || s.contains("already exists")
-        }) && !rejected.is_empty();
+        // A ref the remote moved or locked under us is a lost race; anything else the remote
+        // said no to (a hook, a protected branch) is a refusal.
+        let lost_race = !rejected.is_empty() && rejected.iter().all(|r| is_race(&r.summary));
         if lost_race {
             Ok(Push::LostRace(why))
         } else if rejected.is_empty() {
@@ -259,35 +254,6 @@ impl Git {
         Ok(())
     }
 
-    /// The linked and main worktrees.
-    pub fn worktrees(&self) -> Result<Vec<Worktree>> {
-        let text = self.run(&["worktree", "list", "--porcelain"])?;
-        let mut out = Vec::new();
-        for block in text.split("\n\n") {
-            let mut wt = Worktree {
-                path: PathBuf::new(),
-                head: None,
-                branch: None,
-                prunable: false,
-            };
-            for line in block.lines() {
-                if let Some(p) = line.strip_prefix("worktree ") {
-                    wt.path = PathBuf::from(p);
-                } else if let Some(h) = line.strip_prefix("HEAD ") {
-                    wt.head = Some(h.to_string());
-                } else if let Some(b) = line.strip_prefix("branch ") {
-                    wt.branch = Some(b.to_string());
-                } else if line.starts_with("prunable") {
-                    wt.prunable = true;
-                }
-            }
-            if !wt.path.as_os_str().is_empty() {
-                out.push(wt);
-            }
-        }
-        Ok(out)
-    }
-
     /// Whether tracked files have staged or unstaged changes (untracked files do not count:
     /// git itself refuses to overwrite them).
     pub fn has_tracked_changes(&self) -> Result<bool> {
@@ -304,6 +270,25 @@ impl Git {
             .trim()
             .is_empty())
     }
+}
+
+/// Whether a rejected ref's reason means the remote changed or was busy, not that it refused.
+fn is_race(summary: &str) -> bool {
+    [
+        "stale info",
+        "fetch first",
+        "non-fast-forward",
+        "already exists",
+        "atomic push failed",
+        "atomic transaction failed",
+        "cannot lock ref",
+        "failed to lock",
+        "unable to lock",
+        "failed to update ref",
+        "incorrect old value",
+    ]
+    .iter()
+    .any(|r| summary.contains(r))
 }
 
 /// `git <args>` for messages.
@@ -346,6 +331,16 @@ fn classify_unreachable(remote: &str, stderr: &str) -> anyhow::Error {
         .with_hint("fix the credentials for this remote; retrying will not help")
         .into();
     }
+    if lower.contains("cannot lock ref")
+        || (lower.contains("unable to create") && lower.contains(".lock"))
+    {
+        return LoopError::new(
+            Class::Transient,
+            format!("another git process is updating the same refs: {text}"),
+        )
+        .with_hint("try again in a moment")
+        .into();
+    }
     LoopError::new(
         Class::Transient,
         format!("cannot reach the remote {remote}: {text}"),
@@ -366,6 +361,9 @@ mod tests {
         assert_eq!(r.to, "refs/heads/main");
         assert!(r.summary.contains("stale info"));
         assert!(parse_porcelain("To /tmp/remote.git").is_none());
+        assert!(is_race("[remote rejected] (atomic transaction failed)"));
+        assert!(is_race("[rejected] (stale info)"));
+        assert!(!is_race("[remote rejected] (pre-receive hook declined)"));
         assert!(parse_porcelain("Done").is_none());
     }
 }

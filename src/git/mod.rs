@@ -83,6 +83,16 @@ pub struct CommitInfo {
     pub message: String,
 }
 
+/// A worktree of the repository: the main one or a linked one.
+#[derive(Debug, Clone)]
+pub struct Worktree {
+    pub path: PathBuf,
+    /// The branch checked out (`refs/heads/…`), if HEAD is attached.
+    pub branch: Option<String>,
+    /// Its directory is gone: `git worktree prune` would remove it.
+    pub prunable: bool,
+}
+
 /// The kind of an object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -467,6 +477,40 @@ impl Repo {
         Ok(self.tree_blob_into(tree, name, &mut out)?.then_some(out))
     }
 
+    /// The main worktree (unless the repository is bare) and every linked one, read in-process
+    /// from `$GIT_COMMON_DIR/worktrees/*`, as `git worktree list` reports them.
+    pub fn worktrees(&self) -> Result<Vec<Worktree>> {
+        let attached = |git_dir: &Path| -> Option<String> {
+            let head = std::fs::read_to_string(git_dir.join("HEAD")).ok()?;
+            head.trim().strip_prefix("ref: ").map(str::to_string)
+        };
+        let mut out = Vec::new();
+        let main_path = match self.repo.kind() {
+            gix::repository::Kind::LinkedWorkTree => self
+                .repo
+                .main_repo()
+                .ok()
+                .and_then(|m| m.workdir().map(Path::to_path_buf)),
+            _ => self.workdir().map(Path::to_path_buf),
+        };
+        if let Some(path) = main_path {
+            out.push(Worktree {
+                path,
+                branch: attached(self.common_dir()),
+                prunable: false,
+            });
+        }
+        for proxy in self.repo.worktrees().context("listing worktrees")? {
+            let Ok(path) = proxy.base() else { continue };
+            out.push(Worktree {
+                branch: attached(proxy.git_dir()),
+                prunable: proxy.is_prunable(),
+                path,
+            });
+        }
+        Ok(out)
+    }
+
     /// Whether commit `a` is `b` or one of its ancestors.
     pub fn is_ancestor(&self, a: ObjectId, b: ObjectId) -> Result<bool> {
         if a == b {
@@ -497,6 +541,51 @@ impl Repo {
             return Ok(None);
         }
         Ok(Some(self.blob(entry.object_id())?))
+    }
+
+    /// Sets the note of `object` in `notes_ref` to `text` (replacing any), by compare-and-swap
+    /// on the notes ref; a lost race is retried.
+    pub fn set_note(&self, notes_ref: &str, object: ObjectId, text: &str) -> Result<()> {
+        let mut repo = self.repo.clone();
+        if repo.committer().is_none() {
+            repo.committer_or_set_fallback(FALLBACK_NAME, FALLBACK_EMAIL)
+                .context("setting a fallback identity")?;
+        }
+        let name: gix::refs::FullName = notes_ref
+            .try_into()
+            .with_context(|| format!("invalid notes ref {notes_ref:?}"))?;
+        let mut last = None;
+        let deadline = std::time::Instant::now() + STALE_LOCK + std::time::Duration::from_secs(1);
+        while std::time::Instant::now() < deadline {
+            let mut notes = repo
+                .notes()
+                .context("opening notes")?
+                .with_commit_message(format!("git-loop: note on {}", object.to_hex_with_len(7)));
+            match notes.replace_at_ref(name.as_ref(), object, text) {
+                Ok(_) => return Ok(()),
+                Err(e) if is_lock_failure(&e) => {
+                    // Locked by a live writer for an instant, or by a killed one for ever.
+                    last = Some(format!("{e:#}"));
+                    self.remove_stale_lock(notes_ref, STALE_LOCK);
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) if e.is_conflict() => {
+                    last = Some(format!("{e:#}"));
+                    std::thread::sleep(std::time::Duration::from_millis(
+                        1 + crate::rand::below_or_equal(20),
+                    ));
+                }
+                Err(e) => return Err(anyhow::anyhow!("writing a note in {notes_ref}: {e:#}")),
+            }
+        }
+        Err(LoopError::new(
+            Class::Transient,
+            format!(
+                "could not write a note in {notes_ref}: {}",
+                last.unwrap_or_default()
+            ),
+        )
+        .into())
     }
 
     /// Whether the repository configures a committer identity (git needs one to write).

@@ -233,9 +233,10 @@ impl Fixture {
         );
         // The checkpoints are complete, in order.
         let doc = repo.git(&[
-            "cat-file",
-            "blob",
-            &format!("refs/loop/promote/{id}:promote.toml"),
+            "log",
+            "-1",
+            "--format=%B",
+            &format!("refs/loop/promote/{id}"),
         ]);
         assert!(
             doc.contains("completed = [\"preflight\", \"push_source\", \"merge\", \"push_target\", \"verify\", \"cleanup\", \"delete_remote_branch\", \"done\"]"),
