@@ -198,6 +198,28 @@ impl Fixture {
                 && note.contains(&format!("strategy: {}", self.strategy)),
             "{note}"
         );
+        // The approved commits are never lost: they are in the target, or (after a squash,
+        // which leaves no ancestry) in a rescue ref saved before the branch was deleted.
+        let source = show["approved"].as_str().expect("approved").to_string();
+        let holders = repo.git(&[
+            "for-each-ref",
+            "--format=%(refname)",
+            "--contains",
+            &source,
+            "refs/heads/main",
+            "refs/remotes/",
+            "refs/loop/rescue/",
+        ]);
+        assert!(
+            !holders.trim().is_empty(),
+            "the approved commit {source} is kept"
+        );
+        if self.strategy == "squash" {
+            assert!(
+                holders.contains(&format!("refs/loop/rescue/{id}/")),
+                "{holders}"
+            );
+        }
         if self.strategy != "squash" {
             let source = show["approved"].as_str().expect("approved");
             assert_eq!(

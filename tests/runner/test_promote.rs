@@ -663,3 +663,59 @@ fn a_server_side_rejection_is_policy_terminal() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     f.assert_converged();
 }
+
+#[test]
+fn refused_credentials_are_a_config_error() {
+    // A remote that answers every request with 401, on a port of this machine.
+    let server = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import http.server,sys\n\
+             class H(http.server.BaseHTTPRequestHandler):\n\
+             \x20   def do_GET(self):\n\
+             \x20       self.send_response(401); self.send_header('WWW-Authenticate','Basic realm=x'); self.end_headers()\n\
+             \x20   do_POST = do_GET\n\
+             \x20   def log_message(self, *a): pass\n\
+             s = http.server.HTTPServer(('127.0.0.1', 0), H)\n\
+             print(s.server_address[1], flush=True)\n\
+             s.serve_forever()\n",
+        ])
+        .stdout(Stdio::piped())
+        .spawn();
+    let Ok(mut server) = server else {
+        eprintln!("python3 is not installed: skipped");
+        return;
+    };
+    let mut port = String::new();
+    {
+        use std::io::BufRead;
+        let stdout = server.stdout.as_mut().expect("stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut port)
+            .expect("port");
+    }
+    let f = Fixture::new(Config::default());
+    f.repo.write(
+        "policy.toml",
+        crate::promote_fixture::policy_text(&Config {
+            remote: true,
+            ..Config::default()
+        }),
+    );
+    f.repo.git(&["commit", "-q", "-am", "use a remote"]);
+    f.repo.git(&[
+        "remote",
+        "add",
+        "origin",
+        &format!("http://127.0.0.1:{}/repo.git", port.trim()),
+    ]);
+    let out = f.promote_env("GIT_TERMINAL_PROMPT", "0");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("refused the credentials"),
+        "{}",
+        out.stderr
+    );
+}

@@ -132,6 +132,9 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         writeln!(out, "next at:   {}", at.to_rfc3339())?;
     }
     writeln!(out, "branch:    {}", task.branch)?;
+    if let Some(a) = &task.approved {
+        writeln!(out, "approved:  {a}")?;
+    }
     if let Some(c) = &task.promoted_commit {
         writeln!(out, "promoted:  {c}")?;
     }
