@@ -16,6 +16,7 @@ pub mod output;
 pub mod policy;
 pub mod promote;
 pub mod rand;
+pub mod rescue;
 pub mod store;
 pub mod task;
 pub mod time;

@@ -630,6 +630,12 @@ impl Repo {
     }
 }
 
+/// Parses a full hexadecimal object id.
+pub fn oid(hex: &str) -> Result<ObjectId> {
+    ObjectId::from_hex(hex.trim().as_bytes())
+        .with_context(|| format!("{hex:?} is not an object id"))
+}
+
 fn is_lock_failure(e: &gix::Error) -> bool {
     // gix-lock raises a retryable error around the `AlreadyExists` of the lock file.
     e.downcast_any_ref::<std::io::Error>()

@@ -12,24 +12,24 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use gix::ObjectId;
-use serde::{Deserialize, Serialize};
+
+mod checkpoint;
+
+use checkpoint::Chain;
+pub use checkpoint::Record;
 
 use crate::error::{Class, LoopError};
 use crate::gate;
 use crate::git::cli::{Git, MergeTree, PROMOTE_ENV, Push, PushedRef};
-use crate::git::{Cas, CasOutcome, Repo};
+use crate::git::{Cas, CasOutcome, Repo, oid};
 use crate::policy::{PROTECTED_SECTIONS, Policy, Strategy};
+use crate::rescue::{rescue_worktree, save_rescue};
 use crate::store::{Edit, Store, Updated};
 use crate::task::{State, Task, reason};
 use crate::time::Timestamp;
 
 pub const PROMOTE_REFS: &str = "refs/loop/promote/";
-pub const RESCUE_REFS: &str = "refs/loop/rescue/";
 pub const NOTES_REF: &str = "refs/notes/loop";
-/// The record of a checkpoint stands between these lines of its commit message, as TOML.
-const RECORD_START: &str = "--- promote.toml";
-const RECORD_END: &str = "---";
-
 /// Set to `<phase>:before` or `<phase>:after` to make promotion SIGKILL itself there (tests).
 pub const CRASH_ENV: &str = "GIT_LOOP_CRASH_AT";
 
@@ -68,38 +68,6 @@ impl Phase {
             Phase::DeleteRemoteBranch => "delete_remote_branch",
             Phase::Done => "done",
         }
-    }
-}
-
-/// The state a promotion has reached, as its latest checkpoint records it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    pub task: String,
-    pub strategy: String,
-    pub target: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote: Option<String>,
-    /// The approved commit being promoted.
-    pub source: String,
-    /// The phases done so far, in order.
-    #[serde(default)]
-    pub completed: Vec<String>,
-    /// The target tip the merge was built on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base: Option<String>,
-    /// The commit that brings the work into the target (a merge, a squash, or the source).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub merge: Option<String>,
-    /// A task filed because of this promotion (conflict fix, activation gap).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub follow_up: Option<String>,
-    pub by: String,
-    pub updated: Timestamp,
-}
-
-impl Record {
-    fn has(&self, phase: Phase) -> bool {
-        self.completed.iter().any(|p| p == phase.name())
     }
 }
 
@@ -1410,95 +1378,6 @@ enum Advance {
     Diverged,
 }
 
-/// The promotion checkpoints of one task: `refs/loop/promote/<id>`.
-struct Chain<'r> {
-    repo: &'r Repo,
-    name: String,
-    tip: Option<ObjectId>,
-    rec: Option<Record>,
-}
-
-impl<'r> Chain<'r> {
-    fn load(repo: &'r Repo, id: &str) -> Result<Chain<'r>> {
-        let name = promote_ref(id);
-        let tip = repo.read_ref(&name)?;
-        let rec = match tip {
-            None => None,
-            Some(tip) => {
-                let corrupt = |why: String| {
-                    LoopError::new(Class::Config, format!("{name} is corrupt: {why}"))
-                        .with_hint(format!("inspect it with `git log {name}`"))
-                };
-                if repo.kind(tip)? != Some(crate::git::Kind::Commit) {
-                    return Err(corrupt("it does not point at a commit".into()).into());
-                }
-                let message = repo.commit_info(tip)?.message;
-                let doc = record_of(&message)
-                    .ok_or_else(|| corrupt("no record in its message".into()))?;
-                Some(toml::from_str::<Record>(doc).map_err(|e| corrupt(e.message().to_string()))?)
-            }
-        };
-        Ok(Chain {
-            repo,
-            name,
-            tip,
-            rec,
-        })
-    }
-
-    /// Appends a checkpoint by compare-and-swap; `keep` are commits to keep reachable.
-    fn write(&mut self, rec: Record, message: &str, keep: &[ObjectId]) -> Result<()> {
-        // The record travels in the message over the empty tree: one object per checkpoint.
-        let tree = ObjectId::empty_tree(gix::hash::Kind::Sha1);
-        let mut parents: Vec<ObjectId> = self.tip.into_iter().collect();
-        for k in keep {
-            if !parents.contains(k) {
-                parents.push(*k);
-            }
-        }
-        let commit = self.repo.write_commit(
-            &format!(
-                "{message}\n\n{RECORD_START}\n{}{RECORD_END}\n\nLoop-Task: {}\n",
-                toml::to_string(&rec)?,
-                rec.task
-            ),
-            tree,
-            &parents,
-        )?;
-        let edit = match self.tip {
-            Some(old) => Cas::Update {
-                name: self.name.clone(),
-                old,
-                new: commit,
-            },
-            None => Cas::Create {
-                name: self.name.clone(),
-                new: commit,
-            },
-        };
-        match self.repo.cas(&[edit])? {
-            CasOutcome::Applied => {
-                self.tip = Some(commit);
-                self.rec = Some(rec);
-                Ok(())
-            }
-            CasOutcome::Lost => Err(LoopError::new(
-                Class::Transient,
-                format!("another promotion of task {} is running", short(&rec.task)),
-            )
-            .with_hint("let it finish; run the promotion again to see where it stands")
-            .into()),
-        }
-    }
-}
-
-/// The TOML record inside a checkpoint commit's message.
-fn record_of(message: &str) -> Option<&str> {
-    let start = message.find(&format!("{RECORD_START}\n"))? + RECORD_START.len() + 1;
-    let len = message[start..].find(&format!("\n{RECORD_END}\n"))? + 1;
-    Some(&message[start..start + len])
-}
-
 /// Moves tasks blocked on `done_id` (a conflict fix or an activation gap) back to `promoting`
 /// once everything they wait for is done. Returns their ids.
 pub fn rearm_waiting(store: &Store<'_>, done_id: &str) -> Result<Vec<String>> {
@@ -1533,67 +1412,6 @@ pub fn rearm_waiting(store: &Store<'_>, done_id: &str) -> Result<Vec<String>> {
         }
     }
     Ok(rearmed)
-}
-
-/// Saves the uncommitted and untracked-but-not-ignored files of a worktree into a new rescue
-/// ref, without touching its index. Returns the ref, or `None` when there was nothing to save.
-pub fn rescue_worktree(repo: &Repo, git: &Git, id: &str) -> Result<Option<String>> {
-    if !git.is_dirty()? {
-        return Ok(None);
-    }
-    let index = std::env::temp_dir().join(format!(
-        "git-loop-rescue-{}-{:x}",
-        std::process::id(),
-        crate::rand::u64()
-    ));
-    let with_index = git
-        .clone()
-        .with_env("GIT_INDEX_FILE", &index.to_string_lossy());
-    let result = (|| -> Result<ObjectId> {
-        let head = git.run(&["rev-parse", "--verify", "--quiet", "HEAD"]).ok();
-        match &head {
-            Some(_) => with_index.run(&["read-tree", "HEAD"])?,
-            None => with_index.run(&["read-tree", "--empty"])?,
-        };
-        with_index.run(&["add", "-A", "--", "."])?;
-        let tree = with_index.run(&["write-tree"])?;
-        let parents: Vec<ObjectId> = head.iter().map(|h| oid(h.trim())).collect::<Result<_>>()?;
-        repo.write_commit(
-            &format!(
-                "rescue: uncommitted work of task {id} in {}\n\nLoop-Task: {id}\n",
-                git.dir().display()
-            ),
-            oid(tree.trim())?,
-            &parents,
-        )
-    })();
-    let _ = std::fs::remove_file(&index);
-    let commit = result?;
-    Ok(Some(save_rescue(repo, id, commit)?))
-}
-
-/// Points the next free `refs/loop/rescue/<id>/<n>` at `commit`.
-pub fn save_rescue(repo: &Repo, id: &str, commit: ObjectId) -> Result<String> {
-    let prefix = format!("{RESCUE_REFS}{id}/");
-    let existing = repo.refs_under(&prefix)?;
-    if let Some(same) = existing.iter().find(|r| r.id == Some(commit)) {
-        return Ok(same.name.clone());
-    }
-    let mut n = existing
-        .iter()
-        .filter_map(|r| r.name[prefix.len()..].parse::<u64>().ok())
-        .max()
-        .map_or(1, |m| m + 1);
-    loop {
-        let name = format!("{prefix}{n}");
-        match repo.cas(&[Cas::Create {
-            name: name.clone(),
-            new: commit,
-        }])? {
-            CasOutcome::Applied => return Ok(name),
-            CasOutcome::Lost => n += 1,
-        }
-    }
 }
 
 /// git's estimate of "too many loose objects" for `gc --auto`: more than `gc.auto / 256` in
@@ -1703,11 +1521,6 @@ fn updated_task(updated: Updated) -> Task {
 
 fn policy_error(message: impl Into<String>) -> LoopError {
     LoopError::new(Class::Policy, message)
-}
-
-fn oid(hex: &str) -> Result<ObjectId> {
-    ObjectId::from_hex(hex.trim().as_bytes())
-        .with_context(|| format!("{hex:?} is not an object id"))
 }
 
 fn short(id: &str) -> &str {

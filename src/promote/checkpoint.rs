@@ -1,0 +1,136 @@
+//! The promotion checkpoints of one task: a commit chain on `refs/loop/promote/<id>`, each
+//! commit carrying the record of what the promotion has done so far.
+
+use anyhow::Result;
+use gix::ObjectId;
+use serde::{Deserialize, Serialize};
+
+use super::{Phase, promote_ref, short};
+use crate::error::{Class, LoopError};
+use crate::git::{Cas, CasOutcome, Repo};
+use crate::time::Timestamp;
+
+/// The record of a checkpoint stands between these lines of its commit message, as TOML.
+const RECORD_START: &str = "--- promote.toml";
+const RECORD_END: &str = "---";
+
+/// The state a promotion has reached, as its latest checkpoint records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub task: String,
+    pub strategy: String,
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// The approved commit being promoted.
+    pub source: String,
+    /// The phases done so far, in order.
+    #[serde(default)]
+    pub completed: Vec<String>,
+    /// The target tip the merge was built on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// The commit that brings the work into the target (a merge, a squash, or the source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<String>,
+    /// A task filed because of this promotion (conflict fix, activation gap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_up: Option<String>,
+    pub by: String,
+    pub updated: Timestamp,
+}
+
+impl Record {
+    pub(super) fn has(&self, phase: Phase) -> bool {
+        self.completed.iter().any(|p| p == phase.name())
+    }
+}
+
+/// The promotion checkpoints of one task: `refs/loop/promote/<id>`.
+pub(super) struct Chain<'r> {
+    repo: &'r Repo,
+    name: String,
+    tip: Option<ObjectId>,
+    pub(super) rec: Option<Record>,
+}
+
+impl<'r> Chain<'r> {
+    pub(super) fn load(repo: &'r Repo, id: &str) -> Result<Chain<'r>> {
+        let name = promote_ref(id);
+        let tip = repo.read_ref(&name)?;
+        let rec = match tip {
+            None => None,
+            Some(tip) => {
+                let corrupt = |why: String| {
+                    LoopError::new(Class::Config, format!("{name} is corrupt: {why}"))
+                        .with_hint(format!("inspect it with `git log {name}`"))
+                };
+                if repo.kind(tip)? != Some(crate::git::Kind::Commit) {
+                    return Err(corrupt("it does not point at a commit".into()).into());
+                }
+                let message = repo.commit_info(tip)?.message;
+                let doc = record_of(&message)
+                    .ok_or_else(|| corrupt("no record in its message".into()))?;
+                Some(toml::from_str::<Record>(doc).map_err(|e| corrupt(e.message().to_string()))?)
+            }
+        };
+        Ok(Chain {
+            repo,
+            name,
+            tip,
+            rec,
+        })
+    }
+
+    /// Appends a checkpoint by compare-and-swap; `keep` are commits to keep reachable.
+    pub(super) fn write(&mut self, rec: Record, message: &str, keep: &[ObjectId]) -> Result<()> {
+        // The record travels in the message over the empty tree: one object per checkpoint.
+        let tree = ObjectId::empty_tree(gix::hash::Kind::Sha1);
+        let mut parents: Vec<ObjectId> = self.tip.into_iter().collect();
+        for k in keep {
+            if !parents.contains(k) {
+                parents.push(*k);
+            }
+        }
+        let commit = self.repo.write_commit(
+            &format!(
+                "{message}\n\n{RECORD_START}\n{}{RECORD_END}\n\nLoop-Task: {}\n",
+                toml::to_string(&rec)?,
+                rec.task
+            ),
+            tree,
+            &parents,
+        )?;
+        let edit = match self.tip {
+            Some(old) => Cas::Update {
+                name: self.name.clone(),
+                old,
+                new: commit,
+            },
+            None => Cas::Create {
+                name: self.name.clone(),
+                new: commit,
+            },
+        };
+        match self.repo.cas(&[edit])? {
+            CasOutcome::Applied => {
+                self.tip = Some(commit);
+                self.rec = Some(rec);
+                Ok(())
+            }
+            CasOutcome::Lost => Err(LoopError::new(
+                Class::Transient,
+                format!("another promotion of task {} is running", short(&rec.task)),
+            )
+            .with_hint("let it finish; run the promotion again to see where it stands")
+            .into()),
+        }
+    }
+}
+
+/// The TOML record inside a checkpoint commit's message.
+pub(super) fn record_of(message: &str) -> Option<&str> {
+    let start = message.find(&format!("{RECORD_START}\n"))? + RECORD_START.len() + 1;
+    let len = message[start..].find(&format!("\n{RECORD_END}\n"))? + 1;
+    Some(&message[start..start + len])
+}
