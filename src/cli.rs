@@ -58,6 +58,9 @@ enum Command {
     Ready(commands::ready::Args),
     Log(commands::log::Args),
     Promote(commands::promote::Args),
+    #[command(subcommand)]
+    Hooks(commands::hooks::Command),
+    Hook(commands::hook::Args),
     Man(commands::man::Args),
 }
 
@@ -110,6 +113,8 @@ fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Ready(args) => commands::ready::run(ctx, args),
         Command::Log(args) => commands::log::run(ctx, args),
         Command::Promote(args) => commands::promote::run(ctx, args),
+        Command::Hooks(cmd) => commands::hooks::run(ctx, cmd),
+        Command::Hook(args) => commands::hook::run(ctx, args),
         Command::Man(args) => commands::man::run(ctx, args),
     }
 }

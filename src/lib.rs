@@ -11,6 +11,7 @@ pub mod error;
 pub mod gate;
 pub mod git;
 pub mod graph;
+pub mod hooks;
 pub mod ids;
 pub mod output;
 pub mod policy;

@@ -11,7 +11,8 @@ use crate::policy::{self, Policy, toml_string};
 /// Set up git-loop in this repository.
 ///
 /// Writes a commented policy.toml at the root of the working tree and the prompt template
-/// loop/PROMPT.md. Files that exist are left as they are unless --force is given. The target
+/// loop/PROMPT.md, and installs the hooks. Files that exist are left as they are unless --force
+/// is given. The target
 /// branch is the one checked out; the remote is `origin` when there is one. Commit both files:
 /// the loop reads them from Git, and a fresh clone must see them.
 #[derive(Debug, clap::Args)]
@@ -45,6 +46,21 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         writeln!(ctx.out, "wrote {rel}")?;
         wrote.push(*rel);
+    }
+    // The hooks, where they are this repository's own (a global hooks directory is left to
+    // `git loop hooks install --force`).
+    let git = crate::git::cli::Git::new(&root, false);
+    match crate::hooks::hooks_dir(&repo, &git) {
+        Ok((dir, true)) => {
+            for line in crate::hooks::install(&dir, &crate::hooks::current_bin()?)? {
+                writeln!(ctx.out, "hook {line}")?;
+            }
+        }
+        Ok((dir, false)) => eprintln!(
+            "hooks not installed: {} is outside this repository (`git loop hooks install --force`)",
+            dir.display()
+        ),
+        Err(e) => eprintln!("hooks not installed: {e:#}"),
     }
     if !wrote.is_empty() {
         eprintln!(

@@ -511,6 +511,20 @@ impl Repo {
         Ok(out)
     }
 
+    /// The commit HEAD points at, if HEAD is born.
+    pub fn head_commit(&self) -> Result<Option<ObjectId>> {
+        match self.repo.head_id() {
+            Ok(id) => Ok(Some(id.detach())),
+            Err(_) if self.repo.head().is_ok_and(|h| h.is_unborn()) => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("reading HEAD: {e}")),
+        }
+    }
+
+    /// Whether this worktree is in the middle of a rebase, merge, cherry-pick or the like.
+    pub fn operation_in_progress(&self) -> bool {
+        self.repo.state().is_some()
+    }
+
     /// Whether commit `a` is `b` or one of its ancestors.
     pub fn is_ancestor(&self, a: ObjectId, b: ObjectId) -> Result<bool> {
         if a == b {

@@ -6,6 +6,7 @@ mod test_bad_input;
 mod test_cli;
 mod test_concurrency;
 mod test_graph;
+mod test_hooks;
 mod test_policy;
 mod test_promote;
 mod test_tasks;
