@@ -19,6 +19,7 @@ pub struct Git {
     /// Identity for commands that write commits or notes when the repository configures none.
     fallback_identity: bool,
     env: Vec<(String, String)>,
+    own_group: bool,
 }
 
 /// The result of `git merge-tree`.
@@ -53,6 +54,7 @@ impl Git {
             dir: dir.into(),
             fallback_identity,
             env: Vec::new(),
+            own_group: false,
         }
     }
 
@@ -60,6 +62,15 @@ impl Git {
     pub fn with_env(mut self, key: &str, value: &str) -> Git {
         self.env.push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// The same, running each command in a process group of its own, so that a signal to
+    /// git-loop's group does not stop git half way through a checkout.
+    pub fn in_own_process_group(&self) -> Git {
+        Git {
+            own_group: true,
+            ..self.clone()
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -98,6 +109,10 @@ impl Git {
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if self.own_group {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
         }
         cmd
     }
@@ -198,10 +213,17 @@ impl Git {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let refs: Vec<PushedRef> = stdout.lines().filter_map(parse_porcelain).collect();
         if refs.is_empty() {
-            // Nothing reached the ref-update stage: the remote could not be talked to.
             if out.status.success() {
                 return Ok(Push::Ok(refs));
             }
+            // Refused before any ref was sent, with no fatal error: the local pre-push hook.
+            if stderr.contains("failed to push some refs") && !stderr.contains("fatal:") {
+                return Ok(Push::Rejected(format!(
+                    "the pre-push hook refused it: {}",
+                    stderr.trim()
+                )));
+            }
+            // Otherwise the remote could not be talked to.
             return Err(classify_unreachable(remote, &stderr));
         }
         let rejected: Vec<&PushedRef> = refs.iter().filter(|r| r.flag == '!').collect();
@@ -329,6 +351,14 @@ fn classify_unreachable(remote: &str, stderr: &str) -> anyhow::Error {
             format!("the remote {remote} refused the credentials: {text}"),
         )
         .with_hint("fix the credentials for this remote; retrying will not help")
+        .into();
+    }
+    if lower.contains("couldn't find remote ref") {
+        return LoopError::new(
+            Class::Config,
+            format!("the remote {remote} lacks a branch git-loop needs: {text}"),
+        )
+        .with_hint("push the target branch there, or fix loop.target / loop.remote in policy.toml")
         .into();
     }
     if lower.contains("cannot lock ref")

@@ -320,7 +320,12 @@ impl Repo {
 
     /// Removes the lock file of ref `name` if it is older than `age` (its writer is gone: ref
     /// transactions hold their locks for far less; git itself waits only 100 ms for them).
+    /// Only git-loop's own refs are taken over: a branch's lock may be a live git's (a slow
+    /// `reference-transaction` hook), and losing its update would be silent.
     pub fn remove_stale_lock(&self, name: &str, age: std::time::Duration) {
+        if !(name.starts_with("refs/loop/") || name.starts_with("refs/notes/loop")) {
+            return;
+        }
         let lock = self.common_dir().join(format!("{name}.lock"));
         let Ok(meta) = std::fs::metadata(&lock) else {
             return;
@@ -523,6 +528,15 @@ impl Repo {
     /// Whether this worktree is in the middle of a rebase, merge, cherry-pick or the like.
     pub fn operation_in_progress(&self) -> bool {
         self.repo.state().is_some()
+    }
+
+    /// The best common ancestor of two commits, if they share history.
+    pub fn merge_base(&self, a: ObjectId, b: ObjectId) -> Result<Option<ObjectId>> {
+        Ok(self
+            .repo
+            .merge_base(a, b)
+            .map_err(|e| anyhow::anyhow!("finding the merge base of {a} and {b}: {e}"))?
+            .map(|id| id.detach()))
     }
 
     /// Whether commit `a` is `b` or one of its ancestors.

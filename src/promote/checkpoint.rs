@@ -36,6 +36,9 @@ pub struct Record {
     /// A task filed because of this promotion (conflict fix, activation gap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follow_up: Option<String>,
+    /// Why it was filed: `conflict` or `verify_failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_up_reason: Option<String>,
     pub by: String,
     pub updated: Timestamp,
 }
@@ -71,7 +74,18 @@ impl<'r> Chain<'r> {
                 let message = repo.commit_info(tip)?.message;
                 let doc = record_of(&message)
                     .ok_or_else(|| corrupt("no record in its message".into()))?;
-                Some(toml::from_str::<Record>(doc).map_err(|e| corrupt(e.message().to_string()))?)
+                {
+                    let rec = toml::from_str::<Record>(doc)
+                        .map_err(|e| corrupt(e.message().to_string()))?;
+                    for id in [Some(&rec.source), rec.base.as_ref(), rec.merge.as_ref()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        crate::git::oid(id)
+                            .map_err(|_| corrupt(format!("{id:?} is not a commit id")))?;
+                    }
+                    Some(rec)
+                }
             }
         };
         Ok(Chain {

@@ -296,33 +296,59 @@ impl Promotion<'_> {
         let target_tip = self.target_tip()?;
         self.check_manifest(target_tip)?;
 
-        let resuming = self.chain.rec.is_some();
-        let source = if resuming {
-            self.source()?
-        } else {
-            let head = self.repo.read_ref(&self.branch_ref())?.ok_or_else(|| {
-                policy_error(format!(
+        // Which commit this promotion is for. A recorded promotion goes on with its source,
+        // unless it has not merged yet and the branch or its approval has moved on since (the
+        // task was reworked): then it starts over from the branch head.
+        let head = self.repo.read_ref(&self.branch_ref())?;
+        let merged = self.chain.rec.as_ref().is_some_and(|r| r.has(Phase::Merge));
+        let recorded = match &self.chain.rec {
+            Some(_) => Some(self.source()?),
+            None => None,
+        };
+        let approved_is = |c: ObjectId| {
+            self.task
+                .approved
+                .as_deref()
+                .is_none_or(|a| oid(a).ok() == Some(c))
+        };
+        let (source, fresh) = match (recorded, head) {
+            (Some(src), _) if merged => (src, false),
+            (Some(src), Some(h)) if h == src && approved_is(src) => (src, false),
+            (Some(src), None) => (src, false),
+            (_, Some(h)) => (h, true),
+            (None, None) => {
+                return Err(policy_error(format!(
                     "task {} has no branch {}: there is nothing to promote",
                     self.short(),
                     self.task.branch
                 ))
-            })?;
-            if self.repo.is_ancestor(head, target_tip)? {
-                return Err(policy_error(format!(
-                    "{} has no commits beyond {}: there is nothing to promote",
-                    self.task.branch,
-                    self.target()
-                ))
                 .into());
             }
-            head
         };
-        self.check_frozen_finish_line(target_tip, source)?;
-        if !resuming {
+        if fresh
+            && self.repo.is_ancestor(source, target_tip)?
+            && self
+                .task
+                .approved
+                .as_deref()
+                .is_none_or(|a| oid(a).ok() != Some(source))
+        {
+            // (An approved head that is already in the target is finished, not refused.)
+            return Err(policy_error(format!(
+                "{} has no commits beyond {}: there is nothing to promote",
+                self.task.branch,
+                self.target()
+            ))
+            .into());
+        }
+        if !merged {
+            self.check_frozen_finish_line(target_tip, source)?;
+        }
+        if fresh {
             self.approve(source)?;
         }
         self.set_task_promoting()?;
-        if !resuming {
+        if fresh {
             let rec = Record {
                 task: self.id.clone(),
                 strategy: self.policy.promote.strategy.as_str().to_string(),
@@ -333,13 +359,19 @@ impl Promotion<'_> {
                 base: None,
                 merge: None,
                 follow_up: None,
+                follow_up_reason: None,
                 by: self.by.clone(),
                 updated: Timestamp::now(),
+            };
+            let verb = if recorded.is_some() {
+                "starting over"
+            } else {
+                "promoting"
             };
             self.chain.write(
                 rec,
                 &format!(
-                    "preflight: promoting {} into {}",
+                    "preflight: {verb}: {} into {}",
                     &source.to_string()[..7],
                     self.target()
                 ),
@@ -405,7 +437,13 @@ impl Promotion<'_> {
 
     /// Refuses a source that changes the protected sections of policy.toml (SPEC §9).
     fn check_frozen_finish_line(&self, target_tip: ObjectId, source: ObjectId) -> Result<()> {
-        let before = protected_sections(&self.repo.file_at(target_tip, crate::policy::FILE)?);
+        // What the branch changes: from where it forked, not from where the target is now
+        // (a person may have tightened the gates on the target since).
+        let base = self
+            .repo
+            .merge_base(target_tip, source)?
+            .unwrap_or(target_tip);
+        let before = protected_sections(&self.repo.file_at(base, crate::policy::FILE)?);
         let after = protected_sections(&self.repo.file_at(source, crate::policy::FILE)?);
         if before == after {
             return Ok(());
@@ -437,7 +475,7 @@ impl Promotion<'_> {
                 let message = format!(
                     "{} moved after judging (approved {}, now {}): the new commits are not judged",
                     self.task.branch,
-                    &approved[..approved.len().min(7)],
+                    short(&approved),
                     &head_hex[..7]
                 );
                 let why = message.clone();
@@ -518,7 +556,36 @@ impl Promotion<'_> {
         let source = self.rec().source.clone();
         let branch_ref = self.branch_ref();
         // Never forced: a push of what the remote already has is reported up to date ('=').
-        let pushed = self.push_or_classify(&remote, &[], &[format!("{source}:{branch_ref}")])?;
+        let pushed = match self
+            .git
+            .push(&remote, &[], &[format!("{source}:{branch_ref}")])?
+        {
+            Push::Ok(refs) => refs,
+            // The remote's task branch has commits the approved source lacks: someone pushed
+            // there. Retrying cannot help, and git-loop never forces.
+            Push::LostRace(why)
+                if why.contains("fetch first") || why.contains("non-fast-forward") =>
+            {
+                return Err(policy_error(format!(
+                    "{remote} has a {} with commits that the approved {} lacks: {why}",
+                    self.task.branch,
+                    short(&source)
+                ))
+                .with_hint(format!(
+                    "look at {remote}/{}: merge what belongs into the task branch (it is then judged again), or delete the remote branch",
+                    self.task.branch
+                ))
+                .into());
+            }
+            Push::LostRace(why) => {
+                return Err(
+                    LoopError::new(Class::Transient, format!("{remote} was busy: {why}")).into(),
+                );
+            }
+            Push::Rejected(why) => {
+                return Err(policy_error(format!("{remote} rejected the push: {why}")).into());
+            }
+        };
         let message = if pushed.iter().all(|r| r.flag == '=') {
             format!(
                 "{remote} already has {} at {}",
@@ -677,6 +744,21 @@ impl Promotion<'_> {
         }
         if self.repo.is_ancestor(source, tip)? {
             return Ok(Some(tip));
+        }
+        // A conflict-fix task merged this source and resolved it; once promoted, its commit
+        // holds this work even where a squash left no ancestry.
+        if self.rec().follow_up_reason.as_deref() == Some(reason::CONFLICT)
+            && let Some(fix) = &self.rec().follow_up
+            && let Ok(fixed) = self.store.load(fix)
+            && fixed.task.state == State::Done
+            && let Some(promoted) = fixed
+                .task
+                .promoted_commit
+                .as_deref()
+                .and_then(|c| oid(c).ok())
+            && self.repo.is_ancestor(promoted, tip)?
+        {
+            return Ok(Some(promoted));
         }
         if self.policy.promote.strategy == Strategy::Squash {
             // A squash leaves no ancestry; its commit carries a Loop-Task trailer instead.
@@ -851,9 +933,13 @@ impl Promotion<'_> {
         })?;
         self.task = updated_task(updated);
         let fix_for_rec = fix.clone();
+        let why_for_rec = why.to_string();
         self.record(
             &format!("{why}: filed {}", short(&fix)),
-            |r| r.follow_up = Some(fix_for_rec),
+            |r| {
+                r.follow_up = Some(fix_for_rec);
+                r.follow_up_reason = Some(why_for_rec);
+            },
             &[],
         )?;
         Ok(fix)
@@ -891,7 +977,14 @@ impl Promotion<'_> {
                 if there.has_tracked_changes()? {
                     return Ok(Advance::LeftDirty(wt.path));
                 }
-                let out = there.output(&["merge", "--ff-only", "--quiet", &to.to_string()])?;
+                // In its own process group: stopping git-loop must not kill git half way
+                // through the person's checkout.
+                let out = there.in_own_process_group().output(&[
+                    "merge",
+                    "--ff-only",
+                    "--quiet",
+                    &to.to_string(),
+                ])?;
                 if !out.status.success() {
                     return Err(LoopError::new(
                         Class::Transient,
@@ -1066,6 +1159,13 @@ impl Promotion<'_> {
         // checkout of the task branch (which keeps the branch).
         let tmp_dir = self.repo.common_dir().join("loop").join("tmp");
         let tmp_prefix = format!("{}-", self.short());
+        let target_tip = match self.remote() {
+            Some(remote) => self
+                .repo
+                .read_ref(&format!("refs/remotes/{remote}/{}", self.target()))?,
+            None => self.repo.read_ref(&self.target_ref())?,
+        };
+        let branch_head = self.repo.read_ref(&branch_ref)?;
         let worktrees = self.repo.worktrees()?;
         let mut removed = false;
         let mut checked_out = false;
@@ -1078,21 +1178,37 @@ impl Promotion<'_> {
                     .path
                     .file_name()
                     .is_some_and(|n| n.to_string_lossy().starts_with(&tmp_prefix));
-            let ours = !is_main
-                && (wt.branch.as_deref() == Some(branch_ref.as_str())
-                    || same_path(&wt.path, &loop_dir));
-            if temp || (ours && wt.path.exists()) {
-                if ours
-                    && let Some(rescue) =
-                        rescue_worktree(self.repo, &self.git.in_dir(&wt.path), &self.id)?
-                {
-                    said.push(format!("saved uncommitted work in {rescue}"));
+            // Only git-loop's own worktree of the task goes; a person's checkout of the branch
+            // elsewhere is theirs, and keeps the branch.
+            let ours = !is_main && same_path(&wt.path, &loop_dir);
+            if temp {
+                self.remove_worktree(&wt.path);
+                removed = true;
+            } else if ours && wt.path.exists() {
+                if wt.path.join(".git").exists() {
+                    let there = self.git.in_dir(&wt.path);
+                    // Commits made on a detached HEAD are on no branch: save them first.
+                    if wt.branch.is_none()
+                        && let Ok(head) = there.run(&["rev-parse", "--verify", "-q", "HEAD"])
+                        && let Ok(head) = oid(&head)
+                    {
+                        let kept = target_tip
+                            .is_some_and(|t| self.repo.is_ancestor(head, t).unwrap_or(false))
+                            || branch_head
+                                .is_some_and(|b| self.repo.is_ancestor(head, b).unwrap_or(false));
+                        if !kept {
+                            let rescue = save_rescue(self.repo, &self.id, head)?;
+                            said.push(format!("saved the detached HEAD's commits in {rescue}"));
+                        }
+                    }
+                    if let Some(rescue) = rescue_worktree(self.repo, &there, &self.id)? {
+                        said.push(format!("saved uncommitted work in {rescue}"));
+                    }
                 }
-                self.git
-                    .run(&["worktree", "remove", "--force", &wt.path.to_string_lossy()])?;
-                if ours {
-                    said.push(format!("removed the worktree {}", wt.path.display()));
-                }
+                // Without its .git file a `git worktree remove` was killed half way, after
+                // the rescue above had already run.
+                self.remove_worktree(&wt.path);
+                said.push(format!("removed the worktree {}", wt.path.display()));
                 removed = true;
             } else if wt.branch.as_deref() == Some(branch_ref.as_str()) && !wt.prunable {
                 checked_out = true;
@@ -1109,16 +1225,10 @@ impl Promotion<'_> {
             self.git.run(&["worktree", "prune"])?;
         }
         // The local task branch goes only if its commits are safe in the target or a rescue ref.
-        if let Some(head) = self.repo.read_ref(&branch_ref)? {
+        if let Some(head) = branch_head {
             if checked_out {
                 said.push(format!("kept {} (it is checked out)", self.task.branch));
             } else {
-                let target_tip = match self.remote() {
-                    Some(remote) => self
-                        .repo
-                        .read_ref(&format!("refs/remotes/{remote}/{}", self.target()))?,
-                    None => self.repo.read_ref(&self.target_ref())?,
-                };
                 let contained = match target_tip {
                     Some(tip) => self.repo.is_ancestor(head, tip)?,
                     None => false,
@@ -1143,6 +1253,17 @@ impl Promotion<'_> {
             said.join("; ")
         };
         self.checkpoint(Phase::Cleanup, &message, |_| {}, &[])
+    }
+
+    /// Removes a worktree; if git cannot (a removal killed half way), removes its directory.
+    /// The caller runs `git worktree prune` afterwards.
+    fn remove_worktree(&self, path: &Path) {
+        let removed = self
+            .git
+            .run(&["worktree", "remove", "--force", &path.to_string_lossy()]);
+        if removed.is_err() {
+            let _ = std::fs::remove_dir_all(path);
+        }
     }
 
     // ---- delete_remote_branch -------------------------------------------------------------

@@ -9,4 +9,5 @@ mod test_graph;
 mod test_hooks;
 mod test_policy;
 mod test_promote;
+mod test_promote_edges;
 mod test_tasks;

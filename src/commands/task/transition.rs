@@ -100,6 +100,8 @@ pub fn reopen(ctx: &mut Ctx<'_>, args: ReopenArgs) -> Result<()> {
         task.attempts = 0;
         task.next_at = None;
         task.signatures.clear();
+        // Requeued work is judged again.
+        task.approved = None;
         match task::triage(&task.body, &triage) {
             Some(why) => task.set_state(State::Blocked, Some(reason::THIN_TASK), Some(why)),
             None => task.set_state(State::Ready, None, None),

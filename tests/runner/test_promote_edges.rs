@@ -1,0 +1,306 @@
+//! Promotion edge cases found by review: each was a way to lose work, loop for ever, or exit
+//! with the wrong class.
+
+use crate::promote_fixture::{Config, Fixture};
+
+fn in_dir(f: &Fixture, dir: &std::path::Path, args: &[&str]) -> String {
+    let mut full = vec!["-C", dir.to_str().expect("utf-8")];
+    full.extend_from_slice(args);
+    f.repo.git(&full)
+}
+
+#[test]
+fn a_worktree_half_removed_by_a_kill_does_not_block_cleanup() {
+    let f = Fixture::new(Config::default());
+    assert_eq!(
+        f.promote_env("GIT_LOOP_CRASH_AT", "cleanup:before").code,
+        -1
+    );
+    // `git worktree remove` deletes in readdir order; a kill can leave the tree without .git.
+    let wt = f.repo.worktree_path(f.short());
+    std::fs::remove_file(wt.join(".git")).expect("remove .git");
+    let out = f.promote();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    f.assert_converged();
+}
+
+#[test]
+fn a_reworked_task_is_promoted_from_its_new_head_not_the_old_checkpoint() {
+    let f = Fixture::new(Config::default());
+    assert_eq!(
+        f.promote_env("GIT_LOOP_CRASH_AT", "push_source:before")
+            .code,
+        -1
+    );
+    f.repo
+        .ok(&["task", "gate", f.short(), "--reason", "rework"]);
+    f.repo.ok(&["task", "reopen", f.short()]);
+    let wt = f.repo.worktree_path(f.short());
+    std::fs::write(wt.join("rework.txt"), "reworked\n").expect("write");
+    in_dir(&f, &wt, &["add", "rework.txt"]);
+    in_dir(&f, &wt, &["commit", "-q", "-m", "Rework"]);
+    let h2 = in_dir(&f, &wt, &["rev-parse", "HEAD"]).trim().to_string();
+    let out = f.promote();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        f.repo
+            .git_out(&["merge-base", "--is-ancestor", &h2, "main"])
+            .code,
+        0,
+        "the new head is merged"
+    );
+    assert_eq!(f.repo.git(&["show", "main:rework.txt"]), "reworked\n");
+    let show = f.repo.run(&["task", "show", f.short(), "--json"]).json();
+    assert_eq!(show["approved"], h2.as_str());
+}
+
+#[test]
+fn new_unjudged_commits_on_a_resumed_promotion_go_back_to_the_judge() {
+    let f = Fixture::new(Config::default());
+    assert_eq!(
+        f.promote_env("GIT_LOOP_CRASH_AT", "push_source:before")
+            .code,
+        -1
+    );
+    let wt = f.repo.worktree_path(f.short());
+    std::fs::write(wt.join("late.txt"), "late\n").expect("write");
+    in_dir(&f, &wt, &["add", "late.txt"]);
+    in_dir(&f, &wt, &["commit", "-q", "-m", "Late"]);
+    let main_before = f.target();
+    let out = f.promote();
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(out.stderr.contains("moved after judging"), "{}", out.stderr);
+    assert_eq!(f.target(), main_before);
+}
+
+#[test]
+fn gates_tightened_on_the_target_do_not_refuse_a_branch_that_left_them_alone() {
+    let f = Fixture::new(Config::default());
+    let policy = std::fs::read_to_string(f.repo.path("policy.toml")).expect("policy");
+    f.repo.write(
+        "policy.toml",
+        policy.replace("test -f README", "test -f README && true"),
+    );
+    f.repo
+        .git(&["commit", "-q", "-am", "A person tightens verify"]);
+    let out = f.promote();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // And once merged, a gate change on the target does not stop the promotion finishing.
+    let g = Fixture::new(Config::default());
+    assert_eq!(g.promote_env("GIT_LOOP_CRASH_AT", "verify:before").code, -1);
+    let policy = std::fs::read_to_string(g.repo.path("policy.toml")).expect("policy");
+    g.repo.write(
+        "policy.toml",
+        policy.replace("test -f README", "test -f README && true"),
+    );
+    g.repo
+        .git(&["commit", "-q", "-am", "A person tightens verify"]);
+    let out = g.promote();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        g.repo.run(&["task", "show", g.short(), "--json"]).json()["state"],
+        "done"
+    );
+}
+
+#[test]
+fn an_approved_head_already_in_the_target_is_finished() {
+    let f = Fixture::new(Config {
+        remote: true,
+        ..Config::default()
+    });
+    let head = f
+        .repo
+        .git(&["rev-parse", &format!("loop/{}", f.short())])
+        .trim()
+        .to_string();
+    f.repo.poke(&f.id, "approved", &format!("\"{head}\""));
+    f.repo.git(&[
+        "merge",
+        "-q",
+        "--no-ff",
+        "-m",
+        "merged elsewhere",
+        &format!("loop/{}", f.short()),
+    ]);
+    f.repo.git(&["push", "-q", "origin", "main"]);
+    let out = f.promote();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        f.repo.run(&["task", "show", f.short(), "--json"]).json()["state"],
+        "done"
+    );
+}
+
+#[test]
+fn a_remote_task_branch_with_other_commits_is_policy_not_a_retry() {
+    let f = Fixture::new(Config {
+        remote: true,
+        ..Config::default()
+    });
+    let remote = f.remote.clone().expect("remote");
+    let other = f.repo.root.parent().expect("tmp").join("other");
+    let branch = format!("loop/{}", f.short());
+    f.repo.git(&["push", "-q", "origin", &branch]);
+    f.repo.git(&[
+        "clone",
+        "-q",
+        "-b",
+        &branch,
+        &remote.to_string_lossy(),
+        &other.to_string_lossy(),
+    ]);
+    std::fs::write(other.join("x.txt"), "x\n").expect("write");
+    in_dir(&f, &other, &["add", "x.txt"]);
+    in_dir(&f, &other, &["commit", "-q", "-m", "more"]);
+    in_dir(&f, &other, &["push", "-q", "origin", "HEAD"]);
+    let out = f.promote();
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("commits that the approved"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_missing_remote_target_is_config() {
+    let f = Fixture::new(Config {
+        remote: true,
+        ..Config::default()
+    });
+    let remote = f.remote.clone().expect("remote");
+    f.repo.git(&[
+        "--git-dir",
+        &remote.to_string_lossy(),
+        "update-ref",
+        "-d",
+        "refs/heads/main",
+    ]);
+    let out = f.promote();
+    assert_eq!(out.code, 3, "{}", out.stderr);
+}
+
+#[test]
+fn a_persons_own_checkout_of_the_task_branch_is_left_alone() {
+    let f = Fixture::new(Config::default());
+    let wt = f.repo.worktree_path(f.short());
+    f.repo.git(&["worktree", "remove", &wt.to_string_lossy()]);
+    let mine = f.repo.root.parent().expect("tmp").join("my-review");
+    f.repo.git(&[
+        "worktree",
+        "add",
+        "-q",
+        &mine.to_string_lossy(),
+        &format!("loop/{}", f.short()),
+    ]);
+    std::fs::write(f.repo.path(".git/info/exclude"), "*.env\n").expect("exclude");
+    std::fs::write(mine.join("secret.env"), "TOKEN=1\n").expect("write");
+    let out = f.promote();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(mine.join("secret.env")).expect("kept"),
+        "TOKEN=1\n"
+    );
+    assert!(out.stderr.is_empty() || !out.stderr.contains("removed the worktree"));
+    assert_eq!(
+        f.repo
+            .git_out(&[
+                "rev-parse",
+                "--verify",
+                "-q",
+                &format!("refs/heads/loop/{}", f.short())
+            ])
+            .code,
+        0,
+        "the branch checked out there is kept"
+    );
+}
+
+#[test]
+fn commits_on_a_detached_head_in_the_task_worktree_are_saved() {
+    let f = Fixture::new(Config::default());
+    let wt = f.repo.worktree_path(f.short());
+    in_dir(&f, &wt, &["checkout", "-q", "--detach"]);
+    std::fs::write(wt.join("det.txt"), "detached work\n").expect("write");
+    in_dir(&f, &wt, &["add", "det.txt"]);
+    in_dir(&f, &wt, &["commit", "-q", "-m", "detached work"]);
+    let c = in_dir(&f, &wt, &["rev-parse", "HEAD"]).trim().to_string();
+    let out = f.promote();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let holders = f
+        .repo
+        .git(&["for-each-ref", "--format=%(refname)", "--contains", &c]);
+    assert!(
+        holders.contains(&format!("refs/loop/rescue/{}/", f.id)),
+        "{holders}"
+    );
+}
+
+#[test]
+fn a_local_pre_push_hook_that_refuses_is_policy() {
+    let f = Fixture::new(Config {
+        remote: true,
+        ..Config::default()
+    });
+    let hook = f.repo.path(".git/hooks/pre-push");
+    std::fs::write(&hook, "#!/bin/sh\necho 'lint failed' >&2\nexit 1\n").expect("hook");
+    std::process::Command::new("chmod")
+        .args(["+x", &hook.to_string_lossy()])
+        .status()
+        .expect("chmod");
+    let out = f.promote();
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("pre-push hook refused"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn squash_after_a_conflict_fix_converges() {
+    let f = Fixture::new(Config {
+        strategy: "squash",
+        ..Config::default()
+    });
+    let repo = &f.repo;
+    repo.write("feature.txt", "main's own version\n");
+    repo.git(&["add", "feature.txt"]);
+    repo.git(&["commit", "-q", "-m", "Main's feature"]);
+    assert_eq!(f.promote().code, 5);
+    let original = repo.run(&["task", "show", &f.id, "--json"]).json();
+    let fix_id = original["after"][0].as_str().expect("fix").to_string();
+    repo.git(&[
+        "checkout",
+        "-q",
+        "-b",
+        &format!("loop/{}", &fix_id[..7]),
+        "main",
+    ]);
+    let _ = repo.git_out(&["merge", "-q", "--no-edit", &format!("loop/{}", f.short())]);
+    repo.write(
+        "feature.txt",
+        "main's own version\nthe feature, second line\nmore\n",
+    );
+    repo.git(&["add", "feature.txt"]);
+    repo.git(&["commit", "-q", "--no-edit"]);
+    repo.git(&["checkout", "-q", "main"]);
+    assert_eq!(repo.run(&["promote", &fix_id[..7]]).code, 0);
+    let out = f.promote();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        repo.run(&["task", "show", &f.id, "--json"]).json()["state"],
+        "done"
+    );
+    assert_eq!(
+        repo.run(&["task", "list", "--json"])
+            .json()
+            .as_array()
+            .expect("array")
+            .len(),
+        2,
+        "no new conflict task"
+    );
+}
