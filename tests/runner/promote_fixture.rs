@@ -72,17 +72,7 @@ impl Fixture {
             path
         });
         let id = repo.add("Add the feature", &[]);
-        let short = &id[..7];
-        let wt = repo.worktree_path(short);
-        repo.git(&[
-            "worktree",
-            "add",
-            "-q",
-            "-b",
-            &format!("loop/{short}"),
-            &wt.to_string_lossy(),
-            "main",
-        ]);
+        let wt = repo.add_task_worktree(&id);
         let in_wt = |args: &[&str]| {
             let mut full = vec!["-C", wt.to_str().expect("utf-8 path")];
             full.extend_from_slice(args);
@@ -278,12 +268,5 @@ impl Fixture {
             before,
             "a run after success changes no ref"
         );
-    }
-}
-
-impl TestRepo {
-    /// Where the runner puts the worktree of a task.
-    pub fn worktree_path(&self, short: &str) -> PathBuf {
-        self.root.join(".git/loop/worktrees").join(short)
     }
 }

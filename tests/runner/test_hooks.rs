@@ -248,15 +248,7 @@ fn git_loop_0_disables_both_hooks() {
     let (repo, remote) = setup();
     repo.ok(&["hooks", "install"]);
     let id = repo.add("Work", &[]);
-    let wt = repo.worktree_path(&id[..7]);
-    repo.git(&[
-        "worktree",
-        "add",
-        "-q",
-        "-b",
-        &format!("loop/{}", &id[..7]),
-        &wt.to_string_lossy(),
-    ]);
+    let wt = repo.add_task_worktree(&id);
     let git_in = |args: &[&str], off: bool| -> Out {
         let mut cmd = std::process::Command::new("git");
         cmd.args(args).current_dir(&wt);
@@ -316,16 +308,7 @@ fn in_a_loop_worktree_commits_are_noted_and_trailers_file_tasks() {
     let (repo, _remote) = setup();
     repo.ok(&["hooks", "install"]);
     let id = repo.add("Parent work", &[]);
-    let short = &id[..7];
-    let wt = repo.worktree_path(short);
-    repo.git(&[
-        "worktree",
-        "add",
-        "-q",
-        "-b",
-        &format!("loop/{short}"),
-        &wt.to_string_lossy(),
-    ]);
+    let wt = repo.add_task_worktree(&id);
     let in_wt = |args: &[&str]| -> String {
         let mut full = vec!["-C", wt.to_str().expect("utf-8")];
         full.extend_from_slice(args);
@@ -411,15 +394,7 @@ fn during_a_rebase_the_post_commit_hook_does_no_work() {
     let (repo, _remote) = setup();
     repo.ok(&["hooks", "install"]);
     let id = repo.add("Work", &[]);
-    let wt = repo.worktree_path(&id[..7]);
-    repo.git(&[
-        "worktree",
-        "add",
-        "-q",
-        "-b",
-        &format!("loop/{}", &id[..7]),
-        &wt.to_string_lossy(),
-    ]);
+    let wt = repo.add_task_worktree(&id);
     let in_wt = |args: &[&str]| -> String {
         let mut full = vec!["-C", wt.to_str().expect("utf-8")];
         full.extend_from_slice(args);

@@ -241,6 +241,21 @@ impl TestRepo {
         self.git(&["update-ref", &name, commit.trim(), &old]);
     }
 
+    /// Where the runner puts the worktree of a task.
+    pub fn worktree_path(&self, short: &str) -> PathBuf {
+        self.root.join(".git/loop/worktrees").join(short)
+    }
+
+    /// Makes the runner's worktree of task `id`, on a new branch `loop/<short>` from main.
+    pub fn add_task_worktree(&self, id: &str) -> PathBuf {
+        let short = &id[..7];
+        let wt = self.worktree_path(short);
+        let wt_arg = wt.to_string_lossy().into_owned();
+        let branch = format!("loop/{short}");
+        self.git(&["worktree", "add", "-q", "-b", &branch, &wt_arg, "main"]);
+        wt
+    }
+
     /// Sets a task's state with plain git, as a promotion would have.
     pub fn set_state(&self, id: &str, state: &str) {
         self.poke(id, "state", &format!("\"{state}\""));
