@@ -52,6 +52,12 @@ pub struct Edit {
     pub message: String,
     /// Other refs that must still hold these values for the write to count (read locks).
     pub verify: Vec<(String, ObjectId)>,
+    /// Other ref edits made in the same transaction (a lease taken or released with the state).
+    pub also: Vec<Cas>,
+    /// Files written into the state's tree beside the document (run records: `runs/0001.toml`).
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Commits the state relies on, kept reachable as extra parents (a run's branch head).
+    pub keep: Vec<ObjectId>,
 }
 
 impl Edit {
@@ -59,7 +65,15 @@ impl Edit {
         Edit {
             message: message.into(),
             verify: Vec::new(),
+            also: Vec::new(),
+            files: Vec::new(),
+            keep: Vec::new(),
         }
+    }
+
+    /// Whether the edit writes something besides the document.
+    fn has_extras(&self) -> bool {
+        !self.also.is_empty() || !self.files.is_empty()
     }
 }
 
@@ -222,7 +236,13 @@ impl<'r> Store<'r> {
 
     /// Writes a new task. Its id must be new.
     pub fn create(&self, task: &Task) -> Result<ObjectId> {
-        let commit = self.write_state(task, None, &format!("created: {}", task.state_label()))?;
+        let commit = self.write_state(
+            task,
+            None,
+            &format!("created: {}", task.state_label()),
+            &[],
+            &[],
+        )?;
         match self.repo.cas(&[Cas::Create {
             name: task_ref(&task.id),
             new: commit,
@@ -245,7 +265,6 @@ impl<'r> Store<'r> {
         id: &str,
         mut edit: impl FnMut(&mut Task) -> Result<Edit>,
     ) -> Result<Updated> {
-        let name = task_ref(id);
         for attempt in 0..MAX_TRIES {
             let current = self.load(id)?;
             let mut task = current.task.clone();
@@ -263,26 +282,12 @@ impl<'r> Store<'r> {
                 }
                 Err(e) => return Err(e),
             };
-            if task == current.task {
+            if task == current.task && !change.has_extras() {
                 return Ok(Updated::Unchanged(task));
             }
-            task.updated = Timestamp::now().max(Timestamp(current.task.updated.0 + 1));
-            let commit = self.write_state(&task, Some(&current), &change.message)?;
-            let mut edits = vec![Cas::Update {
-                name: name.clone(),
-                old: current.commit,
-                new: commit,
-            }];
-            edits.extend(
-                change
-                    .verify
-                    .into_iter()
-                    .filter(|(n, _)| *n != name)
-                    .map(|(name, old)| Cas::Verify { name, old }),
-            );
-            match self.repo.cas(&edits)? {
-                CasOutcome::Applied => return Ok(Updated::Changed(task)),
-                CasOutcome::Lost => {
+            match self.apply(&current, task, change)? {
+                Some(task) => return Ok(Updated::Changed(task)),
+                None => {
                     let cap_ms = 20u64.min(1 << attempt.min(5));
                     std::thread::sleep(Duration::from_micros(crate::rand::below_or_equal(
                         cap_ms * 1000,
@@ -298,19 +303,58 @@ impl<'r> Store<'r> {
         .into())
     }
 
+    /// Writes `task` over `current` with `edit`, by one compare-and-swap: `None` when another
+    /// writer got there first (nothing was changed). No retry: claims use this directly.
+    pub fn apply(&self, current: &Stored, mut task: Task, edit: Edit) -> Result<Option<Task>> {
+        task.updated = Timestamp::now().max(Timestamp(current.task.updated.0 + 1));
+        let name = task_ref(&task.id);
+        let commit =
+            self.write_state(&task, Some(current), &edit.message, &edit.files, &edit.keep)?;
+        let mut edits = vec![Cas::Update {
+            name: name.clone(),
+            old: current.commit,
+            new: commit,
+        }];
+        edits.extend(
+            edit.verify
+                .into_iter()
+                .filter(|(n, _)| *n != name)
+                .map(|(name, old)| Cas::Verify { name, old }),
+        );
+        edits.extend(edit.also);
+        Ok(match self.repo.cas(&edits)? {
+            CasOutcome::Applied => Some(task),
+            CasOutcome::Lost => None,
+        })
+    }
+
     fn write_state(
         &self,
         task: &Task,
         previous: Option<&Stored>,
         message: &str,
+        extra: &[(String, Vec<u8>)],
+        keep: &[ObjectId],
     ) -> Result<ObjectId> {
         let doc = self.repo.write_blob(task.to_toml()?.as_bytes())?;
-        let mut files = vec![(DOC, doc)];
+        let mut files = vec![(DOC.to_string(), doc)];
         if previous.is_none_or(|p| p.task.body != task.body) {
-            files.push((BODY, self.repo.write_blob(task.body.as_bytes())?));
+            files.push((
+                BODY.to_string(),
+                self.repo.write_blob(task.body.as_bytes())?,
+            ));
         }
+        for (path, bytes) in extra {
+            files.push((path.clone(), self.repo.write_blob(bytes)?));
+        }
+        let files: Vec<(&str, ObjectId)> = files.iter().map(|(p, id)| (p.as_str(), *id)).collect();
         let tree = self.repo.write_tree(previous.map(|p| p.tree), &files)?;
-        let parents: Vec<ObjectId> = previous.map(|p| p.commit).into_iter().collect();
+        let mut parents: Vec<ObjectId> = previous.map(|p| p.commit).into_iter().collect();
+        for k in keep {
+            if !parents.contains(k) {
+                parents.push(*k);
+            }
+        }
         let message = format!("{message}\n\nLoop-Task: {}\n", task.id);
         self.repo.write_commit(&message, tree, &parents)
     }

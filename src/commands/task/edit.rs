@@ -183,7 +183,9 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
             }
             _ => {}
         }
-        Ok(Edit { message, verify })
+        let mut edit = Edit::new(message);
+        edit.verify = verify;
+        Ok(edit)
     })?;
     match updated {
         Updated::Changed(task) => {
