@@ -107,15 +107,15 @@ fn run_one(argv: &[String], dir: &Path, timeout: Duration) -> Result<CommandResu
         }
         if started.elapsed() > timeout {
             timed_out = true;
-            kill_group(child.id(), "TERM");
+            crate::process::signal_group(child.id(), "TERM");
             std::thread::sleep(Duration::from_millis(500));
-            kill_group(child.id(), "KILL");
+            crate::process::signal_group(child.id(), "KILL");
             break child.wait().context("waiting for a killed command")?;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     // Members of the group that outlived the leader would keep the pipe open.
-    kill_group(child.id(), "KILL");
+    crate::process::signal_group(child.id(), "KILL");
     let tail = collector.join().unwrap_or_default();
     Ok(CommandResult {
         argv: argv.to_vec(),
@@ -124,15 +124,4 @@ fn run_one(argv: &[String], dir: &Path, timeout: Duration) -> Result<CommandResu
         timed_out,
         tail,
     })
-}
-
-/// Sends `signal` to the process group `pgid` (the `kill` utility: no unsafe code needed).
-pub fn kill_group(pgid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg("--")
-        .arg(format!("-{pgid}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
 }

@@ -370,6 +370,8 @@ fn file_discovered(
         attempts: 0,
         next_at: None,
         signatures: Vec::new(),
+        context: None,
+        rounds: 0,
         discovered_from: Some(from.to_string()),
         created: now,
         updated: now,

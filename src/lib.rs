@@ -4,6 +4,7 @@
 //! [`commands`], one module each; the domain (policy, task store, graph) in modules named for
 //! what they are; Git access only through [`git`].
 
+pub mod agent;
 pub mod cache;
 pub mod cli;
 pub mod commands;
@@ -13,11 +14,15 @@ pub mod git;
 pub mod graph;
 pub mod hooks;
 pub mod ids;
+pub mod lease;
 pub mod output;
 pub mod policy;
+pub mod process;
 pub mod promote;
 pub mod rand;
+pub mod record;
 pub mod rescue;
+pub mod retry;
 pub mod store;
 pub mod task;
 pub mod time;

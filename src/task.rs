@@ -81,6 +81,8 @@ pub mod reason {
     pub const GATED: &str = "gated";
     pub const CONFLICT: &str = "conflict";
     pub const VERIFY_FAILED: &str = "verify_failed";
+    pub const ATTEMPTS_EXHAUSTED: &str = "attempts_exhausted";
+    pub const ESCALATED: &str = "escalated";
 }
 
 /// A task. The body is kept beside the document as its own blob (`body.md`), byte for byte.
@@ -104,8 +106,15 @@ pub struct Task {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_at: Option<Timestamp>,
+    /// Failure signatures of the runs since the last success, newest last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signatures: Vec<String>,
+    /// The previous failure, given to the next run's prompt as `{context}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// Rounds of attempts that ended `blocked: attempts_exhausted` (for escalation).
+    #[serde(default)]
+    pub rounds: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovered_from: Option<String>,
     pub branch: String,

@@ -10,9 +10,8 @@ use crate::error::{Class, LoopError};
 use crate::git::{Cas, CasOutcome, Repo};
 use crate::time::Timestamp;
 
-/// The record of a checkpoint stands between these lines of its commit message, as TOML.
-const RECORD_START: &str = "--- promote.toml";
-const RECORD_END: &str = "---";
+/// The name of the record in a checkpoint commit's message.
+const RECORD: &str = "promote.toml";
 
 /// The state a promotion has reached, as its latest checkpoint records it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,7 +71,7 @@ impl<'r> Chain<'r> {
                     return Err(corrupt("it does not point at a commit".into()).into());
                 }
                 let message = repo.commit_info(tip)?.message;
-                let doc = record_of(&message)
+                let doc = crate::record::parse(&message, RECORD)
                     .ok_or_else(|| corrupt("no record in its message".into()))?;
                 {
                     let rec = toml::from_str::<Record>(doc)
@@ -98,23 +97,14 @@ impl<'r> Chain<'r> {
 
     /// Appends a checkpoint by compare-and-swap; `keep` are commits to keep reachable.
     pub(super) fn write(&mut self, rec: Record, message: &str, keep: &[ObjectId]) -> Result<()> {
-        // The record travels in the message over the empty tree: one object per checkpoint.
-        let tree = ObjectId::empty_tree(gix::hash::Kind::Sha1);
         let mut parents: Vec<ObjectId> = self.tip.into_iter().collect();
         for k in keep {
             if !parents.contains(k) {
                 parents.push(*k);
             }
         }
-        let commit = self.repo.write_commit(
-            &format!(
-                "{message}\n\n{RECORD_START}\n{}{RECORD_END}\n\nLoop-Task: {}\n",
-                toml::to_string(&rec)?,
-                rec.task
-            ),
-            tree,
-            &parents,
-        )?;
+        let commit =
+            crate::record::write(self.repo, message, RECORD, &rec, Some(&rec.task), &parents)?;
         let edit = match self.tip {
             Some(old) => Cas::Update {
                 name: self.name.clone(),
@@ -140,11 +130,4 @@ impl<'r> Chain<'r> {
             .into()),
         }
     }
-}
-
-/// The TOML record inside a checkpoint commit's message.
-pub(super) fn record_of(message: &str) -> Option<&str> {
-    let start = message.find(&format!("{RECORD_START}\n"))? + RECORD_START.len() + 1;
-    let len = message[start..].find(&format!("\n{RECORD_END}\n"))? + 1;
-    Some(&message[start..start + len])
 }

@@ -907,6 +907,8 @@ impl Promotion<'_> {
                     attempts: 0,
                     next_at: None,
                     signatures: Vec::new(),
+                    context: None,
+                    rounds: 0,
                     discovered_from: Some(self.id.clone()),
                     created: now,
                     updated: now,

@@ -106,6 +106,8 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         attempts: 0,
         next_at: None,
         signatures: Vec::new(),
+        context: None,
+        rounds: 0,
         discovered_from,
         created: now,
         updated: now,

@@ -1,0 +1,123 @@
+//! Leases (SPEC §4): `refs/loop/leases/<id>` says who holds a task — runner, host, process
+//! (pid and start time), the agent's process group, the run — and until when. A lease is taken
+//! in the same ref transaction that moves the task, renewed by compare-and-swap, and deleted in
+//! the transaction that moves the task on.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use gix::ObjectId;
+use serde::{Deserialize, Serialize};
+
+use crate::git::{Cas, CasOutcome, Repo};
+use crate::time::Timestamp;
+
+pub const LEASE_REFS: &str = "refs/loop/leases/";
+const RECORD: &str = "lease.toml";
+
+pub fn lease_ref(id: &str) -> String {
+    format!("{LEASE_REFS}{id}")
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub task: String,
+    pub runner: String,
+    pub host: String,
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<String>,
+    /// The agent's process group, once it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgid: Option<u32>,
+    pub run: String,
+    /// What the holder does with the task: agent, judge or promote.
+    pub purpose: String,
+    pub acquired: Timestamp,
+    pub renewed: Timestamp,
+    pub expires: Timestamp,
+}
+
+impl Lease {
+    /// A lease of `task` held by this process for `ttl`.
+    pub fn new(task: &str, runner: &str, run: &str, purpose: &str, ttl: Duration) -> Lease {
+        let now = Timestamp::now();
+        let pid = std::process::id();
+        Lease {
+            task: task.to_string(),
+            runner: runner.to_string(),
+            host: crate::process::host(),
+            pid,
+            pid_start: crate::process::start_time(pid),
+            pgid: None,
+            run: run.to_string(),
+            purpose: purpose.to_string(),
+            acquired: now,
+            renewed: now,
+            expires: now.plus(ttl),
+        }
+    }
+
+    /// Whether the holder is known dead: on this host, its process is gone (or the pid was
+    /// reused by another process).
+    pub fn holder_dead(&self) -> bool {
+        self.host == crate::process::host()
+            && !crate::process::alive(self.pid, self.pid_start.as_deref())
+    }
+
+    pub fn expired(&self, now: Timestamp) -> bool {
+        self.expires <= now
+    }
+
+    /// The commit that records this lease (parentless: a lease's history is its task's).
+    pub fn commit(&self, repo: &Repo) -> Result<ObjectId> {
+        crate::record::write(
+            repo,
+            &format!("lease: {} holds it for {}", self.runner, self.purpose),
+            RECORD,
+            self,
+            Some(&self.task),
+            &[],
+        )
+    }
+}
+
+/// The lease of task `id`, if there is one: its commit and what it says (`Err`: unreadable).
+pub fn read(
+    repo: &Repo,
+    id: &str,
+) -> Result<Option<(ObjectId, std::result::Result<Lease, String>)>> {
+    let Some(tip) = repo.read_ref(&lease_ref(id))? else {
+        return Ok(None);
+    };
+    Ok(Some((tip, crate::record::read(repo, tip, RECORD))))
+}
+
+/// Every lease, by task id.
+pub fn all(repo: &Repo) -> Result<Vec<(String, ObjectId, std::result::Result<Lease, String>)>> {
+    let mut out = Vec::new();
+    for r in repo.refs_under(LEASE_REFS)? {
+        let Some(tip) = r.id else { continue };
+        let id = r.name[LEASE_REFS.len()..].to_string();
+        out.push((id, tip, crate::record::read(repo, tip, RECORD)));
+    }
+    Ok(out)
+}
+
+/// Renews a lease held at `old` (compare-and-swap). `None` if it changed hands or vanished.
+pub fn renew(repo: &Repo, old: ObjectId, lease: &Lease, ttl: Duration) -> Result<Option<ObjectId>> {
+    let mut renewed = lease.clone();
+    renewed.renewed = Timestamp::now();
+    renewed.expires = renewed.renewed.plus(ttl);
+    let new = renewed.commit(repo)?;
+    Ok(
+        match repo.cas(&[Cas::Update {
+            name: lease_ref(&lease.task),
+            old,
+            new,
+        }])? {
+            CasOutcome::Applied => Some(new),
+            CasOutcome::Lost => None,
+        },
+    )
+}

@@ -1,0 +1,87 @@
+//! Processes: this host's name, a process's identity (pid and start time, so that a reused pid
+//! is never taken for the holder of a lease), liveness, and signals to process groups.
+
+use std::process::{Command, Stdio};
+
+/// This machine's name.
+pub fn host() -> String {
+    for path in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
+        if let Ok(name) = std::fs::read_to_string(path)
+            && !name.trim().is_empty()
+        {
+            return name.trim().to_string();
+        }
+    }
+    Command::new("uname")
+        .arg("-n")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// When process `pid` started, in the system's own units (Linux: clock ticks since boot, from
+/// /proc/<pid>/stat; elsewhere: what `ps -o lstart=` prints). `None` if there is no such process.
+pub fn start_time(pid: u32) -> Option<String> {
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The command name is in parentheses and may contain spaces: count after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        return rest.split_whitespace().nth(19).map(str::to_string);
+    }
+    if std::path::Path::new("/proc/self/stat").exists() {
+        return None; // Linux, and the process is gone.
+    }
+    let out = Command::new("ps")
+        .args(["-o", "lstart=", "-p", &pid.to_string()])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Whether the process `pid` that started at `start` is still running.
+pub fn alive(pid: u32, start: Option<&str>) -> bool {
+    match (start_time(pid), start) {
+        (Some(now), Some(then)) => now == then,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// Sends `signal` (e.g. "TERM", "KILL") to the process group `pgid`.
+pub fn signal_group(pgid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg("--")
+        .arg(format!("-{pgid}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Whether any process of group `pgid` is still running.
+pub fn group_alive(pgid: u32) -> bool {
+    Command::new("kill")
+        .args(["-0", "--", &format!("-{pgid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_identified() {
+        let me = std::process::id();
+        let start = start_time(me);
+        assert!(start.is_some());
+        assert!(alive(me, start.as_deref()));
+        assert!(!alive(me, Some("not when it started")));
+        assert!(!host().is_empty());
+    }
+}
