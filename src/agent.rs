@@ -264,9 +264,9 @@ pub fn render(template: &str, values: &[(&str, &str)], what: &str) -> Result<Str
             rest = &tail[2..];
             continue;
         }
-        if tail.starts_with('}') {
+        if let Some(after) = tail.strip_prefix('}') {
             out.push('}');
-            rest = &tail[1..];
+            rest = after;
             continue;
         }
         let Some(close) = tail.find('}') else {

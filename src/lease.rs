@@ -93,8 +93,11 @@ pub fn read(
     Ok(Some((tip, crate::record::read(repo, tip, RECORD))))
 }
 
-/// Every lease, by task id.
-pub fn all(repo: &Repo) -> Result<Vec<(String, ObjectId, std::result::Result<Lease, String>)>> {
+/// A lease as listed: the task id, the lease's commit, and what it says (`Err`: unreadable).
+pub type Listed = (String, ObjectId, std::result::Result<Lease, String>);
+
+/// Every lease.
+pub fn all(repo: &Repo) -> Result<Vec<Listed>> {
     let mut out = Vec::new();
     for r in repo.refs_under(LEASE_REFS)? {
         let Some(tip) = r.id else { continue };
