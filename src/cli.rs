@@ -56,6 +56,8 @@ enum Command {
     #[command(subcommand)]
     Task(commands::task::Command),
     Ready(commands::ready::Args),
+    Start(commands::start::Args),
+    Oracle(commands::oracle::Args),
     Log(commands::log::Args),
     Promote(commands::promote::Args),
     #[command(subcommand)]
@@ -111,6 +113,8 @@ fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Init(args) => commands::init::run(ctx, args),
         Command::Task(cmd) => commands::task::run(ctx, cmd),
         Command::Ready(args) => commands::ready::run(ctx, args),
+        Command::Start(args) => commands::start::run(ctx, args),
+        Command::Oracle(args) => commands::oracle::run(ctx, args),
         Command::Log(args) => commands::log::run(ctx, args),
         Command::Promote(args) => commands::promote::run(ctx, args),
         Command::Hooks(cmd) => commands::hooks::run(ctx, cmd),

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::error::{Class, LoopError};
+use crate::git::Repo;
+use crate::git::cli::Git;
 
 /// How much of a command's output is kept for messages and records.
 const TAIL: usize = 8 * 1024;
@@ -124,4 +126,37 @@ fn run_one(argv: &[String], dir: &Path, timeout: Duration) -> Result<CommandResu
         timed_out,
         tail,
     })
+}
+
+/// Runs `commands` in a temporary detached worktree of `commit` under
+/// `<git-common-dir>/loop/tmp/<tag>-…`, removed afterwards (what is judged is what is
+/// committed, never a worktree's uncommitted state).
+pub fn run_at(
+    repo: &Repo,
+    git: &Git,
+    commit: gix::ObjectId,
+    commands: &[Vec<String>],
+    timeout: Duration,
+    tag: &str,
+) -> Result<Vec<CommandResult>> {
+    if commands.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = repo.common_dir().join("loop").join("tmp");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{tag}-{:08x}", crate::rand::u64() as u32));
+    let shown = path.to_string_lossy().into_owned();
+    git.run(&[
+        "worktree",
+        "add",
+        "--detach",
+        "--quiet",
+        &shown,
+        &commit.to_string(),
+    ])?;
+    let results = run_all(commands, &path, timeout);
+    let removed = git.run(&["worktree", "remove", "--force", &shown]);
+    let results = results?;
+    removed?;
+    Ok(results)
 }

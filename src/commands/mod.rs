@@ -6,8 +6,10 @@ pub mod hooks;
 pub mod init;
 pub mod log;
 pub mod man;
+pub mod oracle;
 pub mod promote;
 pub mod ready;
+pub mod start;
 pub mod task;
 
 use std::io::Read;

@@ -443,18 +443,16 @@ impl Promotion<'_> {
             .repo
             .merge_base(target_tip, source)?
             .unwrap_or(target_tip);
-        let before = protected_sections(&self.repo.file_at(base, crate::policy::FILE)?);
-        let after = protected_sections(&self.repo.file_at(source, crate::policy::FILE)?);
-        if before == after {
+        let Some(diff) = crate::oracle::protected_diff(
+            self.repo,
+            base,
+            source,
+            &format!("{}:policy.toml", self.target()),
+            &format!("{}:policy.toml", self.task.branch),
+        )?
+        else {
             return Ok(());
-        }
-        let diff = similar::TextDiff::from_lines(&before, &after)
-            .unified_diff()
-            .header(
-                &format!("{}:policy.toml", self.target()),
-                &format!("{}:policy.toml", self.task.branch),
-            )
-            .to_string();
+        };
         Err(policy_error(format!(
             "{} changes the protected sections of policy.toml ([{}]); the finish line is frozen:\n{}",
             self.task.branch,
@@ -1374,31 +1372,14 @@ impl Promotion<'_> {
         commands: &[Vec<String>],
         timeout: Duration,
     ) -> Result<Vec<gate::CommandResult>> {
-        if commands.is_empty() {
-            return Ok(Vec::new());
-        }
-        let dir = self.repo.common_dir().join("loop").join("tmp");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join(format!(
-            "{}-{:08x}",
+        gate::run_at(
+            self.repo,
+            &self.git,
+            commit,
+            commands,
+            timeout,
             self.short(),
-            crate::rand::u64() as u32
-        ));
-        self.git.run(&[
-            "worktree",
-            "add",
-            "--detach",
-            "--quiet",
-            &path.to_string_lossy(),
-            &commit.to_string(),
-        ])?;
-        let results = gate::run_all(commands, &path, timeout);
-        let removed = self
-            .git
-            .run(&["worktree", "remove", "--force", &path.to_string_lossy()]);
-        let results = results?;
-        removed?;
-        Ok(results)
+        )
     }
 
     fn dry_run(&mut self) -> Result<Outcome> {
@@ -1601,27 +1582,6 @@ fn check_breaker(repo: &Repo) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The protected sections of a policy file, normalised, for comparison and diffs.
-fn protected_sections(file: &Option<Vec<u8>>) -> String {
-    let Some(bytes) = file else {
-        return String::new();
-    };
-    let text = String::from_utf8_lossy(bytes);
-    let Ok(table) = text.parse::<toml::Table>() else {
-        // Unparsable: compare the raw text, so that any change shows.
-        return text.into_owned();
-    };
-    let mut out = String::new();
-    for section in PROTECTED_SECTIONS {
-        if let Some(value) = table.get(*section) {
-            let mut one = toml::Table::new();
-            one.insert((*section).to_string(), value.clone());
-            out.push_str(&toml::to_string(&one).unwrap_or_default());
-        }
-    }
-    out
 }
 
 fn crash_point(phase: Phase, when: &str) {

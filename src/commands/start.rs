@@ -1,0 +1,59 @@
+//! `git loop start`
+
+use anyhow::Result;
+
+use crate::cli::Ctx;
+use crate::error::{Class, LoopError};
+use crate::policy::Policy;
+use crate::runner::{self, Finish, Options};
+
+/// Run the loop: pick ready tasks, run agents, judge, promote.
+///
+/// One runner per repository (a second exits 6 naming the first). It recovers what dead
+/// holders left before dispatching anything new, runs up to loop.workers tasks at once, and
+/// sleeps until the next timer when nothing can run. With --once it exits 0 when the oracle
+/// says the batch is done, 1 when nothing else can progress (listing every unfinished task),
+/// and 3 when a config failure stops everything.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Stop when the batch is done or nothing else can progress
+    #[arg(long)]
+    once: bool,
+
+    /// Run up to N tasks at once [default: policy's loop.workers]
+    #[arg(long, value_name = "N")]
+    workers: Option<u32>,
+
+    /// Only tasks of batch B
+    #[arg(long, value_name = "B")]
+    batch: Option<String>,
+}
+
+pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
+    let repo = ctx.repo()?;
+    let workdir = repo.require_workdir()?;
+    let policy = Policy::load_required(&workdir)?;
+    drop(repo);
+    let opts = Options {
+        once: args.once,
+        workers: args.workers,
+        batch: args.batch,
+    };
+    let mut stderr = std::io::stderr();
+    match runner::run(&workdir, policy, &opts, &mut stderr)? {
+        Finish::Done => {
+            writeln!(ctx.out, "done: the oracle says the batch is finished")?;
+            Ok(())
+        }
+        Finish::Stuck(lines) => {
+            let mut message = format!("{} task(s) cannot progress:", lines.len());
+            for l in &lines {
+                message.push_str("\n  ");
+                message.push_str(l);
+            }
+            Err(LoopError::new(Class::Generic, message)
+                .with_hint("`git loop status` shows why each waits and what re-arms it")
+                .into())
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The frozen finish line and the done-oracle (SPEC §9).
+
+use anyhow::Result;
+use gix::ObjectId;
+
+use crate::git::Repo;
+use crate::policy::{FILE, PROTECTED_SECTIONS};
+
+/// The protected sections of a policy file, normalised, for comparison and diffs.
+pub fn protected_sections(file: Option<&[u8]>) -> String {
+    let Some(bytes) = file else {
+        return String::new();
+    };
+    let text = String::from_utf8_lossy(bytes);
+    let Ok(table) = text.parse::<toml::Table>() else {
+        // Unparsable: compare the raw text, so that any change shows.
+        return text.into_owned();
+    };
+    let mut out = String::new();
+    for section in PROTECTED_SECTIONS {
+        if let Some(value) = table.get(*section) {
+            let mut one = toml::Table::new();
+            one.insert((*section).to_string(), value.clone());
+            out.push_str(&toml::to_string(&one).unwrap_or_default());
+        }
+    }
+    out
+}
+
+/// How commit `to` changes the protected sections of policy.toml relative to `from`, as a
+/// unified diff with the given labels; `None` when they are the same.
+pub fn protected_diff(
+    repo: &Repo,
+    from: ObjectId,
+    to: ObjectId,
+    from_label: &str,
+    to_label: &str,
+) -> Result<Option<String>> {
+    let before = protected_sections(repo.file_at(from, FILE)?.as_deref());
+    let after = protected_sections(repo.file_at(to, FILE)?.as_deref());
+    if before == after {
+        return Ok(None);
+    }
+    Ok(Some(
+        similar::TextDiff::from_lines(&before, &after)
+            .unified_diff()
+            .header(from_label, to_label)
+            .to_string(),
+    ))
+}
+
+/// Every unfinished task of `batch` (all batches when `None`), one line each with its state and
+/// reason. A task counts as finished when it is `human_gated` or `cancelled`, or `done` with its
+/// promoted commit really contained in the target — the remote's, freshly fetched, when
+/// `loop.remote` is set.
+pub fn unfinished(
+    repo: &Repo,
+    policy: &crate::policy::Policy,
+    store: &crate::store::Store<'_>,
+    batch: Option<&str>,
+) -> Result<Vec<String>> {
+    use crate::task::State;
+    let target = &policy.loop_.target;
+    let (tip, shown) = match &policy.loop_.remote {
+        Some(remote) => {
+            let dir = repo.workdir().unwrap_or(repo.common_dir()).to_path_buf();
+            let git = crate::git::cli::Git::new(dir, false);
+            let tracking = format!("refs/remotes/{remote}/{target}");
+            git.fetch(remote, &format!("+refs/heads/{target}:{tracking}"))?;
+            (repo.read_ref(&tracking)?, format!("{remote}/{target}"))
+        }
+        None => (
+            repo.read_ref(&format!("refs/heads/{target}"))?,
+            target.clone(),
+        ),
+    };
+    let mut out = Vec::new();
+    for l in store.list()? {
+        let short =
+            l.id.get(..crate::ids::MIN_SHORT)
+                .unwrap_or(&l.id)
+                .to_string();
+        let task = match l.task {
+            Ok(t) => t,
+            Err(why) => {
+                out.push(format!("{short}  corrupt: {why}"));
+                continue;
+            }
+        };
+        if batch.is_some_and(|b| task.batch != b) {
+            continue;
+        }
+        let title = crate::output::truncate(&crate::output::safe(&task.title, false), 60);
+        match task.state {
+            State::HumanGated | State::Cancelled => {}
+            State::Done => {
+                let promoted = task
+                    .promoted_commit
+                    .as_deref()
+                    .and_then(|c| crate::git::oid(c).ok());
+                let contained = match (promoted, tip) {
+                    (Some(c), Some(t)) => repo.is_ancestor(c, t)?,
+                    _ => false,
+                };
+                if !contained {
+                    out.push(format!(
+                        "{short}  done, but its promoted commit {} is not in {shown}  {title}",
+                        task.promoted_commit
+                            .as_deref()
+                            .map_or("(none)", |c| c.get(..7).unwrap_or(c))
+                    ));
+                }
+            }
+            _ => {
+                let why = task
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(" ({})", crate::output::safe(d, false)))
+                    .unwrap_or_default();
+                out.push(format!("{short}  {}{why}  {title}", task.state_label()));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,606 @@
+//! The runner (SPEC §5): one per repository, under an OS lock. It recovers what dead holders
+//! left, then dispatches the runnable set in order — up to `loop.workers` at once, never two
+//! tasks of one mutex group — each claimed by one ref transaction and carried by a worker
+//! thread through agent, judge and promotion. It writes a heartbeat, renews its leases, and
+//! sleeps until the next timer when there is nothing to do.
+
+pub mod worker;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Class, LoopError};
+use crate::git::{Cas, Repo};
+use crate::graph::Graph;
+use crate::lease::{self, Lease, lease_ref};
+use crate::policy::Policy;
+use crate::store::{Edit, Store};
+use crate::task::{State, Task, reason};
+use crate::time::Timestamp;
+
+pub const RUNNER_REFS: &str = "refs/loop/runners/";
+const HEARTBEAT: &str = "heartbeat.toml";
+
+pub struct Options {
+    pub once: bool,
+    pub workers: Option<u32>,
+    pub batch: Option<String>,
+}
+
+/// How a `--once` run ended.
+#[derive(Debug)]
+pub enum Finish {
+    /// The oracle says the batch is done.
+    Done,
+    /// Nothing else can progress: every unfinished task, with its state and reason.
+    Stuck(Vec<String>),
+}
+
+/// The runner's heartbeat (SPEC §4), `refs/loop/runners/<runner-id>`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub runner: String,
+    pub host: String,
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<String>,
+    pub started: Timestamp,
+    pub updated: Timestamp,
+    pub iteration: u64,
+    pub phase: String,
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    #[serde(default)]
+    pub failure_streak: u32,
+    pub next_action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<Timestamp>,
+}
+
+/// Every runner heartbeat in the repository.
+pub fn heartbeats(repo: &Repo) -> Result<Vec<(String, std::result::Result<Heartbeat, String>)>> {
+    let mut out = Vec::new();
+    for r in repo.refs_under(RUNNER_REFS)? {
+        if let Some(tip) = r.id {
+            out.push((
+                r.name[RUNNER_REFS.len()..].to_string(),
+                crate::record::read(repo, tip, HEARTBEAT),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+struct Active {
+    mutex: Option<String>,
+    started: Instant,
+}
+
+struct Runner<'a> {
+    workdir: PathBuf,
+    policy: Policy,
+    opts: &'a Options,
+    id: String,
+    beat: Heartbeat,
+    last_beat: Instant,
+    active: HashMap<String, Active>,
+    done_tx: mpsc::Sender<(String, Result<String>)>,
+    done_rx: mpsc::Receiver<(String, Result<String>)>,
+    say: &'a mut dyn Write,
+    config_failure: Option<String>,
+}
+
+/// Runs the loop in the repository of `workdir` until `--once` has nothing left to do (or for
+/// ever). Progress lines go to `say`.
+pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) -> Result<Finish> {
+    let repo = Repo::discover(workdir)?;
+    let _lock = take_lock(&repo)?;
+    let host = crate::process::host();
+    let pid = std::process::id();
+    let id = format!("{host}-{pid}-{:04x}", crate::rand::u64() as u16);
+    let now = Timestamp::now();
+    let (done_tx, done_rx) = mpsc::channel();
+    let mut runner = Runner {
+        workdir: workdir.to_path_buf(),
+        policy,
+        opts,
+        beat: Heartbeat {
+            runner: id.clone(),
+            host,
+            pid,
+            pid_start: crate::process::start_time(pid),
+            started: now,
+            updated: now,
+            iteration: 0,
+            phase: "recover".into(),
+            tasks: Vec::new(),
+            failure_streak: 0,
+            next_action: "recover".into(),
+            next_at: None,
+        },
+        id,
+        last_beat: Instant::now(),
+        active: HashMap::new(),
+        done_tx,
+        done_rx,
+        say,
+        config_failure: None,
+    };
+    write_lock_holder(&repo, &runner.beat)?;
+    runner.heartbeat(&repo, "recover", "recover")?;
+    runner.recover(&repo)?;
+    runner.main_loop()
+}
+
+impl Runner<'_> {
+    fn main_loop(&mut self) -> Result<Finish> {
+        loop {
+            self.beat.iteration += 1;
+            while let Ok((id, result)) = self.done_rx.try_recv() {
+                self.finished(&id, result);
+            }
+            let repo = Repo::discover(&self.workdir)?;
+            if self.last_beat.elapsed() >= self.policy.lease.heartbeat {
+                self.renew_leases(&repo)?;
+                let phase = if self.active.is_empty() {
+                    "idle"
+                } else {
+                    "agent"
+                };
+                self.heartbeat(&repo, phase, "work")?;
+            }
+            let store = Store::new(&repo);
+            self.rearm_cooled_off(&store)?;
+            let dispatched = if self.config_failure.is_none() {
+                self.dispatch(&repo, &store)?
+            } else {
+                0
+            };
+            if self.active.is_empty() && dispatched == 0 {
+                if let Some(why) = self.config_failure.clone() {
+                    self.heartbeat(&repo, "breaker_open", "wait for a person")?;
+                    return Err(LoopError::new(Class::Config, why).into());
+                }
+                let next = next_timer(&store, self.opts.batch.as_deref())?;
+                match next {
+                    Some(at) => {
+                        let wait = Duration::from_micros((at.0 - Timestamp::now().0).max(0) as u64)
+                            .min(Duration::from_secs(30));
+                        self.beat.next_at = Some(at);
+                        self.heartbeat(&repo, "backoff", "wait for the next timer")?;
+                        std::thread::sleep(wait.max(Duration::from_millis(20)));
+                    }
+                    None if self.opts.once => return self.finish(&repo),
+                    None => {
+                        self.heartbeat(&repo, "idle", "wait for work")?;
+                        std::thread::sleep(Duration::from_secs(2));
+                    }
+                }
+                continue;
+            }
+            // Wait for a worker to finish, or for the next heartbeat.
+            if let Ok((id, result)) = self.done_rx.recv_timeout(Duration::from_millis(200)) {
+                self.finished(&id, result);
+            }
+        }
+    }
+
+    fn finished(&mut self, id: &str, result: Result<String>) {
+        if let Some(a) = self.active.remove(id) {
+            let secs = a.started.elapsed().as_secs_f64();
+            match result {
+                Ok(state) => {
+                    self.beat.failure_streak = 0;
+                    let _ = writeln!(self.say, "{}: {state} ({secs:.1}s)", short(id));
+                }
+                Err(e) => {
+                    self.beat.failure_streak += 1;
+                    let line = format!("{e:#}")
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = writeln!(self.say, "{}: {line}", short(id));
+                    if crate::error::class_of(&e) == Class::Config {
+                        self.config_failure = Some(line);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims and starts what can run, in dispatch order. Returns how many it started.
+    fn dispatch(&mut self, repo: &Repo, store: &Store<'_>) -> Result<usize> {
+        let workers = self
+            .opts
+            .workers
+            .unwrap_or(self.policy.loop_.workers)
+            .max(1) as usize;
+        if self.active.len() >= workers {
+            return Ok(0);
+        }
+        let listed = store.list()?;
+        let tasks: Vec<&Task> = listed.iter().filter_map(|l| l.task.as_ref().ok()).collect();
+        let tips: HashMap<&str, gix::ObjectId> = listed
+            .iter()
+            .filter_map(|l| Some((l.id.as_str(), l.tip?)))
+            .collect();
+        let graph = Graph::new(tasks.iter().copied());
+        let leased: HashMap<String, ()> = lease::all(repo)?
+            .into_iter()
+            .map(|(id, _, _)| (id, ()))
+            .collect();
+        let now = Timestamp::now();
+        // Busy groups: this runner's active tasks, and tasks another holder is running.
+        let mut busy_mutexes: Vec<String> = self
+            .active
+            .values()
+            .filter_map(|a| a.mutex.clone())
+            .chain(
+                tasks
+                    .iter()
+                    .filter(|t| t.state == State::Running)
+                    .filter_map(|t| t.mutex.clone()),
+            )
+            .collect();
+        let mut candidates: Vec<&Task> = tasks
+            .iter()
+            .copied()
+            .filter(|t| self.opts.batch.as_ref().is_none_or(|b| &t.batch == b))
+            .filter(|t| !leased.contains_key(&t.id) && !self.active.contains_key(&t.id))
+            .filter(|t| match t.state {
+                State::AwaitingJudge => true,
+                State::Promoting => t.next_at.is_none_or(|at| at <= now),
+                _ => graph.is_runnable(t, now),
+            })
+            .collect();
+        // Finish what is furthest along first, then the runnable set in dispatch order.
+        crate::graph::sort_dispatch_order(&mut candidates);
+        candidates.sort_by_key(|t| match t.state {
+            State::Promoting => 0,
+            State::AwaitingJudge => 1,
+            _ => 2,
+        });
+        let mut started = 0;
+        for task in candidates {
+            if self.active.len() >= workers {
+                break;
+            }
+            if let Some(m) = &task.mutex
+                && busy_mutexes.contains(m)
+            {
+                continue;
+            }
+            let Some(tip) = tips.get(task.id.as_str()).copied() else {
+                continue;
+            };
+            let Some(job) = self.claim(repo, store, task, tip)? else {
+                continue;
+            };
+            if let Some(m) = &task.mutex {
+                busy_mutexes.push(m.clone());
+            }
+            let _ = writeln!(
+                self.say,
+                "{}: {} ({}, attempt {})",
+                short(&task.id),
+                job.purpose,
+                task.state,
+                if job.purpose == "agent" {
+                    task.attempts + 1
+                } else {
+                    task.attempts
+                }
+            );
+            self.active.insert(
+                task.id.clone(),
+                Active {
+                    mutex: task.mutex.clone(),
+                    started: Instant::now(),
+                },
+            );
+            let tx = self.done_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("task-{}", short(&task.id)))
+                .spawn(move || {
+                    let result = worker::work(&job);
+                    let _ = tx.send((job.id.clone(), result));
+                })
+                .context("starting a worker")?;
+            started += 1;
+        }
+        if started > 0 {
+            self.beat.tasks = self.active.keys().cloned().collect();
+            self.heartbeat(repo, "dispatch", "work")?;
+        }
+        Ok(started)
+    }
+
+    /// One ref transaction: the task from what we saw to its next state, and its lease created
+    /// only if absent. A lost race is not an error: `None`.
+    fn claim(
+        &self,
+        repo: &Repo,
+        store: &Store<'_>,
+        seen: &Task,
+        tip: gix::ObjectId,
+    ) -> Result<Option<worker::Job>> {
+        let Ok(stored) = store.load(&seen.id) else {
+            return Ok(None);
+        };
+        if stored.commit != tip {
+            return Ok(None); // It moved since we looked: another claimant, or a person.
+        }
+        let run = format!("{:013}", Timestamp::now().0 / 1000);
+        let purpose = match seen.state {
+            State::AwaitingJudge => "judge",
+            State::Promoting => "promote",
+            _ => "agent",
+        };
+        let mut task = stored.task.clone();
+        let message = if purpose == "agent" {
+            let from = task.state_label();
+            task.attempts += 1;
+            task.next_at = None;
+            task.set_state(State::Running, None, None);
+            format!(
+                "{from} -> running: leased by {} (attempt {})",
+                self.id, task.attempts
+            )
+        } else {
+            format!("{}: leased by {} to {purpose}", task.state_label(), self.id)
+        };
+        let lease = Lease::new(&task.id, &self.id, &run, purpose, self.policy.lease.ttl);
+        let mut edit = Edit::new(message);
+        edit.also = vec![Cas::Create {
+            name: lease_ref(&task.id),
+            new: lease.commit(repo)?,
+        }];
+        Ok(store.apply(&stored, task, edit)?.map(|t| worker::Job {
+            workdir: self.workdir.clone(),
+            policy: self.policy.clone(),
+            runner: self.id.clone(),
+            id: t.id,
+            run,
+            purpose: purpose.to_string(),
+        }))
+    }
+
+    /// Backlog first: leases whose holder died on this host are taken back; a task that was
+    /// running is requeued (its worktree's uncommitted work saved first), one being judged or
+    /// promoted is left for this runner to finish.
+    fn recover(&mut self, repo: &Repo) -> Result<()> {
+        let store = Store::new(repo);
+        for (id, tip, lease) in lease::all(repo)? {
+            let Ok(lease) = lease else { continue };
+            if !lease.holder_dead() {
+                continue;
+            }
+            let git = crate::git::cli::Git::new(&self.workdir, !repo.has_identity());
+            let wt = repo
+                .common_dir()
+                .join("loop")
+                .join("worktrees")
+                .join(short(&id));
+            let mut saved = String::new();
+            if wt.join(".git").exists()
+                && let Ok(Some(rescue)) =
+                    crate::rescue::rescue_worktree(repo, &git.in_dir(&wt), &id)
+            {
+                saved = format!("; uncommitted work saved in {rescue}");
+            }
+            if let Some(pgid) = lease.pgid {
+                crate::process::signal_group(pgid, "KILL");
+            }
+            let dead = lease.runner.clone();
+            let updated = store.update(&id, |t| {
+                let mut edit = Edit::new(String::new());
+                edit.also = vec![Cas::Delete {
+                    name: lease_ref(&id),
+                    old: tip,
+                }];
+                if t.state == State::Running {
+                    t.set_state(
+                        State::Ready,
+                        None,
+                        Some(format!("requeued: its runner {dead} died{saved}")),
+                    );
+                    edit.message = format!("running -> ready: the holder {dead} died{saved}");
+                } else {
+                    edit.message = format!(
+                        "{}: the holder {dead} died; lease taken back",
+                        t.state_label()
+                    );
+                }
+                Ok(edit)
+            });
+            if let Err(e) = updated {
+                let _ = writeln!(self.say, "{}: could not recover: {e:#}", short(&id));
+            } else {
+                let _ = writeln!(self.say, "{}: recovered from {dead}{saved}", short(&id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tasks whose attempts ran out get another round after the cool-off, or go to a person
+    /// after `retry.escalate_after` rounds.
+    fn rearm_cooled_off(&mut self, store: &Store<'_>) -> Result<()> {
+        let now = Timestamp::now();
+        let escalate_after = self.policy.retry.escalate_after;
+        for l in store.list()? {
+            let Ok(t) = l.task else { continue };
+            let due = t.state == State::Blocked
+                && t.reason.as_deref() == Some(reason::ATTEMPTS_EXHAUSTED)
+                && t.next_at.is_none_or(|at| at <= now);
+            if !due {
+                continue;
+            }
+            store.update(&t.id, |t| {
+                if t.state != State::Blocked {
+                    return Ok(Edit::new("unchanged"));
+                }
+                if t.rounds >= escalate_after {
+                    t.set_state(
+                        State::HumanGated,
+                        Some(reason::ESCALATED),
+                        Some(format!(
+                            "{} rounds of attempts failed; a person must look",
+                            t.rounds
+                        )),
+                    );
+                    return Ok(Edit::new(
+                        "blocked -> human_gated: escalated after the cool-off",
+                    ));
+                }
+                t.attempts = 0;
+                t.next_at = None;
+                t.set_state(State::Ready, None, None);
+                Ok(Edit::new(format!(
+                    "blocked -> ready: cool-off over (round {})",
+                    t.rounds + 1
+                )))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn renew_leases(&mut self, repo: &Repo) -> Result<()> {
+        for (id, tip, lease) in lease::all(repo)? {
+            if let Ok(l) = lease
+                && l.runner == self.id
+            {
+                lease::renew(repo, tip, &l, self.policy.lease.ttl)?;
+            }
+            let _ = id;
+        }
+        Ok(())
+    }
+
+    fn heartbeat(&mut self, repo: &Repo, phase: &str, next: &str) -> Result<()> {
+        self.beat.phase = phase.to_string();
+        self.beat.next_action = next.to_string();
+        self.beat.updated = Timestamp::now();
+        let name = format!("{RUNNER_REFS}{}", self.id);
+        let new = crate::record::write(
+            repo,
+            &format!("runner: {phase}"),
+            HEARTBEAT,
+            &self.beat,
+            None,
+            &[],
+        )?;
+        let edit = match repo.read_ref(&name)? {
+            Some(old) => Cas::Update { name, old, new },
+            None => Cas::Create { name, new },
+        };
+        repo.cas(&[edit])?;
+        self.last_beat = Instant::now();
+        Ok(())
+    }
+
+    fn finish(&mut self, repo: &Repo) -> Result<Finish> {
+        let store = Store::new(repo);
+        let unfinished =
+            crate::oracle::unfinished(repo, &self.policy, &store, self.opts.batch.as_deref())?;
+        self.heartbeat(
+            repo,
+            "idle",
+            if unfinished.is_empty() {
+                "done"
+            } else {
+                "stuck"
+            },
+        )?;
+        Ok(if unfinished.is_empty() {
+            Finish::Done
+        } else {
+            Finish::Stuck(unfinished)
+        })
+    }
+}
+
+/// The earliest time a waiting task becomes runnable (a retry, a quota wait, a cool-off), if
+/// any task is waiting on a timer.
+fn next_timer(store: &Store<'_>, batch: Option<&str>) -> Result<Option<Timestamp>> {
+    let listed = store.list()?;
+    let tasks: Vec<&Task> = listed.iter().filter_map(|l| l.task.as_ref().ok()).collect();
+    let graph = Graph::new(tasks.iter().copied());
+    Ok(tasks
+        .iter()
+        .filter(|t| batch.is_none_or(|b| t.batch == b))
+        .filter(|t| {
+            let timed = matches!(
+                t.state,
+                State::Ready | State::NeedsRework | State::QuotaWait | State::Promoting
+            ) || (t.state == State::Blocked
+                && t.reason.as_deref() == Some(reason::ATTEMPTS_EXHAUSTED));
+            timed && graph.deps_done(t)
+        })
+        .filter_map(|t| t.next_at)
+        .min())
+}
+
+fn short(id: &str) -> &str {
+    id.get(..crate::ids::MIN_SHORT).unwrap_or(id)
+}
+
+/// Takes the runner lock; a second runner gets `busy` naming the holder.
+fn take_lock(repo: &Repo) -> Result<std::fs::File> {
+    let dir = repo.common_dir().join("loop");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("runner.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(dir.join("runner.holder")).unwrap_or_default();
+            let holder: Option<Heartbeat> = toml::from_str(&holder).ok();
+            let phase = holder
+                .as_ref()
+                .and_then(|h| {
+                    heartbeats(repo)
+                        .ok()?
+                        .into_iter()
+                        .find(|(id, _)| *id == h.runner)
+                        .and_then(|(_, b)| b.ok())
+                        .map(|b| b.phase)
+                })
+                .unwrap_or_else(|| "unknown".into());
+            let who = match holder {
+                Some(h) => format!(
+                    "host {}, pid {}, phase {phase} (runner {})",
+                    h.host, h.pid, h.runner
+                ),
+                None => "a process whose details are not recorded yet".into(),
+            };
+            Err(LoopError::new(
+                Class::Busy,
+                format!("another runner holds this repository: {who}"),
+            )
+            .with_hint("`git loop status` shows it; `git loop stop` stops it")
+            .into())
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context("locking the runner"))
+        }
+    }
+}
+
+fn write_lock_holder(repo: &Repo, beat: &Heartbeat) -> Result<()> {
+    let path = repo.common_dir().join("loop").join("runner.holder");
+    std::fs::write(&path, toml::to_string(beat)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
