@@ -20,6 +20,8 @@ pub struct Git {
     fallback_identity: bool,
     env: Vec<(String, String)>,
     own_group: bool,
+    /// The lock file that serialises git-loop's `git worktree` calls on this repository.
+    worktree_lock: Option<PathBuf>,
 }
 
 /// The result of `git merge-tree`.
@@ -55,6 +57,7 @@ impl Git {
             fallback_identity,
             env: Vec::new(),
             own_group: false,
+            worktree_lock: None,
         }
     }
 
@@ -71,6 +74,14 @@ impl Git {
             own_group: true,
             ..self.clone()
         }
+    }
+
+    /// The same, serialising every `git worktree` call through an OS lock under
+    /// `<common_dir>/loop/locks/`: `git worktree add` leaves a moment in which a concurrent
+    /// `git worktree prune` deletes the worktree it is making.
+    pub fn locking_worktrees(mut self, common_dir: &Path) -> Git {
+        self.worktree_lock = Some(common_dir.join("loop").join("locks").join("worktrees.lock"));
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -119,6 +130,10 @@ impl Git {
 
     /// Runs git and returns its output, whatever its exit status.
     pub fn output<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<Output> {
+        let _held = match (&self.worktree_lock, args.first()) {
+            (Some(path), Some(first)) if first.as_ref() == "worktree" => Some(lock_file(path)?),
+            _ => None,
+        };
         let mut cmd = self.command(args);
         let shown = describe(args);
         tracing::debug!("running {shown} in {}", self.dir.display());
@@ -292,6 +307,22 @@ impl Git {
             .trim()
             .is_empty())
     }
+}
+
+/// Opens and locks (waiting) the lock file at `path`; the lock lasts as long as the file.
+fn lock_file(path: &Path) -> Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
 }
 
 /// Whether a rejected ref's reason means the remote changed or was busy, not that it refused.

@@ -222,6 +222,23 @@ impl Repo {
 
     /// All refs under `prefix` (which ends in `/`), sorted by name.
     pub fn refs_under(&self, prefix: &str) -> Result<Vec<RefTip>> {
+        // `git pack-refs` (run by `git gc --auto`) may move a loose ref into packed-refs between
+        // the directory listing and the read; git's own reader starts over then, and so do we.
+        let mut last = None;
+        for attempt in 0..5 {
+            match self.refs_under_once(prefix) {
+                Ok(refs) => return Ok(refs),
+                Err(e) => {
+                    tracing::debug!("listing {prefix} again: {e:#}");
+                    last = Some(e);
+                    std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("listing refs under {prefix}")))
+    }
+
+    fn refs_under_once(&self, prefix: &str) -> Result<Vec<RefTip>> {
         let platform = self.repo.references().context("listing refs")?;
         let iter = platform
             .prefixed(prefix.as_bytes())

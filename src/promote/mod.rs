@@ -98,7 +98,10 @@ pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Res
     } else {
         let lock = lock_promotion(repo, id)?;
         repo.remove_stale_lock(&promote_ref(id), Duration::ZERO);
-        Some(lock)
+        // Promotions into one target on this machine queue up rather than race each other's
+        // compare-and-swap on it.
+        let queue = lock_target(repo, &policy.loop_.target)?;
+        Some((lock, queue))
     };
     let store = Store::new(repo);
     let task = store.load(id)?.task;
@@ -132,7 +135,8 @@ pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Res
             .unwrap_or_else(|| repo.common_dir().to_path_buf()),
         !repo.has_identity(),
     )
-    .with_env(PROMOTE_ENV, id);
+    .with_env(PROMOTE_ENV, id)
+    .locking_worktrees(repo.common_dir());
     let mut p = Promotion {
         repo,
         policy,
@@ -1531,6 +1535,32 @@ fn needs_gc(repo: &Repo) -> bool {
     let sample = repo.common_dir().join("objects").join("17");
     let loose = std::fs::read_dir(sample).map_or(0, |d| d.count() as i64);
     loose > (limit + 255) / 256
+}
+
+/// Waits for, then holds, the OS lock that queues promotions into `target` on this machine.
+fn lock_target(repo: &Repo, target: &str) -> Result<std::fs::File> {
+    let dir = repo.common_dir().join("loop").join("locks");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name: String = target
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = dir.join(format!("target-{name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
 }
 
 /// Takes the OS lock that serialises promotions of task `id`.

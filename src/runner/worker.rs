@@ -57,7 +57,7 @@ struct RunRecord {
 pub fn work(job: &Job) -> Result<String> {
     let repo = Repo::discover(&job.workdir)?;
     let store = Store::new(&repo);
-    let git = Git::new(&job.workdir, !repo.has_identity());
+    let git = Git::new(&job.workdir, !repo.has_identity()).locking_worktrees(repo.common_dir());
     let mut purpose = job.purpose.as_str();
     if purpose == "agent" {
         let task = run_agent(job, &repo, &store, &git)?;
@@ -94,7 +94,6 @@ fn worktree(job: &Job, repo: &Repo, git: &Git, task: &Task) -> Result<PathBuf> {
         // A directory without its .git file: a removal interrupted; start it again.
         std::fs::remove_dir_all(&path).with_context(|| format!("clearing {shown}"))?;
     }
-    let _ = git.run(&["worktree", "prune"]);
     let branch_ref = format!("refs/heads/{}", task.branch);
     if repo.read_ref(&branch_ref)?.is_some() {
         git.run(&["worktree", "add", "--quiet", &shown, &task.branch])?;

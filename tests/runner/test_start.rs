@@ -1,0 +1,499 @@
+//! `git loop start` and `git loop oracle`: real runners, real agent processes (small scripts),
+//! tiny durations; assertions on refs, run records and processes.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::common::{Out, TestRepo};
+
+struct Loop {
+    repo: TestRepo,
+    remote: Option<PathBuf>,
+}
+
+const PROMPT: &str = "Task {id}: {title}\nattempt {attempt}\ncontext: {context}\nSay {token}.\n";
+
+/// A repository whose agent is `agent` (a shell script body), with `extra` policy lines.
+fn setup(agent: &str, extra: &str, remote: bool) -> Loop {
+    let repo = TestRepo::new();
+    let script = repo.path("agent.sh");
+    std::fs::write(&script, format!("#!/bin/sh\n{agent}\n")).expect("agent");
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .expect("chmod");
+    let policy = format!(
+        "[loop]\ntarget = \"main\"\nworkers = 2\n{remote}\n\
+         [agent]\ncommand = [\"{script}\", \"{{attempt}}\", \"{{prompt_file}}\"]\n\
+         stall_timeout = \"5s\"\ntimeout = \"60s\"\nexit_grace = \"1s\"\nquota_cooldown = \"200ms\"\n\
+         [triage]\nmin_body_chars = 0\nrequire_acceptance = false\n\
+         [retry]\ninitial = \"100ms\"\nmax = \"400ms\"\nmax_attempts = 5\ncooloff = \"1s\"\n\
+         [lease]\nttl = \"60s\"\nheartbeat = \"1s\"\n\
+         [runtime]\nmanifest = [\"policy.toml\", \"loop/PROMPT.md\", \"agent.sh\"]\n{extra}",
+        remote = if remote { "remote = \"origin\"" } else { "" },
+        script = script.display(),
+    );
+    let policy = merge_sections(&policy);
+    repo.write("policy.toml", policy);
+    repo.write("loop/PROMPT.md", PROMPT);
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "set up git-loop"]);
+    let remote = remote.then(|| {
+        let path = repo.root.parent().expect("tmp").join("remote.git");
+        repo.git(&[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            &path.to_string_lossy(),
+        ]);
+        repo.git(&["remote", "add", "origin", &path.to_string_lossy()]);
+        repo.git(&["push", "-q", "origin", "main"]);
+        path
+    });
+    // Work happens elsewhere: the person's checkout is on another branch.
+    repo.git(&["checkout", "-q", "-b", "person"]);
+    Loop { repo, remote }
+}
+
+/// Later `[section]` blocks with the same name as an earlier one are folded into it, so that
+/// `extra` can override defaults (`[retry]\nmax_attempts = 2`).
+fn merge_sections(text: &str) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut sections: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with('[') {
+            current = line.to_string();
+            if !order.contains(&current) {
+                order.push(current.clone());
+            }
+            continue;
+        }
+        let key = line
+            .split('=')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let entries = sections.entry(current.clone()).or_default();
+        entries.retain(|(k, _)| *k != key);
+        entries.push((key, line.to_string()));
+    }
+    let mut out = String::new();
+    for s in order {
+        out.push_str(&s);
+        out.push('\n');
+        for (_, line) in sections.get(&s).into_iter().flatten() {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+impl Loop {
+    fn add(&self, title: &str) -> String {
+        self.repo
+            .ok(&["task", "add", title, "--body", "work"])
+            .trim()
+            .to_string()
+    }
+
+    fn start(&self, extra: &[&str]) -> Out {
+        let mut args = vec!["start", "--once"];
+        args.extend_from_slice(extra);
+        self.repo.run(&args)
+    }
+
+    fn show(&self, id: &str) -> serde_json::Value {
+        self.repo.run(&["task", "show", id, "--json"]).json()
+    }
+
+    fn history(&self, id: &str) -> Vec<String> {
+        self.show(id)["history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .map(|h| h["subject"].as_str().expect("subject").to_string())
+            .collect()
+    }
+
+    /// The run records of a task, oldest first (judge records included).
+    fn runs(&self, id: &str) -> Vec<serde_json::Value> {
+        let mut runs: Vec<serde_json::Value> =
+            self.show(id)["runs"].as_array().expect("runs").clone();
+        runs.sort_by_key(|r| r["file"].as_str().unwrap_or_default().to_string());
+        runs
+    }
+
+    fn agent_runs(&self, id: &str) -> Vec<serde_json::Value> {
+        self.runs(id)
+            .into_iter()
+            .filter(|r| !r["run"].as_str().unwrap_or_default().ends_with("-judge"))
+            .collect()
+    }
+}
+
+/// Commit a file for the task, then claim completion, decorated.
+const COMMIT_AND_DONE: &str = "\
+echo \"$GIT_LOOP_TASK\" > \"work-$GIT_LOOP_TASK.txt\"
+git add \"work-$GIT_LOOP_TASK.txt\" && git commit -q -m \"work for $GIT_LOOP_TASK\"
+echo '**LOOP_DONE**'";
+
+#[test]
+fn four_workers_finish_200_tasks_once_each_and_leave_no_worktree() {
+    let l = setup(COMMIT_AND_DONE, "[loop]\nworkers = 4\n", false);
+    let ids: Vec<String> = (0..200).map(|i| l.add(&format!("task {i}"))).collect();
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("the oracle says the batch is finished"),
+        "{}",
+        out.stdout
+    );
+    let list = l.repo.run(&["task", "list", "--json"]).json();
+    assert!(
+        list.as_array()
+            .expect("array")
+            .iter()
+            .all(|t| t["state"] == "done"),
+        "{list}"
+    );
+    for id in &ids {
+        let history = l.history(id);
+        let leased = history
+            .iter()
+            .filter(|h| h.contains("-> running: leased by"))
+            .count();
+        assert_eq!(leased, 1, "{id} was dispatched {leased} times: {history:?}");
+        assert_eq!(l.agent_runs(id).len(), 1, "one agent run for {id}");
+    }
+    let worktrees = l.repo.git(&["worktree", "list"]);
+    assert_eq!(
+        worktrees.lines().count(),
+        1,
+        "no worktree left: {worktrees}"
+    );
+    let leases = l.repo.refs("refs/loop/leases/");
+    let left: Vec<String> = leases
+        .iter()
+        .map(|r| {
+            let name = r.split(' ').next().unwrap_or_default();
+            let id = name.rsplit('/').next().unwrap_or_default().to_string();
+            format!(
+                "{}\n{:?}\n{}",
+                l.repo.git(&["log", "-1", "--format=%B", name]),
+                l.history(&id),
+                out.stderr
+                    .lines()
+                    .filter(|x| x.starts_with(&id[..7]))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })
+        .collect();
+    assert!(
+        leases.is_empty(),
+        "no lease left:\n{}",
+        left.join("\n---\n")
+    );
+    assert_eq!(l.repo.run(&["oracle"]).code, 0);
+    let files = l.repo.git(&["ls-tree", "--name-only", "main"]);
+    assert_eq!(
+        files.lines().filter(|f| f.starts_with("work-")).count(),
+        200
+    );
+}
+
+#[test]
+fn a_second_runner_exits_6_naming_the_first() {
+    let l = setup("sleep 30", "", false);
+    l.add("slow");
+    let mut first = l
+        .repo
+        .cmd(&["start"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("first runner");
+    let until = Instant::now() + Duration::from_secs(20);
+    while l.repo.refs("refs/loop/leases/").is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = l.start(&[]);
+    let pid = first.id();
+    let lease = l.repo.refs("refs/loop/leases/");
+    let _ = first.kill();
+    let _ = first.wait();
+    // The agent's own group is not the runner's: end it too.
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", "sleep 30"])
+        .status();
+    assert!(!lease.is_empty(), "the first runner took the task");
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("pid {pid}")), "{}", out.stderr);
+    assert!(out.stderr.contains("phase"), "{}", out.stderr);
+}
+
+#[test]
+fn a_silent_agent_is_stalled_its_group_killed_and_retried_with_jitter() {
+    let pids = tempfile::tempdir().expect("tmp");
+    let agent = format!(
+        "sleep 600 &\necho $! >> '{}/grandchildren'\nsleep 600",
+        pids.path().display()
+    );
+    let l = setup(
+        &agent,
+        "[agent]\nstall_timeout = \"1s\"\n[retry]\nmax_attempts = 2\ninitial = \"200ms\"\nmax = \"1s\"\ncooloff = \"500ms\"\nescalate_after = 0\n",
+        false,
+    );
+    let id = l.add("silent");
+    let out = l.start(&[]);
+    // After two stalled attempts and the cool-off, the task goes to a person: the batch ends.
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let task = l.show(&id);
+    assert_eq!(task["state"], "human_gated", "{task}");
+    assert_eq!(task["reason"], "escalated");
+    let runs = l.agent_runs(&id);
+    assert_eq!(
+        runs.len(),
+        2,
+        "attempts never exceed max_attempts: {runs:?}"
+    );
+    assert!(runs.iter().all(|r| r["outcome"] == "stalled"), "{runs:?}");
+    // Full jitter: the first retry waited between 0 and the cap (initial × 2^0 = 200 ms).
+    let backoff = runs[0]["backoff_ms"].as_i64().expect("backoff recorded");
+    assert!((0..=200).contains(&backoff), "backoff {backoff} ms");
+    for pid in std::fs::read_to_string(pids.path().join("grandchildren"))
+        .expect("pids")
+        .lines()
+    {
+        assert!(
+            !running(pid.trim()),
+            "the grandchild {pid} was killed with its group"
+        );
+    }
+}
+
+#[test]
+fn an_agent_that_hangs_after_the_token_is_ended_and_judged() {
+    let agent = format!("{COMMIT_AND_DONE}\nsleep 600");
+    let l = setup(&agent, "", false);
+    let id = l.add("hangs after done");
+    let began = Instant::now();
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        began.elapsed() < Duration::from_secs(60),
+        "ended after exit_grace, not after the sleep"
+    );
+    assert_eq!(l.show(&id)["state"], "done");
+    let runs = l.agent_runs(&id);
+    assert_eq!(runs[0]["outcome"], "completed");
+}
+
+#[test]
+fn decorated_tokens_are_all_detected() {
+    let agent = "\
+echo x > \"w-$GIT_LOOP_TASK.txt\" && git add . && git commit -q -m w
+case \"$(head -1 \"$2\")\" in
+  *fence*) printf '```\\nLOOP_DONE\\n```\\n' ;;
+  *colour*) printf '\\033[1;32mLOOP_DONE\\033[0m\\n' ;;
+  *) echo '**LOOP_DONE**' ;;
+esac";
+    let l = setup(agent, "", false);
+    let ids = [l.add("bold"), l.add("fence"), l.add("colour")];
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for id in &ids {
+        assert_eq!(l.agent_runs(id)[0]["token_seen"], true, "{id}");
+        assert_eq!(l.show(id)["state"], "done");
+    }
+}
+
+#[test]
+fn a_quota_hit_waits_and_is_not_an_attempt() {
+    let marker = tempfile::tempdir().expect("tmp");
+    let agent = format!(
+        "if [ ! -e '{m}/hit' ]; then touch '{m}/hit'; echo 'Error: rate limit exceeded, try later'; exit 1; fi\n{COMMIT_AND_DONE}",
+        m = marker.path().display()
+    );
+    let l = setup(&agent, "", false);
+    let id = l.add("quota");
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let task = l.show(&id);
+    assert_eq!(task["state"], "done");
+    assert_eq!(task["attempts"], 1, "the quota run was not counted");
+    let runs = l.agent_runs(&id);
+    assert_eq!(runs[0]["outcome"], "quota", "{runs:?}");
+    assert!(
+        l.history(&id)
+            .iter()
+            .any(|h| h.starts_with("running -> quota_wait"))
+    );
+}
+
+#[test]
+fn the_same_failure_three_times_needs_rework_and_the_next_prompt_has_it() {
+    let agent = format!(
+        "if [ \"$1\" -lt 4 ]; then echo 'boom: the widget is broken'; exit 1; fi\n{COMMIT_AND_DONE}"
+    );
+    let l = setup(
+        &agent,
+        "[retry]\nsame_signature = 3\nmax_attempts = 10\ninitial = \"50ms\"\nmax = \"100ms\"\n",
+        false,
+    );
+    let id = l.add("flaky");
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let history = l.history(&id);
+    assert!(
+        history
+            .iter()
+            .any(|h| h.starts_with("running -> needs_rework: the same failure 3 times")),
+        "{history:?}"
+    );
+    let runs = l.agent_runs(&id);
+    assert_eq!(runs.len(), 4);
+    let common = l.repo.path(".git");
+    let prompt = std::fs::read_to_string(git_loop_prompt(
+        &common,
+        &id,
+        runs[3]["run"].as_str().expect("run"),
+    ))
+    .expect("the fourth prompt");
+    assert!(prompt.contains("boom: the widget is broken"), "{prompt}");
+    assert!(prompt.contains("attempt 4"), "{prompt}");
+}
+
+/// Whether process `pid` runs: a zombie (killed, not yet reaped by init) does not.
+fn running(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) if std::path::Path::new("/proc/self/stat").exists() => false,
+        Err(_) => std::process::Command::new("kill")
+            .args(["-0", pid])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success()),
+    }
+}
+
+fn git_loop_prompt(common: &std::path::Path, id: &str, run: &str) -> PathBuf {
+    common
+        .join("loop")
+        .join("prompts")
+        .join(format!("{id}-{run}.md"))
+}
+
+#[test]
+fn a_gate_failure_then_a_passing_rework_is_done() {
+    let agent = "\
+if [ \"$1\" -ge 2 ]; then echo fixed > fixed.txt; git add fixed.txt; fi
+echo w > \"w-$1.txt\" && git add . && git commit -q -m \"attempt $1\"
+echo LOOP_DONE";
+    let l = setup(
+        agent,
+        "[gate]\ncommands = [[\"sh\", \"-c\", \"test -f fixed.txt\"]]\n",
+        false,
+    );
+    let id = l.add("needs a fix");
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let history = l.history(&id);
+    assert!(
+        history
+            .iter()
+            .any(|h| h.starts_with("awaiting_judge -> needs_rework: gate failed")),
+        "{history:?}"
+    );
+    assert_eq!(l.show(&id)["state"], "done");
+    assert_eq!(l.repo.git(&["show", "main:fixed.txt"]), "fixed\n");
+}
+
+#[test]
+fn a_branch_that_edits_the_gate_is_refused_by_the_judge() {
+    let agent = "\
+if [ \"$1\" -eq 1 ]; then
+  sed 's/^commands = .*test -f gate-ok.*$/commands = []/' policy.toml > p && mv p policy.toml
+fi
+if [ \"$1\" -ge 2 ]; then git checkout -q HEAD~1 -- policy.toml 2>/dev/null; echo ok > gate-ok; fi
+echo w > \"w-$1.txt\" && git add -A && git commit -q -m \"attempt $1\"
+echo LOOP_DONE";
+    let l = setup(
+        agent,
+        "[gate]\ncommands = [[\"sh\", \"-c\", \"test -f gate-ok\"]]\n",
+        false,
+    );
+    let id = l.add("tries to loosen the gate");
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let history = l.history(&id);
+    assert!(
+        history
+            .iter()
+            .any(|h| h.contains("changes the protected sections of policy.toml")),
+        "{history:?}"
+    );
+    assert!(
+        l.repo
+            .git(&["show", "main:policy.toml"])
+            .contains("test -f gate-ok"),
+        "the target's gate is unchanged"
+    );
+}
+
+#[test]
+fn the_oracle_reads_git_not_the_runners_word() {
+    let l = setup(COMMIT_AND_DONE, "", true);
+    let id = l.add("remote work");
+    let out = l.repo.run(&["oracle"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.contains(&id[..7]) && out.stdout.contains("ready"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(l.start(&[]).code, 0);
+    let out = l.repo.run(&["oracle", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert_eq!(out.json()["finished"], true);
+    // Someone resets the remote's main behind the promoted commit.
+    let remote = l.remote.as_ref().expect("remote");
+    let base = l.repo.git(&["rev-parse", "main~1"]).trim().to_string();
+    l.repo.git(&[
+        "--git-dir",
+        &remote.to_string_lossy(),
+        "update-ref",
+        "refs/heads/main",
+        &base,
+    ]);
+    let out = l.repo.run(&["oracle"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("is not in origin/main"),
+        "{}",
+        out.stdout
+    );
+    // A gated task counts as finished.
+    let g = setup(COMMIT_AND_DONE, "", false);
+    let gid = g.add("for a person");
+    g.repo
+        .ok(&["task", "gate", &gid, "--reason", "needs a decision"]);
+    assert_eq!(g.repo.run(&["oracle"]).code, 0);
+}
