@@ -58,6 +58,7 @@ enum Command {
     Ready(commands::ready::Args),
     Start(commands::start::Args),
     Oracle(commands::oracle::Args),
+    Status(commands::status::Args),
     Log(commands::log::Args),
     Promote(commands::promote::Args),
     #[command(subcommand)]
@@ -115,6 +116,7 @@ fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Ready(args) => commands::ready::run(ctx, args),
         Command::Start(args) => commands::start::run(ctx, args),
         Command::Oracle(args) => commands::oracle::run(ctx, args),
+        Command::Status(args) => commands::status::run(ctx, args),
         Command::Log(args) => commands::log::run(ctx, args),
         Command::Promote(args) => commands::promote::run(ctx, args),
         Command::Hooks(cmd) => commands::hooks::run(ctx, cmd),

@@ -10,6 +10,7 @@ pub mod oracle;
 pub mod promote;
 pub mod ready;
 pub mod start;
+pub mod status;
 pub mod task;
 
 use std::io::Read;

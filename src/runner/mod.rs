@@ -164,7 +164,7 @@ impl Runner<'_> {
             };
             if self.active.is_empty() && dispatched == 0 {
                 if let Some(why) = self.config_failure.clone() {
-                    self.heartbeat(&repo, "breaker_open", "wait for a person")?;
+                    self.heartbeat(&repo, "stopped", "a person fixes the configuration")?;
                     return Err(LoopError::new(Class::Config, why).into());
                 }
                 let next = next_timer(&store, self.opts.batch.as_deref())?;
@@ -193,6 +193,7 @@ impl Runner<'_> {
 
     fn finished(&mut self, id: &str, result: Result<String>) {
         if let Some(a) = self.active.remove(id) {
+            self.beat.tasks = self.active.keys().cloned().collect();
             let secs = a.started.elapsed().as_secs_f64();
             match result {
                 Ok(state) => {
@@ -376,6 +377,24 @@ impl Runner<'_> {
     /// running is requeued (its worktree's uncommitted work saved first), one being judged or
     /// promoted is left for this runner to finish.
     fn recover(&mut self, repo: &Repo) -> Result<()> {
+        // Heartbeats of runners of this host that are gone (stopped, or killed) are history.
+        for r in repo.refs_under(RUNNER_REFS)? {
+            let (Some(tip), id) = (r.id, &r.name[RUNNER_REFS.len()..]) else {
+                continue;
+            };
+            if id == self.id {
+                continue;
+            }
+            if let Ok(b) = crate::record::read::<Heartbeat>(repo, tip, HEARTBEAT)
+                && b.host == self.beat.host
+                && !crate::process::alive(b.pid, b.pid_start.as_deref())
+            {
+                repo.cas(&[Cas::Delete {
+                    name: r.name.clone(),
+                    old: tip,
+                }])?;
+            }
+        }
         let store = Store::new(repo);
         for (id, tip, lease) in lease::all(repo)? {
             let Ok(lease) = lease else { continue };
@@ -509,15 +528,13 @@ impl Runner<'_> {
         let store = Store::new(repo);
         let unfinished =
             crate::oracle::unfinished(repo, &self.policy, &store, self.opts.batch.as_deref())?;
-        self.heartbeat(
-            repo,
-            "idle",
-            if unfinished.is_empty() {
-                "done"
-            } else {
-                "stuck"
-            },
-        )?;
+        self.beat.tasks.clear();
+        let next = if unfinished.is_empty() {
+            "none: the batch is done"
+        } else {
+            "none: nothing can progress"
+        };
+        self.heartbeat(repo, "stopped", next)?;
         Ok(if unfinished.is_empty() {
             Finish::Done
         } else {

@@ -497,3 +497,147 @@ fn the_oracle_reads_git_not_the_runners_word() {
         .ok(&["task", "gate", &gid, "--reason", "needs a decision"]);
     assert_eq!(g.repo.run(&["oracle"]).code, 0);
 }
+
+#[test]
+fn a_runner_killed_mid_run_is_recovered_and_nothing_is_lost() {
+    let agent = format!(
+        "if [ \"$1\" -eq 1 ]; then echo partial > partial.txt; echo started; sleep 600; fi\n{COMMIT_AND_DONE}"
+    );
+    let l = setup(&agent, "", false);
+    let id = l.add("interrupted");
+    let mut first = l
+        .repo
+        .cmd(&["start"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("runner");
+    // Wait until the agent runs (its process group is in the lease).
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut pgid = None;
+    while pgid.is_none() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        let msg = l.repo.git_out(&[
+            "log",
+            "-1",
+            "--format=%B",
+            &format!("refs/loop/leases/{id}"),
+        ]);
+        pgid = msg
+            .stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("pgid = "))
+            .map(str::to_string);
+    }
+    let pgid = pgid.expect("the agent started");
+    first.kill().expect("SIGKILL the runner");
+    first.wait().expect("reap");
+    assert!(
+        running_group(&pgid),
+        "the orphaned agent is still running before recovery"
+    );
+
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("recovered from"), "{}", out.stderr);
+    assert!(
+        !running_group(&pgid),
+        "recovery ended the orphaned agent's group"
+    );
+    assert_eq!(l.show(&id)["state"], "done");
+    let rescued = l
+        .repo
+        .git(&["show", &format!("refs/loop/rescue/{id}/1:partial.txt")]);
+    assert_eq!(rescued, "partial\n", "the uncommitted work was saved");
+    assert!(
+        l.history(&id).iter().any(|h| h.contains("died")),
+        "{:?}",
+        l.history(&id)
+    );
+}
+
+/// Whether any process of group `pgid` runs (zombies do not count).
+fn running_group(pgid: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return std::process::Command::new("kill")
+            .args(["-0", "--", &format!("-{pgid}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    };
+    entries.flatten().any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        fields.first() != Some(&"Z") && fields.get(2) == Some(&pgid)
+    })
+}
+
+#[test]
+fn status_says_why_each_task_waits_and_what_re_arms_it() {
+    let l = setup(COMMIT_AND_DONE, "[triage]\nmin_body_chars = 10\n", false);
+    let first = l
+        .repo
+        .ok(&["task", "add", "first", "--body", "long enough body here"])
+        .trim()
+        .to_string();
+    let second = l
+        .repo
+        .ok(&[
+            "task",
+            "add",
+            "second",
+            "--body",
+            "long enough body here",
+            "--after",
+            &first,
+        ])
+        .trim()
+        .to_string();
+    let thin = l
+        .repo
+        .ok(&["task", "add", "thin", "--body", "x"])
+        .trim()
+        .to_string();
+    let gated = l
+        .repo
+        .ok(&["task", "add", "gated", "--body", "long enough body here"])
+        .trim()
+        .to_string();
+    l.repo
+        .ok(&["task", "gate", &gated, "--reason", "needs a decision"]);
+    let v = l.repo.run(&["status", "--json"]).json();
+    assert!(v["runners"].as_array().expect("runners").is_empty());
+    let next = |id: &str| {
+        v["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .find(|t| t["id"] == id)
+            .map(|t| t["next_action"].as_str().expect("next").to_string())
+            .expect("listed")
+    };
+    assert_eq!(next(&first), "runs when a worker is free");
+    assert_eq!(next(&second), format!("waits for {}", &first[..7]));
+    assert!(
+        next(&thin).contains("git loop task edit"),
+        "{}",
+        next(&thin)
+    );
+    assert!(
+        next(&gated).contains("git loop task reopen"),
+        "{}",
+        next(&gated)
+    );
+    let table = l.repo.ok(&["status"]);
+    assert!(table.contains("runner: none"), "{table}");
+    assert!(table.contains("blocked: thin_task"), "{table}");
+    assert!(table.contains("human_gated: gated"), "{table}");
+}
