@@ -59,6 +59,8 @@ enum Command {
     Start(commands::start::Args),
     Oracle(commands::oracle::Args),
     Status(commands::status::Args),
+    Pause(commands::pause::PauseArgs),
+    Resume(commands::pause::ResumeArgs),
     Log(commands::log::Args),
     Promote(commands::promote::Args),
     #[command(subcommand)]
@@ -117,6 +119,8 @@ fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Start(args) => commands::start::run(ctx, args),
         Command::Oracle(args) => commands::oracle::run(ctx, args),
         Command::Status(args) => commands::status::run(ctx, args),
+        Command::Pause(args) => commands::pause::pause(ctx, args),
+        Command::Resume(args) => commands::pause::resume(ctx, args),
         Command::Log(args) => commands::log::run(ctx, args),
         Command::Promote(args) => commands::promote::run(ctx, args),
         Command::Hooks(cmd) => commands::hooks::run(ctx, cmd),

@@ -5,6 +5,7 @@
 //! what they are; Git access only through [`git`].
 
 pub mod agent;
+pub mod breaker;
 pub mod cache;
 pub mod cli;
 pub mod commands;

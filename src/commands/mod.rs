@@ -7,6 +7,7 @@ pub mod init;
 pub mod log;
 pub mod man;
 pub mod oracle;
+pub mod pause;
 pub mod promote;
 pub mod ready;
 pub mod start;

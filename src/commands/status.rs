@@ -58,7 +58,18 @@ struct TaskJson {
 }
 
 #[derive(Serialize)]
+struct BreakerJson {
+    state: String,
+    class: Option<String>,
+    reason: String,
+    since: Option<String>,
+    open_until: Option<String>,
+    description: String,
+}
+
+#[derive(Serialize)]
 struct StatusJson {
+    breaker: BreakerJson,
     runners: Vec<RunnerJson>,
     tasks: Vec<TaskJson>,
 }
@@ -162,7 +173,16 @@ fn collect(ctx: &Ctx<'_>) -> Result<StatusJson> {
             next_at: None,
         });
     }
+    let (_, b) = crate::breaker::read(&repo)?;
     Ok(StatusJson {
+        breaker: BreakerJson {
+            state: b.state.clone(),
+            class: b.class.clone(),
+            reason: b.reason.clone(),
+            since: b.since.map(|t| t.to_rfc3339()),
+            open_until: b.open_until.map(|t| t.to_rfc3339()),
+            description: b.describe(),
+        },
         runners,
         tasks: out_tasks,
     })
@@ -263,6 +283,7 @@ fn draw(out: &mut dyn std::io::Write, s: &StatusJson) -> Result<()> {
             }
         )?;
     }
+    writeln!(out, "breaker: {}", s.breaker.description)?;
     writeln!(out)?;
     let mut table = Table::new(&["ID", "STATE", "NEXT", "TITLE"]);
     for t in &s.tasks {

@@ -93,7 +93,11 @@ struct Runner<'a> {
     done_tx: mpsc::Sender<(String, Result<String>)>,
     done_rx: mpsc::Receiver<(String, Result<String>)>,
     say: &'a mut dyn Write,
+    /// A config failure a worker met, for the breaker.
     config_failure: Option<String>,
+    /// Successes and infrastructure failures since the last breaker check.
+    successes: u32,
+    infra_failures: u32,
 }
 
 /// Runs the loop in the repository of `workdir` until `--once` has nothing left to do (or for
@@ -131,6 +135,8 @@ pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) 
         done_rx,
         say,
         config_failure: None,
+        successes: 0,
+        infra_failures: 0,
     };
     write_lock_holder(&repo, &runner.beat)?;
     runner.heartbeat(&repo, "recover", "recover")?;
@@ -157,15 +163,36 @@ impl Runner<'_> {
             }
             let store = Store::new(&repo);
             self.rearm_cooled_off(&store)?;
-            let dispatched = if self.config_failure.is_none() {
-                self.dispatch(&repo, &store)?
+            let breaker = self.check_breaker(&repo)?;
+            let dispatched = if breaker.admits() {
+                self.dispatch(&repo, &store, breaker.state == "half_open")?
             } else {
                 0
             };
             if self.active.is_empty() && dispatched == 0 {
-                if let Some(why) = self.config_failure.clone() {
-                    self.heartbeat(&repo, "stopped", "a person fixes the configuration")?;
-                    return Err(LoopError::new(Class::Config, why).into());
+                if !breaker.admits() {
+                    self.heartbeat(&repo, "breaker_open", &breaker.describe())?;
+                    if self.opts.once && breaker.class.as_deref() == Some("config") {
+                        // Nothing can progress until a person fixes the configuration.
+                        self.heartbeat(&repo, "stopped", &breaker.describe())?;
+                        return Err(LoopError::new(
+                            Class::Config,
+                            format!("the breaker is open: {}", breaker.reason),
+                        )
+                        .with_hint("fix it and commit; the breaker re-arms by itself")
+                        .into());
+                    }
+                    if self.opts.once && breaker.state == "paused" {
+                        self.heartbeat(&repo, "stopped", &breaker.describe())?;
+                        return Err(LoopError::new(
+                            Class::Breaker,
+                            format!("the loop is paused: {}", breaker.reason),
+                        )
+                        .with_hint("`git loop resume` releases it")
+                        .into());
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
                 }
                 let next = next_timer(&store, self.opts.batch.as_deref())?;
                 match next {
@@ -198,6 +225,7 @@ impl Runner<'_> {
             match result {
                 Ok(state) => {
                     self.beat.failure_streak = 0;
+                    self.successes += 1;
                     let _ = writeln!(self.say, "{}: {state} ({secs:.1}s)", short(id));
                 }
                 Err(e) => {
@@ -208,21 +236,149 @@ impl Runner<'_> {
                         .unwrap_or_default()
                         .to_string();
                     let _ = writeln!(self.say, "{}: {line}", short(id));
-                    if crate::error::class_of(&e) == Class::Config {
-                        self.config_failure = Some(line);
+                    match crate::error::class_of(&e) {
+                        Class::Config => self.config_failure = Some(line),
+                        Class::Transient => self.infra_failures += 1,
+                        _ => {}
                     }
                 }
             }
         }
     }
 
-    /// Claims and starts what can run, in dispatch order. Returns how many it started.
-    fn dispatch(&mut self, repo: &Repo, store: &Store<'_>) -> Result<usize> {
-        let workers = self
-            .opts
-            .workers
-            .unwrap_or(self.policy.loop_.workers)
-            .max(1) as usize;
+    /// The breaker after this iteration's observations: the policy and the runtime files
+    /// checked against the target (a problem opens it at once, a changed fingerprint re-arms
+    /// it), workers' config and infrastructure failures, probes, and time.
+    fn check_breaker(&mut self, repo: &Repo) -> Result<crate::breaker::Breaker> {
+        use crate::breaker::{self, Breaker};
+        let (tip, mut b) = breaker::read(repo)?;
+        let before = b.clone();
+        let now = Timestamp::now();
+        // The policy as it is now (a commit may have changed it).
+        let mut problems = Vec::new();
+        match Policy::load_required(&self.workdir) {
+            Ok(p) => self.policy = p,
+            Err(e) => problems.push(
+                format!("{e:#}")
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+        }
+        let target = format!("refs/heads/{}", self.policy.loop_.target);
+        let tip_commit = match &self.policy.loop_.remote {
+            Some(remote) => repo
+                .read_ref(&format!(
+                    "refs/remotes/{remote}/{}",
+                    self.policy.loop_.target
+                ))?
+                .or(repo.read_ref(&target)?),
+            None => repo.read_ref(&target)?,
+        };
+        let mut files = self.policy.runtime.manifest.clone();
+        files.push(crate::policy::FILE.to_string());
+        let fingerprint = match tip_commit {
+            Some(t) => {
+                if problems.is_empty() {
+                    problems.extend(breaker::runtime_problems(repo, &self.policy, t)?);
+                }
+                breaker::fingerprint(repo, &files, t)?
+            }
+            None => {
+                problems.push(format!(
+                    "the target branch {} does not exist",
+                    self.policy.loop_.target
+                ));
+                String::new()
+            }
+        };
+        if let Some(why) = self.config_failure.take() {
+            problems.push(why);
+        }
+        match b.state.as_str() {
+            "paused" => {}
+            _ if !problems.is_empty() => {
+                let reason = problems.join("; ");
+                let same =
+                    b.state == "open" && b.class.as_deref() == Some("config") && b.reason == reason;
+                if !same {
+                    b = Breaker {
+                        state: "open".into(),
+                        class: Some("config".into()),
+                        reason,
+                        since: Some(now),
+                        fingerprint: Some(fingerprint),
+                        ..Breaker::closed()
+                    };
+                    let _ = writeln!(self.say, "breaker open: {}", b.reason);
+                }
+            }
+            "open"
+                if b.class.as_deref() == Some("config")
+                    && b.fingerprint.as_deref() != Some(fingerprint.as_str()) =>
+            {
+                b.state = "half_open".into();
+                b.probes_passed = 0;
+                b.reason = "the policy or a runtime file changed; probing".into();
+                let _ = writeln!(self.say, "breaker half-open: the fix is committed; probing");
+            }
+            "open"
+                if b.class.as_deref() != Some("config")
+                    && b.open_until.is_none_or(|at| at <= now) =>
+            {
+                b.state = "half_open".into();
+                b.probes_passed = 0;
+                b.reason = format!("{}; probing", b.reason);
+            }
+            _ => {}
+        }
+        // Results since the last check.
+        if self.infra_failures > 0 {
+            b.failures += self.infra_failures;
+            self.infra_failures = 0;
+            self.successes = 0;
+            if b.state == "half_open" || b.failures >= self.policy.breaker.failures {
+                b = Breaker {
+                    state: "open".into(),
+                    class: Some("transient".into()),
+                    failures: b.failures,
+                    reason: format!("{} consecutive infrastructure failures", b.failures),
+                    since: Some(now),
+                    open_until: Some(now.plus(self.policy.breaker.open_for)),
+                    ..Breaker::closed()
+                };
+                let _ = writeln!(self.say, "breaker open: {}", b.reason);
+            }
+        } else if self.successes > 0 {
+            b.failures = 0;
+            if b.state == "half_open" {
+                b.probes_passed += self.successes;
+                if b.probes_passed >= self.policy.breaker.probes {
+                    b = Breaker::closed();
+                    let _ = writeln!(self.say, "breaker closed");
+                }
+            }
+            self.successes = 0;
+        }
+        if b != before {
+            breaker::write(repo, tip, &b)?;
+        }
+        Ok(b)
+    }
+
+    /// Claims and starts what can run, in dispatch order. Returns how many it started. While
+    /// the breaker is half-open, one task at a time probes.
+    fn dispatch(&mut self, repo: &Repo, store: &Store<'_>, probing: bool) -> Result<usize> {
+        let workers = if probing {
+            1
+        } else {
+            self.opts
+                .workers
+                .unwrap_or(self.policy.loop_.workers)
+                .max(1) as usize
+        };
+
         if self.active.len() >= workers {
             return Ok(0);
         }

@@ -641,3 +641,113 @@ fn status_says_why_each_task_waits_and_what_re_arms_it() {
     assert!(table.contains("blocked: thin_task"), "{table}");
     assert!(table.contains("human_gated: gated"), "{table}");
 }
+
+/// A repository whose agent is `./agent.sh`, listed in the runtime manifest but not committed.
+fn untracked_agent() -> (TestRepo, String) {
+    let repo = TestRepo::new();
+    repo.write("agent.sh", format!("#!/bin/sh\n{COMMIT_AND_DONE}\n"));
+    std::process::Command::new("chmod")
+        .args(["+x", &repo.path("agent.sh").to_string_lossy()])
+        .status()
+        .expect("chmod");
+    repo.write(
+        "policy.toml",
+        "[loop]\ntarget = \"main\"\n[agent]\ncommand = [\"./agent.sh\"]\n\
+         [triage]\nmin_body_chars = 0\nrequire_acceptance = false\n\
+         [lease]\nheartbeat = \"1s\"\n\
+         [runtime]\nmanifest = [\"policy.toml\", \"loop/PROMPT.md\", \"agent.sh\"]\n",
+    );
+    repo.write("loop/PROMPT.md", PROMPT);
+    repo.git(&["add", "policy.toml", "loop/PROMPT.md"]);
+    repo.git(&["commit", "-q", "-m", "set up git-loop (agent.sh forgotten)"]);
+    let id = repo
+        .ok(&["task", "add", "work", "--body", "work"])
+        .trim()
+        .to_string();
+    (repo, id)
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_untracked_runtime_script_opens_the_breaker_at_once_and_its_commit_rearms_it() {
+    let (repo, id) = untracked_agent();
+    let mut runner = repo
+        .cmd(&["start"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("runner");
+    let status = || repo.run(&["status", "--json"]).json();
+    wait_for("the breaker to open", Duration::from_secs(30), || {
+        status()["breaker"]["state"] == "open"
+    });
+    let s = status();
+    let reason = s["breaker"]["reason"].as_str().expect("reason").to_string();
+    assert!(reason.contains("agent.sh is not tracked"), "{reason}");
+    assert_eq!(s["breaker"]["class"], "config");
+    wait_for(
+        "the runner to say why it waits",
+        Duration::from_secs(10),
+        || status()["runners"][0]["phase"] == "breaker_open",
+    );
+    assert!(
+        repo.ok(&["status"]).contains("agent.sh is not tracked"),
+        "status names the file"
+    );
+    let task = repo.run(&["task", "show", &id, "--json"]).json();
+    assert_eq!(task["attempts"], 0, "no agent ran, nothing was retried");
+    assert!(task["runs"].as_array().expect("runs").is_empty());
+    assert_eq!(
+        runner.try_wait().expect("poll"),
+        None,
+        "the runner stays up"
+    );
+
+    // A person commits the file: the breaker re-arms without a restart and the batch finishes.
+    repo.git(&["add", "agent.sh"]);
+    repo.git(&["commit", "-q", "-m", "add the agent"]);
+    wait_for("the batch to finish", Duration::from_secs(60), || {
+        repo.run(&["oracle"]).code == 0
+    });
+    let _ = runner.kill();
+    let _ = runner.wait();
+    assert_eq!(
+        repo.run(&["task", "show", &id, "--json"]).json()["state"],
+        "done"
+    );
+    assert_eq!(status()["breaker"]["state"], "closed");
+}
+
+#[test]
+fn once_exits_3_on_a_config_problem_and_7_while_paused() {
+    let (repo, _id) = untracked_agent();
+    let out = repo.run(&["start", "--once"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("agent.sh is not tracked"),
+        "{}",
+        out.stderr
+    );
+
+    repo.git(&["add", "agent.sh"]);
+    repo.git(&["commit", "-q", "-m", "add the agent"]);
+    repo.ok(&["pause", "--reason", "deploy freeze"]);
+    let out = repo.run(&["start", "--once"]);
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    assert!(out.stderr.contains("deploy freeze"), "{}", out.stderr);
+    assert!(
+        repo.ok(&["status"])
+            .contains("paused by a person: deploy freeze")
+    );
+    repo.ok(&["resume"]);
+    let out = repo.run(&["start", "--once"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
