@@ -123,3 +123,111 @@ pub fn unfinished(
     }
     Ok(out)
 }
+
+/// The pin of the frozen finish line (SPEC §9), `refs/loop/oracle`.
+pub const PIN_REF: &str = "refs/loop/oracle";
+const PIN_RECORD: &str = "oracle.toml";
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Pin {
+    /// The protected sections, normalised (see [`protected_sections`]).
+    pub sections: String,
+    /// Where they were read: a commit of the target, or the working tree.
+    pub source: String,
+    pub by: String,
+    pub at: crate::time::Timestamp,
+}
+
+/// The pin and its commit, if there is one.
+pub fn read_pin(repo: &Repo) -> Result<Option<(ObjectId, std::result::Result<Pin, String>)>> {
+    let Some(tip) = repo.read_ref(PIN_REF)? else {
+        return Ok(None);
+    };
+    Ok(Some((tip, crate::record::read(repo, tip, PIN_RECORD))))
+}
+
+/// Pins `sections` (replacing the pin at `old`, if any) by compare-and-swap.
+pub fn write_pin(
+    repo: &Repo,
+    old: Option<ObjectId>,
+    sections: String,
+    source: String,
+) -> Result<bool> {
+    let by = repo
+        .config_string("user.name")
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".into());
+    let pin = Pin {
+        sections,
+        source,
+        by,
+        at: crate::time::Timestamp::now(),
+    };
+    let new = crate::record::write(
+        repo,
+        "oracle: pinned the protected policy sections",
+        PIN_RECORD,
+        &pin,
+        None,
+        &[],
+    )?;
+    let edit = match old {
+        Some(old) => crate::git::Cas::Update {
+            name: PIN_REF.into(),
+            old,
+            new,
+        },
+        None => crate::git::Cas::Create {
+            name: PIN_REF.into(),
+            new,
+        },
+    };
+    Ok(repo.cas(&[edit])? == crate::git::CasOutcome::Applied)
+}
+
+/// The protected sections as committed on the target (the remote's tracking ref when a remote
+/// is set and fetched, else the local branch), if the target has a policy.
+pub fn target_sections(
+    repo: &Repo,
+    policy: &crate::policy::Policy,
+) -> Result<Option<(String, ObjectId)>> {
+    let target = &policy.loop_.target;
+    let tip = match &policy.loop_.remote {
+        Some(remote) => repo
+            .read_ref(&format!("refs/remotes/{remote}/{target}"))?
+            .or(repo.read_ref(&format!("refs/heads/{target}"))?),
+        None => repo.read_ref(&format!("refs/heads/{target}"))?,
+    };
+    let Some(tip) = tip else { return Ok(None) };
+    let Some(file) = repo.file_at(tip, FILE)? else {
+        return Ok(None);
+    };
+    Ok(Some((protected_sections(Some(&file)), tip)))
+}
+
+/// How the target's protected sections differ from the pin, as a diff; `None` when they match
+/// or there is nothing to compare yet.
+pub fn pin_mismatch(repo: &Repo, policy: &crate::policy::Policy) -> Result<Option<String>> {
+    let Some((_, Ok(pin))) = read_pin(repo)? else {
+        return Ok(None);
+    };
+    let Some((now, tip)) = target_sections(repo, policy)? else {
+        return Ok(None);
+    };
+    if now == pin.sections {
+        return Ok(None);
+    }
+    Ok(Some(
+        similar::TextDiff::from_lines(&pin.sections, &now)
+            .unified_diff()
+            .header(
+                "pinned (refs/loop/oracle)",
+                &format!(
+                    "{}:policy.toml ({})",
+                    policy.loop_.target,
+                    &tip.to_string()[..7]
+                ),
+            )
+            .to_string(),
+    ))
+}

@@ -20,11 +20,19 @@ pub struct Args {
     /// Overwrite policy.toml and loop/PROMPT.md if they exist
     #[arg(long)]
     force: bool,
+
+    /// Accept the protected sections ([gate], [review], [verify]) as they are now committed on
+    /// the target: re-pin the frozen finish line
+    #[arg(long)]
+    repin: bool,
 }
 
 pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
     let repo = ctx.repo()?;
     let root = repo.require_workdir()?;
+    if args.repin {
+        return repin(ctx, &repo, &root);
+    }
     let policy_text = policy_template(&repo, &root);
     // The template must always be a valid policy; refuse to write one that is not.
     Policy::parse(&policy_text, policy::FILE)?;
@@ -46,6 +54,17 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         writeln!(ctx.out, "wrote {rel}")?;
         wrote.push(*rel);
+    }
+    // The pin of the frozen finish line, from the policy as it is (unless one exists).
+    if crate::oracle::read_pin(&repo)?.is_none() {
+        let text = std::fs::read(root.join(policy::FILE))?;
+        let sections = crate::oracle::protected_sections(Some(&text));
+        if crate::oracle::write_pin(&repo, None, sections, "working tree".into())? {
+            writeln!(
+                ctx.out,
+                "pinned the protected policy sections in refs/loop/oracle"
+            )?;
+        }
     }
     // The hooks, where they are this repository's own (a global hooks directory is left to
     // `git loop hooks install --force`).
@@ -69,6 +88,32 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A person accepts the protected sections as committed on the target.
+fn repin(ctx: &mut Ctx<'_>, repo: &Repo, root: &Path) -> Result<()> {
+    let policy = Policy::load_required(root)?;
+    let (sections, source) = match crate::oracle::target_sections(repo, &policy)? {
+        Some((sections, tip)) => (sections, format!("{} at {tip}", policy.loop_.target)),
+        None => {
+            return Err(crate::error::config(format!(
+                "{} has no committed policy.toml to pin",
+                policy.loop_.target
+            ))
+            .with_hint("commit policy.toml on the target first")
+            .into());
+        }
+    };
+    loop {
+        let old = crate::oracle::read_pin(repo)?.map(|(tip, _)| tip);
+        if crate::oracle::write_pin(repo, old, sections.clone(), source.clone())? {
+            writeln!(
+                ctx.out,
+                "re-pinned the protected policy sections from {source}"
+            )?;
+            return Ok(());
+        }
+    }
 }
 
 fn policy_template(repo: &Repo, root: &Path) -> String {

@@ -296,6 +296,12 @@ impl Runner<'_> {
         if let Some(why) = self.config_failure.take() {
             problems.push(why);
         }
+        if problems.is_empty() && crate::oracle::pin_mismatch(repo, &self.policy)?.is_some() {
+            problems.push(format!(
+                "the protected policy sections on {} differ from the pin (`git loop init --repin` accepts them)",
+                self.policy.loop_.target
+            ));
+        }
         match b.state.as_str() {
             "paused" => {}
             _ if !problems.is_empty() => {

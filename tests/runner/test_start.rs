@@ -751,3 +751,56 @@ fn once_exits_3_on_a_config_problem_and_7_while_paused() {
     let out = repo.run(&["start", "--once"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+#[test]
+fn start_refuses_a_finish_line_that_differs_from_the_pin_until_a_person_repins() {
+    let l = setup(COMMIT_AND_DONE, "", false);
+    // The first start pins the protected sections as committed on the target.
+    assert_eq!(l.start(&[]).code, 0);
+    assert_eq!(l.repo.refs("refs/loop/oracle").len(), 1);
+    l.add("work");
+    // Someone loosens the gate on main itself.
+    l.repo.git(&["checkout", "-q", "main"]);
+    let policy = std::fs::read_to_string(l.repo.path("policy.toml")).expect("policy");
+    l.repo.write(
+        "policy.toml",
+        format!("{policy}\n[gate]\ncommands = [[\"true\"]]\n"),
+    );
+    l.repo.git(&["commit", "-q", "-am", "Loosen the gate"]);
+    l.repo.git(&["checkout", "-q", "person"]);
+    let out = l.start(&[]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("differ from the pin"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("+commands = [[\"true\"]]"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("git loop init --repin"),
+        "{}",
+        out.stderr
+    );
+    // A person accepts the change.
+    let repinned = l.repo.ok(&["init", "--repin"]);
+    assert!(repinned.contains("re-pinned"), "{repinned}");
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[test]
+fn init_pins_the_finish_line() {
+    let repo = TestRepo::new();
+    let out = repo.ok(&["init"]);
+    assert!(
+        out.contains("pinned the protected policy sections"),
+        "{out}"
+    );
+    let pin = repo.git(&["log", "-1", "--format=%B", "refs/loop/oracle"]);
+    assert!(
+        pin.contains("sections = ")
+            && pin.contains("gate")
+            && pin.contains("source = \"working tree\""),
+        "{pin}"
+    );
+}
