@@ -25,6 +25,8 @@ pub struct Spec {
     pub stall_timeout: Duration,
     pub timeout: Duration,
     pub exit_grace: Duration,
+    /// Set when the runner is stopping: the agent's group is stopped and the run ends.
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How the agent ended.
@@ -38,6 +40,8 @@ pub enum Ended {
     TimedOut,
     /// It printed the token and was still running `exit_grace` later: its group was stopped.
     EndedAfterToken,
+    /// The runner is stopping: its group was stopped.
+    Stopped,
 }
 
 #[derive(Debug)]
@@ -160,7 +164,9 @@ pub fn run(
         if token && token_at.is_none() {
             token_at = Some(Instant::now());
         }
-        let stop = if token_at.is_some_and(|t| t.elapsed() >= spec.exit_grace) {
+        let stop = if spec.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            Some(Ended::Stopped)
+        } else if token_at.is_some_and(|t| t.elapsed() >= spec.exit_grace) {
             Some(Ended::EndedAfterToken)
         } else if began.elapsed() >= spec.timeout {
             Some(Ended::TimedOut)

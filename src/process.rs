@@ -41,6 +41,20 @@ pub fn start_time(pid: u32) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// The process group of process `pid`.
+pub fn pgid(pid: u32) -> Option<u32> {
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        let rest = &stat[stat.rfind(')')? + 2..];
+        return rest.split_whitespace().nth(2)?.parse().ok();
+    }
+    let out = Command::new("ps")
+        .args(["-o", "pgid=", "-p", &pid.to_string()])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
 /// Whether the process `pid` that started at `start` is still running.
 pub fn alive(pid: u32, start: Option<&str>) -> bool {
     match (start_time(pid), start) {

@@ -12,6 +12,7 @@ pub mod promote;
 pub mod ready;
 pub mod start;
 pub mod status;
+pub mod stop;
 pub mod task;
 
 use std::io::Read;

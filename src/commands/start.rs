@@ -27,6 +27,12 @@ pub struct Args {
     /// Only tasks of batch B
     #[arg(long, value_name = "B")]
     batch: Option<String>,
+
+    /// Start the same runner in the background (its own process group, output to
+    /// <git-common-dir>/loop/logs/runner.log) and return. Service managers run it in the
+    /// foreground instead.
+    #[arg(long)]
+    detach: bool,
 }
 
 pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
@@ -64,6 +70,9 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
             }
         }
     }
+    if args.detach {
+        return detach(ctx, &repo, &workdir, &args);
+    }
     drop(repo);
     let opts = Options {
         once: args.once,
@@ -72,6 +81,10 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
     };
     let mut stderr = std::io::stderr();
     match runner::run(&workdir, policy, &opts, &mut stderr)? {
+        Finish::Stopped => {
+            writeln!(ctx.out, "stopped")?;
+            Ok(())
+        }
         Finish::Done => {
             writeln!(ctx.out, "done: the oracle says the batch is finished")?;
             Ok(())
@@ -87,4 +100,44 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
                 .into())
         }
     }
+}
+
+/// Starts `git-loop start` (without --detach) in its own process group, in the background.
+fn detach(
+    ctx: &mut Ctx<'_>,
+    repo: &crate::git::Repo,
+    workdir: &std::path::Path,
+    args: &Args,
+) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let logs = repo.common_dir().join("loop").join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let log_path = logs.join("runner.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("-C").arg(workdir).arg("start");
+    if args.once {
+        cmd.arg("--once");
+    }
+    if let Some(n) = args.workers {
+        cmd.arg("--workers").arg(n.to_string());
+    }
+    if let Some(b) = &args.batch {
+        cmd.arg("--batch").arg(b);
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    let child = cmd.spawn()?;
+    writeln!(ctx.out, "{}", child.id())?;
+    eprintln!(
+        "runner started in the background (pid {}); log: {}",
+        child.id(),
+        log_path.display()
+    );
+    Ok(())
 }

@@ -40,6 +40,8 @@ pub enum Finish {
     Done,
     /// Nothing else can progress: every unfinished task, with its state and reason.
     Stuck(Vec<String>),
+    /// Stopped by SIGTERM (`git loop stop`, a service manager) or SIGINT.
+    Stopped,
 }
 
 /// The runner's heartbeat (SPEC §4), `refs/loop/runners/<runner-id>`.
@@ -50,6 +52,8 @@ pub struct Heartbeat {
     pub pid: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgid: Option<u32>,
     pub started: Timestamp,
     pub updated: Timestamp,
     pub iteration: u64,
@@ -98,6 +102,8 @@ struct Runner<'a> {
     /// Successes and infrastructure failures since the last breaker check.
     successes: u32,
     infra_failures: u32,
+    /// Set by SIGTERM (or SIGINT): stop dispatching, end the running agents, exit.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Runs the loop in the repository of `workdir` until `--once` has nothing left to do (or for
@@ -119,6 +125,7 @@ pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) 
             host,
             pid,
             pid_start: crate::process::start_time(pid),
+            pgid: crate::process::pgid(pid),
             started: now,
             updated: now,
             iteration: 0,
@@ -137,7 +144,12 @@ pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) 
         config_failure: None,
         successes: 0,
         infra_failures: 0,
+        stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, std::sync::Arc::clone(&runner.stop))
+            .context("handling signals")?;
+    }
     write_lock_holder(&repo, &runner.beat)?;
     runner.heartbeat(&repo, "recover", "recover")?;
     runner.recover(&repo)?;
@@ -147,6 +159,9 @@ pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) 
 impl Runner<'_> {
     fn main_loop(&mut self) -> Result<Finish> {
         loop {
+            if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return self.shut_down();
+            }
             self.beat.iteration += 1;
             while let Ok((id, result)) = self.done_rx.try_recv() {
                 self.finished(&id, result);
@@ -191,7 +206,7 @@ impl Runner<'_> {
                         .with_hint("`git loop resume` releases it")
                         .into());
                     }
-                    std::thread::sleep(Duration::from_secs(1));
+                    self.nap(Duration::from_secs(1));
                     continue;
                 }
                 let next = next_timer(&store, self.opts.batch.as_deref())?;
@@ -201,12 +216,12 @@ impl Runner<'_> {
                             .min(Duration::from_secs(30));
                         self.beat.next_at = Some(at);
                         self.heartbeat(&repo, "backoff", "wait for the next timer")?;
-                        std::thread::sleep(wait.max(Duration::from_millis(20)));
+                        self.nap(wait.max(Duration::from_millis(20)));
                     }
                     None if self.opts.once => return self.finish(&repo),
                     None => {
                         self.heartbeat(&repo, "idle", "wait for work")?;
-                        std::thread::sleep(Duration::from_secs(2));
+                        self.nap(Duration::from_secs(2));
                     }
                 }
                 continue;
@@ -216,6 +231,34 @@ impl Runner<'_> {
                 self.finished(&id, result);
             }
         }
+    }
+
+    /// Sleeps up to `d`, waking early when the runner is asked to stop.
+    fn nap(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while Instant::now() < until && !self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
+        }
+    }
+
+    /// Stop: dispatch nothing more; the workers see the flag, end their agents' groups and
+    /// requeue their tasks (releasing their leases); then a final heartbeat.
+    fn shut_down(&mut self) -> Result<Finish> {
+        let _ = writeln!(self.say, "stopping: {} task(s) running", self.active.len());
+        let repo = Repo::discover(&self.workdir)?;
+        self.heartbeat(&repo, "stopping", "end the running agents")?;
+        while !self.active.is_empty() {
+            match self.done_rx.recv_timeout(Duration::from_secs(1)) {
+                Ok((id, result)) => self.finished(&id, result),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.renew_leases(&repo)?;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.beat.tasks.clear();
+        self.heartbeat(&repo, "stopped", "none: stopped")?;
+        Ok(Finish::Stopped)
     }
 
     fn finished(&mut self, id: &str, result: Result<String>) {
@@ -532,12 +575,12 @@ impl Runner<'_> {
             id: t.id,
             run,
             purpose: purpose.to_string(),
+            stop: std::sync::Arc::clone(&self.stop),
         }))
     }
 
-    /// Backlog first: leases whose holder died on this host are taken back; a task that was
-    /// running is requeued (its worktree's uncommitted work saved first), one being judged or
-    /// promoted is left for this runner to finish.
+    /// Backlog first: what dead holders on this host left is taken back (see
+    /// [`recover_dead_leases`]); heartbeats of dead runners are cleared.
     fn recover(&mut self, repo: &Repo) -> Result<()> {
         // Heartbeats of runners of this host that are gone (stopped, or killed) are history.
         for r in repo.refs_under(RUNNER_REFS)? {
@@ -557,57 +600,7 @@ impl Runner<'_> {
                 }])?;
             }
         }
-        let store = Store::new(repo);
-        for (id, tip, lease) in lease::all(repo)? {
-            let Ok(lease) = lease else { continue };
-            if !lease.holder_dead() {
-                continue;
-            }
-            let git = crate::git::cli::Git::new(&self.workdir, !repo.has_identity());
-            let wt = repo
-                .common_dir()
-                .join("loop")
-                .join("worktrees")
-                .join(short(&id));
-            let mut saved = String::new();
-            if wt.join(".git").exists()
-                && let Ok(Some(rescue)) =
-                    crate::rescue::rescue_worktree(repo, &git.in_dir(&wt), &id)
-            {
-                saved = format!("; uncommitted work saved in {rescue}");
-            }
-            if let Some(pgid) = lease.pgid {
-                crate::process::signal_group(pgid, "KILL");
-            }
-            let dead = lease.runner.clone();
-            let updated = store.update(&id, |t| {
-                let mut edit = Edit::new(String::new());
-                edit.also = vec![Cas::Delete {
-                    name: lease_ref(&id),
-                    old: tip,
-                }];
-                if t.state == State::Running {
-                    t.set_state(
-                        State::Ready,
-                        None,
-                        Some(format!("requeued: its runner {dead} died{saved}")),
-                    );
-                    edit.message = format!("running -> ready: the holder {dead} died{saved}");
-                } else {
-                    edit.message = format!(
-                        "{}: the holder {dead} died; lease taken back",
-                        t.state_label()
-                    );
-                }
-                Ok(edit)
-            });
-            if let Err(e) = updated {
-                let _ = writeln!(self.say, "{}: could not recover: {e:#}", short(&id));
-            } else {
-                let _ = writeln!(self.say, "{}: recovered from {dead}{saved}", short(&id));
-            }
-        }
-        Ok(())
+        recover_dead_leases(repo, &self.workdir, self.say)
     }
 
     /// Tasks whose attempts ran out get another round after the cool-off, or go to a person
@@ -703,6 +696,61 @@ impl Runner<'_> {
             Finish::Stuck(unfinished)
         })
     }
+}
+
+/// Takes back leases whose holder died on this host: the agent's group is killed, the
+/// worktree's uncommitted work saved to a rescue ref, and a running task requeued; a task being
+/// judged or promoted keeps its state for the next runner to finish.
+pub fn recover_dead_leases(repo: &Repo, workdir: &Path, say: &mut dyn Write) -> Result<()> {
+    let store = Store::new(repo);
+    for (id, tip, lease) in lease::all(repo)? {
+        let Ok(lease) = lease else { continue };
+        if !lease.holder_dead() {
+            continue;
+        }
+        if let Some(pgid) = lease.pgid {
+            crate::process::signal_group(pgid, "KILL");
+        }
+        let git = crate::git::cli::Git::new(workdir, !repo.has_identity());
+        let wt = repo
+            .common_dir()
+            .join("loop")
+            .join("worktrees")
+            .join(short(&id));
+        let mut saved = String::new();
+        if wt.join(".git").exists()
+            && let Ok(Some(rescue)) = crate::rescue::rescue_worktree(repo, &git.in_dir(&wt), &id)
+        {
+            saved = format!("; uncommitted work saved in {rescue}");
+        }
+        let dead = lease.runner.clone();
+        let updated = store.update(&id, |t| {
+            let mut edit = Edit::new(String::new());
+            edit.also = vec![Cas::Delete {
+                name: lease_ref(&id),
+                old: tip,
+            }];
+            if t.state == State::Running {
+                t.set_state(
+                    State::Ready,
+                    None,
+                    Some(format!("requeued: its runner {dead} died{saved}")),
+                );
+                edit.message = format!("running -> ready: the holder {dead} died{saved}");
+            } else {
+                edit.message = format!(
+                    "{}: the holder {dead} died; lease taken back",
+                    t.state_label()
+                );
+            }
+            Ok(edit)
+        });
+        match updated {
+            Err(e) => writeln!(say, "{}: could not recover: {e:#}", short(&id))?,
+            Ok(_) => writeln!(say, "{}: recovered from {dead}{saved}", short(&id))?,
+        }
+    }
+    Ok(())
 }
 
 /// The earliest time a waiting task becomes runnable (a retry, a quota wait, a cool-off), if

@@ -28,6 +28,8 @@ pub struct Job {
     pub id: String,
     pub run: String,
     pub purpose: String,
+    /// Set when the runner is stopping.
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A run record, `runs/<run>.toml` in the task's tree.
@@ -200,6 +202,7 @@ fn run_agent(job: &Job, repo: &Repo, store: &Store<'_>, git: &Git) -> Result<Tas
         stall_timeout: policy.agent.stall_timeout,
         timeout: policy.agent.timeout,
         exit_grace: policy.agent.exit_grace,
+        stop: job.stop.clone(),
     };
     let started = Timestamp::now();
     let branch_ref = format!("refs/heads/{}", task.branch);
@@ -248,6 +251,19 @@ fn run_agent(job: &Job, repo: &Repo, store: &Store<'_>, git: &Git) -> Result<Tas
         rec.exit_code = code;
     }
     let code = rec.exit_code;
+    if outcome.ended == agent::Ended::Stopped {
+        // The runner is stopping: not the agent's failure, and not an attempt.
+        rec.outcome = "stopped".into();
+        return finish(store, repo, job, &rec, |t, _| {
+            t.attempts = t.attempts.saturating_sub(1);
+            t.set_state(
+                State::Ready,
+                None,
+                Some("requeued: the runner stopped".into()),
+            );
+            "running -> ready: the runner stopped".into()
+        });
+    }
     if outcome.token_seen {
         rec.outcome = "completed".into();
         return finish_keeping_lease(store, job, &rec, head, |t| {
@@ -303,7 +319,7 @@ fn run_agent(job: &Job, repo: &Repo, store: &Store<'_>, git: &Git) -> Result<Tas
                 last_lines(&outcome.tail, 20)
             ),
         ),
-        agent::Ended::EndedAfterToken => ("completed", String::new()),
+        agent::Ended::EndedAfterToken | agent::Ended::Stopped => ("completed", String::new()),
     };
     rec.outcome = how.into();
     rec.signature = retry::signature("transient", "agent", &text);

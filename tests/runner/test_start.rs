@@ -804,3 +804,59 @@ fn init_pins_the_finish_line() {
         "{pin}"
     );
 }
+
+#[test]
+fn stop_ends_every_agent_process_and_releases_the_leases() {
+    let pids = tempfile::tempdir().expect("tmp");
+    let agent = format!(
+        "sleep 600 &\necho $! >> '{}/grandchildren'\necho working; sleep 600",
+        pids.path().display()
+    );
+    let l = setup(&agent, "", false);
+    let id = l.add("long");
+    let runner_pid = l.repo.ok(&["start", "--detach"]).trim().to_string();
+    let mut pgid = None;
+    wait_for("the agent to start", Duration::from_secs(30), || {
+        let msg = l.repo.git_out(&[
+            "log",
+            "-1",
+            "--format=%B",
+            &format!("refs/loop/leases/{id}"),
+        ]);
+        pgid = msg
+            .stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("pgid = "))
+            .map(str::to_string);
+        pgid.is_some()
+    });
+    let pgid = pgid.expect("pgid");
+    assert!(running_group(&pgid));
+    let out = l.repo.run(&["stop", "--timeout", "20"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("stopped"), "{}", out.stdout);
+    assert!(!running(&runner_pid), "the runner exited");
+    assert!(!running_group(&pgid), "no agent process survives");
+    for pid in std::fs::read_to_string(pids.path().join("grandchildren"))
+        .expect("pids")
+        .lines()
+    {
+        assert!(!running(pid.trim()), "the grandchild {pid} survived");
+    }
+    assert!(
+        l.repo.refs("refs/loop/leases/").is_empty(),
+        "leases released"
+    );
+    let task = l.show(&id);
+    assert_eq!(task["state"], "ready", "{task}");
+    assert_eq!(task["attempts"], 0, "a stop is not an attempt");
+    let beat = l
+        .repo
+        .git(&["log", "-1", "--format=%B", "--glob=refs/loop/runners/*"]);
+    assert!(
+        beat.contains("phase = \"stopped\""),
+        "a final heartbeat: {beat}"
+    );
+    // Stopping again finds nothing to stop.
+    assert!(l.repo.ok(&["stop"]).contains("no runner is running"));
+}

@@ -1,0 +1,72 @@
+//! `git loop stop`
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::cli::Ctx;
+use crate::error::{Class, LoopError};
+use crate::process::{alive, signal_group};
+use crate::runner::Heartbeat;
+
+/// Stop the runner: TERM its process group, KILL it after --timeout.
+///
+/// On TERM the runner dispatches nothing more, ends its agents' process groups, requeues
+/// their tasks without counting an attempt, releases its leases, writes a final heartbeat and
+/// exits 0. If it is still running after the timeout, it and its agents are killed and its
+/// leases taken back, so that nothing it leaves behind needs a person.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Seconds to wait for a clean stop before KILL
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    timeout: u64,
+}
+
+pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
+    let repo = ctx.repo()?;
+    let holder = std::fs::read_to_string(repo.common_dir().join("loop").join("runner.holder"))
+        .ok()
+        .and_then(|t| toml::from_str::<Heartbeat>(&t).ok());
+    let Some(h) =
+        holder.filter(|h| h.host != crate::process::host() || alive(h.pid, h.pid_start.as_deref()))
+    else {
+        writeln!(ctx.out, "no runner is running")?;
+        return Ok(());
+    };
+    if h.host != crate::process::host() {
+        return Err(LoopError::new(
+            Class::Generic,
+            format!(
+                "the runner {} runs on host {}, not this one",
+                h.runner, h.host
+            ),
+        )
+        .with_hint(format!("run `git loop stop` on {}", h.host))
+        .into());
+    }
+    let group = h.pgid.unwrap_or(h.pid);
+    signal_group(group, "TERM");
+    let until = Instant::now() + Duration::from_secs(args.timeout);
+    while alive(h.pid, h.pid_start.as_deref()) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !alive(h.pid, h.pid_start.as_deref()) {
+        writeln!(ctx.out, "stopped {}", h.runner)?;
+        return Ok(());
+    }
+    // It did not stop in time: kill it, and take back what it held.
+    signal_group(group, "KILL");
+    let until = Instant::now() + Duration::from_secs(5);
+    while alive(h.pid, h.pid_start.as_deref()) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let workdir = repo.require_workdir()?;
+    let mut stderr = std::io::stderr();
+    crate::runner::recover_dead_leases(&repo, &workdir, &mut stderr)?;
+    writeln!(
+        ctx.out,
+        "killed {} after {}s; its leases were taken back",
+        h.runner, args.timeout
+    )?;
+    Ok(())
+}
