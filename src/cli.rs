@@ -68,6 +68,9 @@ enum Command {
     Hooks(commands::hooks::Command),
     Hook(commands::hook::Args),
     Man(commands::man::Args),
+    Demo(commands::demo::Args),
+    #[command(hide = true)]
+    SimAgent(commands::demo::SimArgs),
 }
 
 /// Where a command runs and where it writes its results.
@@ -128,6 +131,8 @@ fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Hooks(cmd) => commands::hooks::run(ctx, cmd),
         Command::Hook(args) => commands::hook::run(ctx, args),
         Command::Man(args) => commands::man::run(ctx, args),
+        Command::Demo(args) => commands::demo::run(ctx, args),
+        Command::SimAgent(args) => commands::demo::sim_agent(ctx, args),
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each has a doc-commented `Args` (the doc comment is its `--help`)
 //! and a `run(ctx, args)`; what they share is here.
 
+pub mod demo;
 pub mod hook;
 pub mod hooks;
 pub mod init;

@@ -326,7 +326,9 @@ impl Repo {
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                Err(e) if e.is_conflict() || e.is_retryable() => {
+                // A stale expectation, or an expected ref that is gone (deleted by another
+                // writer meanwhile): either way the swap did not happen.
+                Err(e) if e.is_conflict() || e.is_retryable() || e.is_not_found() => {
                     tracing::debug!("compare-and-swap lost: {e:#}");
                     return Ok(CasOutcome::Lost);
                 }
@@ -337,10 +339,14 @@ impl Repo {
 
     /// Removes the lock file of ref `name` if it is older than `age` (its writer is gone: ref
     /// transactions hold their locks for far less; git itself waits only 100 ms for them).
-    /// Only git-loop's own refs are taken over: a branch's lock may be a live git's (a slow
+    /// Only git-loop's own refs are taken over — its state refs, its notes and the task
+    /// branches `refs/heads/loop/*`: another branch's lock may be a live git's (a slow
     /// `reference-transaction` hook), and losing its update would be silent.
     pub fn remove_stale_lock(&self, name: &str, age: std::time::Duration) {
-        if !(name.starts_with("refs/loop/") || name.starts_with("refs/notes/loop")) {
+        let ours = name.starts_with("refs/loop/")
+            || name.starts_with("refs/notes/loop")
+            || name.starts_with("refs/heads/loop/");
+        if !ours {
             return;
         }
         let lock = self.common_dir().join(format!("{name}.lock"));

@@ -1246,6 +1246,15 @@ impl Promotion<'_> {
                     old: head,
                 }])? {
                     CasOutcome::Applied => said.push(format!("deleted {}", self.task.branch)),
+                    CasOutcome::Lost if self.repo.read_ref(&branch_ref)? == Some(head) => {
+                        // Not moved, so locked: by a live git for a moment, or a dead one.
+                        return Err(LoopError::new(
+                            Class::Transient,
+                            format!("{} is locked by another git process", self.task.branch),
+                        )
+                        .with_hint("run the promotion again in a moment")
+                        .into());
+                    }
                     CasOutcome::Lost => said.push(format!("kept {} (it moved)", self.task.branch)),
                 }
             }

@@ -717,13 +717,16 @@ fn an_untracked_runtime_script_opens_the_breaker_at_once_and_its_commit_rearms_i
     wait_for("the batch to finish", Duration::from_secs(60), || {
         repo.run(&["oracle"]).code == 0
     });
+    // The successful probe closes the breaker (at the runner's next check).
+    wait_for("the breaker to close", Duration::from_secs(30), || {
+        status()["breaker"]["state"] == "closed"
+    });
     let _ = runner.kill();
     let _ = runner.wait();
     assert_eq!(
         repo.run(&["task", "show", &id, "--json"]).json()["state"],
         "done"
     );
-    assert_eq!(status()["breaker"]["state"], "closed");
 }
 
 #[test]
@@ -859,4 +862,30 @@ fn stop_ends_every_agent_process_and_releases_the_leases() {
     );
     // Stopping again finds nothing to stop.
     assert!(l.repo.ok(&["stop"]).contains("no runner is running"));
+}
+
+#[test]
+fn the_demo_runs_to_done() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("demo");
+    let mut cmd = std::process::Command::new(crate::common::BIN);
+    cmd.args(["demo", "--dir", &dir.to_string_lossy()]);
+    crate::common::hermetic(&mut cmd, tmp.path());
+    let out = cmd.output().expect("demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("$ git loop oracle\nfinished"), "{stdout}");
+    // The scripted trouble really happened: a transient failure, a quota, a failed gate.
+    assert!(stderr.contains(": quota_wait"), "{stderr}");
+    assert!(stderr.contains(": needs_rework"), "{stderr}");
+    assert!(
+        stderr.contains(": ready ("),
+        "a transient failure requeued a task: {stderr}"
+    );
+    let project = dir.join("project");
+    let mut oracle = std::process::Command::new(crate::common::BIN);
+    oracle.args(["-C", &project.to_string_lossy(), "oracle"]);
+    crate::common::hermetic(&mut oracle, tmp.path());
+    assert_eq!(oracle.output().expect("oracle").status.code(), Some(0));
 }
