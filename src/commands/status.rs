@@ -42,6 +42,7 @@ struct RunnerJson {
     tasks: Vec<String>,
     next_action: String,
     next_at: Option<String>,
+    last_output: Option<String>,
     failure_streak: u32,
 }
 
@@ -133,6 +134,7 @@ fn collect(ctx: &Ctx<'_>) -> Result<StatusJson> {
             tasks: b.tasks,
             next_action: b.next_action,
             next_at: b.next_at.map(|t| t.to_rfc3339()),
+            last_output: b.last_output.map(|t| t.to_rfc3339()),
             failure_streak: b.failure_streak,
         });
     }

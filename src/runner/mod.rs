@@ -60,6 +60,9 @@ pub struct Heartbeat {
     pub phase: String,
     #[serde(default)]
     pub tasks: Vec<String>,
+    /// When an agent of this runner last wrote output (its log file's last change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_output: Option<Timestamp>,
     #[serde(default)]
     pub failure_streak: u32,
     pub next_action: String,
@@ -84,6 +87,8 @@ pub fn heartbeats(repo: &Repo) -> Result<Vec<(String, std::result::Result<Heartb
 struct Active {
     mutex: Option<String>,
     started: Instant,
+    /// The agent's log file, for the heartbeat's last output time.
+    log: Option<PathBuf>,
 }
 
 struct Runner<'a> {
@@ -131,6 +136,7 @@ pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) 
             iteration: 0,
             phase: "recover".into(),
             tasks: Vec::new(),
+            last_output: None,
             failure_streak: 0,
             next_action: "recover".into(),
             next_at: None,
@@ -504,11 +510,14 @@ impl Runner<'_> {
                     task.attempts
                 }
             );
+            let log = (job.purpose == "agent")
+                .then(|| crate::agent::log_path(repo.common_dir(), &task.id, task.attempts + 1));
             self.active.insert(
                 task.id.clone(),
                 Active {
                     mutex: task.mutex.clone(),
                     started: Instant::now(),
+                    log,
                 },
             );
             let tx = self.done_tx.clone();
@@ -658,6 +667,14 @@ impl Runner<'_> {
     }
 
     fn heartbeat(&mut self, repo: &Repo, phase: &str, next: &str) -> Result<()> {
+        let latest = self
+            .active
+            .values()
+            .filter_map(|a| std::fs::metadata(a.log.as_ref()?).ok()?.modified().ok())
+            .max();
+        if let Some(t) = latest.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+            self.beat.last_output = Some(Timestamp(t.as_micros() as i64));
+        }
         self.beat.phase = phase.to_string();
         self.beat.next_action = next.to_string();
         self.beat.updated = Timestamp::now();

@@ -835,6 +835,11 @@ fn stop_ends_every_agent_process_and_releases_the_leases() {
     });
     let pgid = pgid.expect("pgid");
     assert!(running_group(&pgid));
+    wait_for(
+        "the heartbeat to show the agent's last output",
+        Duration::from_secs(15),
+        || l.repo.run(&["status", "--json"]).json()["runners"][0]["last_output"].is_string(),
+    );
     let out = l.repo.run(&["stop", "--timeout", "20"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("stopped"), "{}", out.stdout);

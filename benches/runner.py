@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Runner benchmarks.
+
+1. Per-task overhead: `git loop start --once` over N tasks (default 200) with a no-op agent
+   (it commits one file and prints the token), no gates, one worker, no remote — beside a plain
+   bash loop doing the same git steps per task (worktree add, run the agent, merge --no-ff into
+   main, worktree remove), in the same run, alternating which goes first.
+2. Flatness: the runner's RSS and open file descriptors, sampled every 50 ms over M tasks
+   (default 1000); the first quartile of the run beside the last.
+
+Usage: [BENCH_DIR=/tmp] benches/runner.py [GIT_LOOP_BINARY] [N] [ROUNDS] [M]
+"""
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+binary = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "git-loop"))
+n = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+m = int(sys.argv[4]) if len(sys.argv) > 4 else 1000
+scratch = os.environ.get("BENCH_DIR") or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+env = dict(os.environ, GIT_CONFIG_GLOBAL="/dev/null", GIT_CONFIG_NOSYSTEM="1",
+           GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@example.com",
+           GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@example.com",
+           GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="maintenance.auto", GIT_CONFIG_VALUE_0="false")
+
+AGENT = """#!/bin/sh
+echo "$1" > "work-$1.txt"
+git add "work-$1.txt" && git commit -q -m "work $1"
+echo LOOP_DONE
+"""
+BASH_LOOP = """set -e
+i=0
+while [ $i -lt "$N" ]; do
+  i=$((i + 1))
+  git worktree add -q -b "task-$i" "../wt-$i" main
+  (cd "../wt-$i" && "$AGENT" "$i")
+  git merge -q --no-ff --no-edit "task-$i"
+  git worktree remove "../wt-$i"
+done
+"""
+
+
+def run(argv, cwd, **kw):
+    return subprocess.run(argv, cwd=cwd, env=env, check=True, capture_output=True, text=True, **kw)
+
+
+def make(root, tasks, name):
+    repo = os.path.join(root, name)
+    os.makedirs(repo)
+    agent = os.path.join(root, f"agent-{name}.sh")
+    with open(agent, "w") as f:
+        f.write(AGENT)
+    os.chmod(agent, 0o755)
+    run(["git", "init", "-q", "-b", "main"], repo)
+    with open(os.path.join(repo, "policy.toml"), "w") as f:
+        f.write(f'[loop]\ntarget = "main"\n[agent]\ncommand = ["{agent}", "{{task_id}}"]\n'
+                '[triage]\nmin_body_chars = 0\nrequire_acceptance = false\n'
+                '[lease]\nheartbeat = "5s"\n'
+                f'[runtime]\nmanifest = ["policy.toml", "loop/PROMPT.md"]\n')
+    os.makedirs(os.path.join(repo, "loop"))
+    with open(os.path.join(repo, "loop", "PROMPT.md"), "w") as f:
+        f.write("Do {title}.\n")
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "initial"], repo)
+    if tasks:
+        for i in range(tasks):
+            run([binary, "task", "add", f"task {i}", "--body", "work"], repo)
+        run(["git", "checkout", "-q", "-b", "person"], repo)
+    return repo, agent
+
+
+def time_loop(repo):
+    start = time.perf_counter()
+    run([binary, "start", "--once"], repo)
+    return time.perf_counter() - start
+
+
+def time_bash(repo, agent):
+    start = time.perf_counter()
+    subprocess.run(
+        ["sh", "-c", BASH_LOOP], cwd=repo, env=dict(env, N=str(n), AGENT=agent), check=True,
+        capture_output=True)
+    return time.perf_counter() - start
+
+
+loop_s, bash_s = [], []
+for r in range(rounds):
+    with tempfile.TemporaryDirectory(dir=scratch) as a, tempfile.TemporaryDirectory(dir=scratch) as b:
+        repo_a, _ = make(a, n, "loop")
+        repo_b, agent_b = make(b, 0, "bash")
+        pair = [("loop", lambda: time_loop(repo_a)), ("bash", lambda: time_bash(repo_b, agent_b))]
+        if r % 2:
+            pair.reverse()
+        got = {name: f() for name, f in pair}
+        loop_s.append(got["loop"])
+        bash_s.append(got["bash"])
+
+lm, bm = statistics.median(loop_s), statistics.median(bash_s)
+print(f"Per-task overhead: {n} tasks, no-op agent, no gates, one worker, no remote; "
+      f"{rounds} rounds, order alternating; repositories in {scratch or tempfile.gettempdir()}\n")
+print("| | median total s | median per task ms |")
+print("|---|---:|---:|")
+print(f"| plain bash loop (worktree add, agent, merge --no-ff, worktree remove) | {bm:.2f} | {bm / n * 1000:.1f} |")
+print(f"| git loop start --once | {lm:.2f} | {lm / n * 1000:.1f} |")
+print(f"\nratio (git loop / bash): {lm / bm:.2f}\n")
+
+# Flatness over m tasks.
+with tempfile.TemporaryDirectory(dir=scratch) as c:
+    repo_c, _ = make(c, m, "flat")
+    proc = subprocess.Popen([binary, "start", "--once"], cwd=repo_c, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    samples = []
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+            fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
+            samples.append((rss, fds))
+        except (FileNotFoundError, StopIteration, ProcessLookupError):
+            pass
+        time.sleep(0.05)
+    q = max(1, len(samples) // 4)
+    first, last = samples[:q], samples[-q:]
+    print(f"Flatness: {m} tasks, {len(samples)} samples every 50 ms\n")
+    print("| | first quartile | last quartile |")
+    print("|---|---:|---:|")
+    print(f"| median RSS MiB | {statistics.median(s[0] for s in first) / 1024:.1f} | "
+          f"{statistics.median(s[0] for s in last) / 1024:.1f} |")
+    print(f"| max RSS MiB | {max(s[0] for s in first) / 1024:.1f} | {max(s[0] for s in last) / 1024:.1f} |")
+    print(f"| median open fds | {statistics.median(s[1] for s in first)} | {statistics.median(s[1] for s in last)} |")
+    print(f"| max open fds | {max(s[1] for s in first)} | {max(s[1] for s in last)} |")
