@@ -14,6 +14,9 @@ use anyhow::{Context, Result};
 use crate::error::{Class, LoopError};
 use crate::process::signal_group;
 
+/// The slowest the watch loop polls the agent.
+const POLL: Duration = Duration::from_millis(50);
+
 /// How to run one agent.
 pub struct Spec {
     pub argv: Vec<String>,
@@ -103,6 +106,9 @@ pub fn run(
         last_output: Some(Instant::now()),
         ..Seen::default()
     }));
+    // The collector wakes the watch loop when output ends (usually: the agent exited) or the
+    // token arrives, so a quick agent is not left waiting for the next poll.
+    let (wake_tx, wake_rx) = std::sync::mpsc::channel::<()>();
     let collector = {
         let seen = Arc::clone(&seen);
         let token = spec.token.clone();
@@ -122,6 +128,7 @@ pub fn run(
                 let from = s.tail.len().saturating_sub(n + token.len() * 4 + 64);
                 if !s.token && has_token(&s.tail[from..], &token) {
                     s.token = true;
+                    let _ = wake_tx.send(());
                 }
                 if s.tail.len() > keep * 2 {
                     let cut = s.tail.len() - keep;
@@ -138,6 +145,7 @@ pub fn run(
     let mut last_activity = Instant::now();
     let mut token_at: Option<Instant> = None;
     let mut next_probe = Instant::now() + Duration::from_millis(500);
+    let mut pause = Duration::from_millis(1);
     let ended = loop {
         if let Some(status) = child.try_wait().context("waiting for the agent")? {
             break Ended::Exited(status.code());
@@ -183,10 +191,18 @@ pub fn run(
             )?;
             break why;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Wait for a wake-up or the next poll; polls start quick and slow down to 50 ms.
+        match wake_rx.recv_timeout(pause) {
+            Ok(()) => pause = Duration::from_millis(1),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(POLL);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => pause = (pause * 2).min(POLL),
+        }
     };
     // Whatever the leader did, nothing of its group outlives the run.
-    signal_group(pgid, "KILL");
+    signal_group(pgid, crate::process::Signal::Kill);
     let _ = collector.join();
     let s = seen
         .lock()
@@ -202,15 +218,15 @@ pub fn run(
 
 /// TERM the group, KILL it after `grace`, and reap the leader.
 fn stop_group(child: &mut std::process::Child, pgid: u32, grace: Duration) -> Result<()> {
-    signal_group(pgid, "TERM");
+    signal_group(pgid, crate::process::Signal::Term);
     let until = Instant::now() + grace;
     while Instant::now() < until {
         if child.try_wait()?.is_some() && !crate::process::group_alive(pgid) {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(POLL);
     }
-    signal_group(pgid, "KILL");
+    signal_group(pgid, crate::process::Signal::Kill);
     child.wait().context("reaping the agent")?;
     Ok(())
 }

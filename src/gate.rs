@@ -103,21 +103,24 @@ fn run_one(argv: &[String], dir: &Path, timeout: Duration) -> Result<CommandResu
     });
     let started = Instant::now();
     let mut timed_out = false;
+    // Polls start quick, for the many gates that take milliseconds, and slow down to 20 ms.
+    let mut pause = Duration::from_millis(1);
     let status = loop {
         if let Some(status) = child.try_wait().context("waiting for a command")? {
             break status;
         }
         if started.elapsed() > timeout {
             timed_out = true;
-            crate::process::signal_group(child.id(), "TERM");
+            crate::process::signal_group(child.id(), crate::process::Signal::Term);
             std::thread::sleep(Duration::from_millis(500));
-            crate::process::signal_group(child.id(), "KILL");
+            crate::process::signal_group(child.id(), crate::process::Signal::Kill);
             break child.wait().context("waiting for a killed command")?;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
     };
     // Members of the group that outlived the leader would keep the pipe open.
-    crate::process::signal_group(child.id(), "KILL");
+    crate::process::signal_group(child.id(), crate::process::Signal::Kill);
     let tail = collector.join().unwrap_or_default();
     Ok(CommandResult {
         argv: argv.to_vec(),

@@ -64,25 +64,47 @@ pub fn alive(pid: u32, start: Option<&str>) -> bool {
     }
 }
 
-/// Sends `signal` (e.g. "TERM", "KILL") to the process group `pgid`.
-pub fn signal_group(pgid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg("--")
-        .arg(format!("-{pgid}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+/// A signal git-loop sends to process groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Term,
+    Kill,
+}
+
+impl Signal {
+    fn number(self) -> libc::c_int {
+        match self {
+            Signal::Term => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+        }
+    }
+}
+
+/// Sends `signal` to the process group `pgid`. A group that is already gone is not an error.
+pub fn signal_group(pgid: u32, signal: Signal) {
+    let _ = kill_group(pgid, signal.number());
 }
 
 /// Whether any process of group `pgid` is still running.
 pub fn group_alive(pgid: u32) -> bool {
-    Command::new("kill")
-        .args(["-0", "--", &format!("-{pgid}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    kill_group(pgid, 0)
+}
+
+/// `kill(-pgid, sig)`; true if the call succeeded. Refuses group ids that would address
+/// something other than one group: 0 (the caller's own group) and 1 (with the minus, `-1`
+/// means every process the caller may signal), and ids beyond `pid_t`. The one `unsafe` call
+/// of the crate: the standard library has no way to signal a process group.
+#[allow(unsafe_code)]
+fn kill_group(pgid: u32, sig: libc::c_int) -> bool {
+    let Ok(group) = libc::pid_t::try_from(pgid) else {
+        return false;
+    };
+    if group <= 1 {
+        return false;
+    }
+    // SAFETY: kill(2) takes two plain integers, touches no memory of this process, and is
+    // async-signal-safe; a negative pid < -1 addresses exactly the process group `group`.
+    unsafe { libc::kill(-group, sig) == 0 }
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         .into());
     }
     let group = h.pgid.unwrap_or(h.pid);
-    signal_group(group, "TERM");
+    signal_group(group, crate::process::Signal::Term);
     let until = Instant::now() + Duration::from_secs(args.timeout);
     while alive(h.pid, h.pid_start.as_deref()) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(100));
@@ -55,7 +55,7 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         return Ok(());
     }
     // It did not stop in time: kill it, and take back what it held.
-    signal_group(group, "KILL");
+    signal_group(group, crate::process::Signal::Kill);
     let until = Instant::now() + Duration::from_secs(5);
     while alive(h.pid, h.pid_start.as_deref()) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));

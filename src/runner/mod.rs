@@ -726,7 +726,7 @@ pub fn recover_dead_leases(repo: &Repo, workdir: &Path, say: &mut dyn Write) -> 
             continue;
         }
         if let Some(pgid) = lease.pgid {
-            crate::process::signal_group(pgid, "KILL");
+            crate::process::signal_group(pgid, crate::process::Signal::Kill);
         }
         let git = crate::git::cli::Git::new(workdir, !repo.has_identity());
         let wt = repo
