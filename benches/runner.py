@@ -2,9 +2,11 @@
 """Runner benchmarks.
 
 1. Per-task overhead: `git loop start --once` over N tasks (default 200) with a no-op agent
-   (it commits one file and prints the token), no gates, one worker, no remote — beside a plain
-   bash loop doing the same git steps per task (worktree add, run the agent, merge --no-ff into
-   main, worktree remove), in the same run, alternating which goes first.
+   (it commits one file and prints the token), no gates, one worker — beside a plain bash loop
+   doing the same git steps per task (worktree add, run the agent, merge --no-ff into main, push
+   main to the remote, worktree remove), in the same run, alternating which goes first. Measured
+   twice: with a local bare repository as the remote (the comparison the goal is set on), and
+   with no remote at all (both sides then skip the push).
 2. Flatness: the runner's RSS and open file descriptors, sampled every 50 ms over M tasks
    (default 1000); the first quartile of the run beside the last.
 
@@ -41,6 +43,7 @@ while [ $i -lt "$N" ]; do
   git worktree add -q -b "task-$i" "../wt-$i" main
   (cd "../wt-$i" && "$AGENT" "$i")
   git merge -q --no-ff --no-edit "task-$i"
+  if [ -n "$PUSH" ]; then git push -q origin main; fi
   git worktree remove "../wt-$i"
 done
 """
@@ -50,7 +53,7 @@ def run(argv, cwd, **kw):
     return subprocess.run(argv, cwd=cwd, env=env, check=True, capture_output=True, text=True, **kw)
 
 
-def make(root, tasks, name):
+def make(root, tasks, name, remote=False):
     repo = os.path.join(root, name)
     os.makedirs(repo)
     agent = os.path.join(root, f"agent-{name}.sh")
@@ -59,7 +62,8 @@ def make(root, tasks, name):
     os.chmod(agent, 0o755)
     run(["git", "init", "-q", "-b", "main"], repo)
     with open(os.path.join(repo, "policy.toml"), "w") as f:
-        f.write(f'[loop]\ntarget = "main"\n[agent]\ncommand = ["{agent}", "{{task_id}}"]\n'
+        remote_key = 'remote = "origin"\n' if remote else ""
+        f.write(f'[loop]\ntarget = "main"\n{remote_key}[agent]\ncommand = ["{agent}", "{{task_id}}"]\n'
                 '[triage]\nmin_body_chars = 0\nrequire_acceptance = false\n'
                 '[lease]\nheartbeat = "5s"\n'
                 f'[runtime]\nmanifest = ["policy.toml", "loop/PROMPT.md"]\n')
@@ -68,6 +72,11 @@ def make(root, tasks, name):
         f.write("Do {title}.\n")
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "initial"], repo)
+    if remote:
+        bare = os.path.join(root, f"{name}-remote.git")
+        run(["git", "init", "-q", "--bare", bare], root)
+        run(["git", "remote", "add", "origin", bare], repo)
+        run(["git", "push", "-q", "origin", "main"], repo)
     if tasks:
         for i in range(tasks):
             run([binary, "task", "add", f"task {i}", "--body", "work"], repo)
@@ -81,34 +90,38 @@ def time_loop(repo):
     return time.perf_counter() - start
 
 
-def time_bash(repo, agent):
+def time_bash(repo, agent, push):
     start = time.perf_counter()
     subprocess.run(
-        ["sh", "-c", BASH_LOOP], cwd=repo, env=dict(env, N=str(n), AGENT=agent), check=True,
+        ["sh", "-c", BASH_LOOP], cwd=repo,
+        env=dict(env, N=str(n), AGENT=agent, PUSH="1" if push else ""), check=True,
         capture_output=True)
     return time.perf_counter() - start
 
 
-loop_s, bash_s = [], []
-for r in range(rounds):
-    with tempfile.TemporaryDirectory(dir=scratch) as a, tempfile.TemporaryDirectory(dir=scratch) as b:
-        repo_a, _ = make(a, n, "loop")
-        repo_b, agent_b = make(b, 0, "bash")
-        pair = [("loop", lambda: time_loop(repo_a)), ("bash", lambda: time_bash(repo_b, agent_b))]
-        if r % 2:
-            pair.reverse()
-        got = {name: f() for name, f in pair}
-        loop_s.append(got["loop"])
-        bash_s.append(got["bash"])
-
-lm, bm = statistics.median(loop_s), statistics.median(bash_s)
-print(f"Per-task overhead: {n} tasks, no-op agent, no gates, one worker, no remote; "
-      f"{rounds} rounds, order alternating; repositories in {scratch or tempfile.gettempdir()}\n")
-print("| | median total s | median per task ms |")
-print("|---|---:|---:|")
-print(f"| plain bash loop (worktree add, agent, merge --no-ff, worktree remove) | {bm:.2f} | {bm / n * 1000:.1f} |")
-print(f"| git loop start --once | {lm:.2f} | {lm / n * 1000:.1f} |")
-print(f"\nratio (git loop / bash): {lm / bm:.2f}\n")
+print(f"Per-task overhead: {n} tasks, no-op agent, no gates, one worker; {rounds} rounds per "
+      f"row, order alternating; repositories in {scratch or tempfile.gettempdir()}\n")
+print("| | bash loop median s | git loop median s | bash ms/task | git loop ms/task | ratio |")
+print("|---|---:|---:|---:|---:|---:|")
+for remote in (True, False):
+    loop_s, bash_s = [], []
+    for r in range(rounds):
+        with tempfile.TemporaryDirectory(dir=scratch) as a, \
+                tempfile.TemporaryDirectory(dir=scratch) as b:
+            repo_a, _ = make(a, n, "loop", remote)
+            repo_b, agent_b = make(b, 0, "bash", remote)
+            pair = [("loop", lambda: time_loop(repo_a)),
+                    ("bash", lambda: time_bash(repo_b, agent_b, remote))]
+            if r % 2:
+                pair.reverse()
+            got = {name: f() for name, f in pair}
+            loop_s.append(got["loop"])
+            bash_s.append(got["bash"])
+    lm, bm = statistics.median(loop_s), statistics.median(bash_s)
+    label = "local bare remote (bash: merge + push)" if remote else "no remote (bash: merge)"
+    print(f"| {label} | {bm:.2f} | {lm:.2f} | {bm / n * 1000:.1f} | {lm / n * 1000:.1f} | "
+          f"{lm / bm:.2f} |")
+print()
 
 # Flatness over m tasks.
 with tempfile.TemporaryDirectory(dir=scratch) as c:
