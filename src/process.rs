@@ -120,4 +120,23 @@ mod tests {
         assert!(!alive(me, Some("not when it started")));
         assert!(!host().is_empty());
     }
+
+    #[test]
+    fn a_group_is_signalled_and_never_group_0_or_1() {
+        use std::os::unix::process::CommandExt;
+        // 0 would be this process's own group, -1 every process it may signal.
+        assert!(!group_alive(0));
+        assert!(!group_alive(1));
+        let mut child = Command::new("sleep")
+            .arg("600")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let group = child.id();
+        assert!(group_alive(group));
+        signal_group(group, Signal::Kill);
+        let status = child.wait().expect("reap");
+        assert!(!status.success(), "killed, not finished: {status}");
+        assert!(!group_alive(group));
+    }
 }

@@ -313,7 +313,10 @@ impl Repo {
             std::time::Instant::now() + STALE_LOCK + std::time::Duration::from_millis(500);
         loop {
             match self.repo.edit_references(ref_edits.clone()) {
-                Ok(_) => return Ok(CasOutcome::Applied),
+                Ok(_) => {
+                    self.settle_deletions(edits);
+                    return Ok(CasOutcome::Applied);
+                }
                 Err(e) if is_lock_failure(&e) => {
                     // A ref is locked: by a live writer for an instant, or by a killed one for
                     // ever. Wait a little; take a lock that outlives any real transaction.
@@ -333,6 +336,44 @@ impl Repo {
                     return Ok(CasOutcome::Lost);
                 }
                 Err(e) => return Err(anyhow::anyhow!("updating refs: {e:#}")),
+            }
+        }
+    }
+
+    /// Makes sure the refs a transaction deleted stay deleted. A `git pack-refs` (run by
+    /// `git gc --auto`, e.g. after an agent's commit) that packs a ref while the transaction
+    /// deletes its loose file leaves the old value in `packed-refs`, where the ref reappears:
+    /// gix decides from an earlier snapshot of `packed-refs` whether to rewrite it. A ref that
+    /// shows the very value just deleted is deleted again, now with a fresh snapshot.
+    fn settle_deletions(&self, edits: &[Cas]) {
+        for edit in edits {
+            let Cas::Delete { name, old } = edit else {
+                continue;
+            };
+            for _ in 0..5 {
+                if let Err(e) = self.repo.refs.force_refresh_packed_buffer() {
+                    tracing::debug!("refreshing packed-refs: {e}");
+                }
+                match self.read_ref(name) {
+                    Ok(Some(id)) if id == *old => {
+                        tracing::debug!("{name} came back from packed-refs; deleting it again");
+                        let again = RefEdit {
+                            change: Change::Delete {
+                                expected: PreviousValue::MustExistAndMatch(Target::Object(*old)),
+                                log: RefLog::AndReference,
+                            },
+                            name: match name.as_str().try_into() {
+                                Ok(n) => n,
+                                Err(_) => break,
+                            },
+                            deref: false,
+                        };
+                        if let Err(e) = self.repo.edit_references([again]) {
+                            tracing::debug!("deleting {name} again: {e:#}");
+                        }
+                    }
+                    _ => break,
+                }
             }
         }
     }

@@ -213,6 +213,43 @@ fn four_workers_finish_200_tasks_once_each_and_leave_no_worktree() {
     );
 }
 
+/// `git gc` (run by `git maintenance --auto` after an agent's commit) packs refs while the runner
+/// deletes leases: a deleted lease must not come back from `packed-refs`.
+#[test]
+fn leases_stay_deleted_while_git_packs_refs() {
+    let l = setup(COMMIT_AND_DONE, "[loop]\nworkers = 4\n", false);
+    for i in 0..40 {
+        l.add(&format!("task {i}"));
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (out, packs) = std::thread::scope(|s| {
+        let packer = s.spawn(|| {
+            let mut packs = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if l.repo.git_out(&["pack-refs", "--all", "--prune"]).code == 0 {
+                    packs += 1;
+                }
+            }
+            packs
+        });
+        let out = l.start(&[]);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (out, packer.join().expect("packer"))
+    });
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(packs > 0, "refs were packed during the run");
+    let list = l.repo.run(&["task", "list", "--json"]).json();
+    assert!(
+        list.as_array()
+            .expect("array")
+            .iter()
+            .all(|t| t["state"] == "done"),
+        "{list}"
+    );
+    let leases = l.repo.refs("refs/loop/leases/");
+    assert!(leases.is_empty(), "leases came back: {leases:?}");
+}
+
 #[test]
 fn a_second_runner_exits_6_naming_the_first() {
     let l = setup("sleep 30", "", false);
