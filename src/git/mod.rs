@@ -341,38 +341,60 @@ impl Repo {
     }
 
     /// Makes sure the refs a transaction deleted stay deleted. A `git pack-refs` (run by
-    /// `git gc --auto`, e.g. after an agent's commit) that packs a ref while the transaction
-    /// deletes its loose file leaves the old value in `packed-refs`, where the ref reappears:
-    /// gix decides from an earlier snapshot of `packed-refs` whether to rewrite it. A ref that
-    /// shows the very value just deleted is deleted again, now with a fresh snapshot.
+    /// `git gc --auto`, e.g. after an agent's commit) locks `packed-refs`, reads the loose refs,
+    /// and writes them packed; a ref deleted meanwhile comes back from `packed-refs` with its
+    /// old value (git's own deletions wait for that lock; gix's do not when its snapshot of
+    /// `packed-refs` does not hold the ref). So: while a `packed-refs.lock` exists, wait for it;
+    /// once there is none, a ref that shows the very value just deleted is deleted again.
+    /// The lock is looked at before the ref is read: no lock then means any pack-refs that
+    /// saw the ref has already written, and the read sees what it wrote.
     fn settle_deletions(&self, edits: &[Cas]) {
-        for edit in edits {
-            let Cas::Delete { name, old } = edit else {
-                continue;
-            };
-            for _ in 0..5 {
+        let deletions: Vec<(&String, &ObjectId)> = edits
+            .iter()
+            .filter_map(|e| match e {
+                Cas::Delete { name, old } => Some((name, old)),
+                _ => None,
+            })
+            .collect();
+        if deletions.is_empty() {
+            return;
+        }
+        let lock = self.common_dir().join("packed-refs.lock");
+        // As long as git itself waits for packed-refs (core.packedRefsTimeout's default): a
+        // lock held longer is a crashed gc's, which `git loop doctor` is for.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        for (name, old) in deletions {
+            loop {
+                let packing = lock.exists();
                 if let Err(e) = self.repo.refs.force_refresh_packed_buffer() {
                     tracing::debug!("refreshing packed-refs: {e}");
                 }
-                match self.read_ref(name) {
-                    Ok(Some(id)) if id == *old => {
-                        tracing::debug!("{name} came back from packed-refs; deleting it again");
-                        let again = RefEdit {
-                            change: Change::Delete {
-                                expected: PreviousValue::MustExistAndMatch(Target::Object(*old)),
-                                log: RefLog::AndReference,
-                            },
-                            name: match name.as_str().try_into() {
-                                Ok(n) => n,
-                                Err(_) => break,
-                            },
-                            deref: false,
-                        };
-                        if let Err(e) = self.repo.edit_references([again]) {
-                            tracing::debug!("deleting {name} again: {e:#}");
-                        }
+                let back = matches!(self.read_ref(name), Ok(Some(id)) if id == *old);
+                if back {
+                    tracing::debug!("{name} came back from packed-refs; deleting it again");
+                    let Ok(ref_name) = name.as_str().try_into() else {
+                        break;
+                    };
+                    let again = RefEdit {
+                        change: Change::Delete {
+                            expected: PreviousValue::MustExistAndMatch(Target::Object(*old)),
+                            log: RefLog::AndReference,
+                        },
+                        name: ref_name,
+                        deref: false,
+                    };
+                    if let Err(e) = self.repo.edit_references([again]) {
+                        tracing::debug!("deleting {name} again: {e:#}");
                     }
-                    _ => break,
+                } else if !packing {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    tracing::debug!("{name}: packed-refs stayed locked; not checked further");
+                    break;
+                }
+                if !back {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
                 }
             }
         }
