@@ -393,9 +393,7 @@ impl Repo {
                     tracing::debug!("{name}: packed-refs stayed locked; not checked further");
                     break;
                 }
-                if !back {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
         }
     }

@@ -57,20 +57,7 @@ impl Fixture {
         repo.write("loop/PROMPT.md", "Do {title}.\n");
         repo.git(&["add", "policy.toml", "loop/PROMPT.md"]);
         repo.git(&["commit", "-q", "-m", "set up git-loop"]);
-        let remote = c.remote.then(|| {
-            let path = repo.root.parent().expect("tmp").join("remote.git");
-            repo.git(&[
-                "init",
-                "-q",
-                "--bare",
-                "-b",
-                "main",
-                &path.to_string_lossy(),
-            ]);
-            repo.git(&["remote", "add", "origin", &path.to_string_lossy()]);
-            repo.git(&["push", "-q", "origin", "main"]);
-            path
-        });
+        let remote = c.remote.then(|| repo.add_bare_remote());
         let id = repo.add("Add the feature", &[]);
         let wt = repo.add_task_worktree(&id);
         let in_wt = |args: &[&str]| {

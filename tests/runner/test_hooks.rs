@@ -22,17 +22,7 @@ fn setup() -> (TestRepo, PathBuf) {
     repo.write("loop/PROMPT.md", "Do {title}.\n");
     repo.git(&["add", "."]);
     repo.git(&["commit", "-q", "-m", "set up git-loop"]);
-    let remote = repo.root.parent().expect("tmp").join("remote.git");
-    repo.git(&[
-        "init",
-        "-q",
-        "--bare",
-        "-b",
-        "main",
-        &remote.to_string_lossy(),
-    ]);
-    repo.git(&["remote", "add", "origin", &remote.to_string_lossy()]);
-    repo.git(&["push", "-q", "origin", "main"]);
+    let remote = repo.add_bare_remote();
     (repo, remote)
 }
 

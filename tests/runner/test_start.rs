@@ -40,20 +40,7 @@ fn setup(agent: &str, extra: &str, remote: bool) -> Loop {
     repo.write("loop/PROMPT.md", PROMPT);
     repo.git(&["add", "-A"]);
     repo.git(&["commit", "-q", "-m", "set up git-loop"]);
-    let remote = remote.then(|| {
-        let path = repo.root.parent().expect("tmp").join("remote.git");
-        repo.git(&[
-            "init",
-            "-q",
-            "--bare",
-            "-b",
-            "main",
-            &path.to_string_lossy(),
-        ]);
-        repo.git(&["remote", "add", "origin", &path.to_string_lossy()]);
-        repo.git(&["push", "-q", "origin", "main"]);
-        path
-    });
+    let remote = remote.then(|| repo.add_bare_remote());
     // Work happens elsewhere: the person's checkout is on another branch.
     repo.git(&["checkout", "-q", "-b", "person"]);
     Loop { repo, remote }

@@ -111,6 +111,16 @@ impl TestRepo {
     }
 
     /// Runs git; panics unless it succeeds. Returns stdout.
+    /// A bare repository beside this one, added as `origin`, with `main` pushed to it.
+    pub fn add_bare_remote(&self) -> PathBuf {
+        let path = self.root.parent().expect("tmp").join("remote.git");
+        let shown = path.to_string_lossy();
+        self.git(&["init", "-q", "--bare", "-b", "main", &shown]);
+        self.git(&["remote", "add", "origin", &shown]);
+        self.git(&["push", "-q", "origin", "main"]);
+        path
+    }
+
     pub fn git(&self, args: &[&str]) -> String {
         let out = self.git_out(args);
         assert_eq!(out.code, 0, "git {args:?} failed: {}", out.stderr);
