@@ -64,6 +64,7 @@ enum Command {
     Resume(commands::pause::ResumeArgs),
     Log(commands::log::Args),
     Promote(commands::promote::Args),
+    Reap(commands::reap::Args),
     #[command(subcommand)]
     Hooks(commands::hooks::Command),
     Hook(commands::hook::Args),
@@ -128,6 +129,7 @@ fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Resume(args) => commands::pause::resume(ctx, args),
         Command::Log(args) => commands::log::run(ctx, args),
         Command::Promote(args) => commands::promote::run(ctx, args),
+        Command::Reap(args) => commands::reap::run(ctx, args),
         Command::Hooks(cmd) => commands::hooks::run(ctx, cmd),
         Command::Hook(args) => commands::hook::run(ctx, args),
         Command::Man(args) => commands::man::run(ctx, args),

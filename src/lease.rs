@@ -30,6 +30,9 @@ pub struct Lease {
     /// The agent's process group, once it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pgid: Option<u32>,
+    /// When the group's leader started, so that a reused pid is not taken for the group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgid_start: Option<String>,
     pub run: String,
     /// What the holder does with the task: agent, judge or promote.
     pub purpose: String,
@@ -50,6 +53,7 @@ impl Lease {
             pid,
             pid_start: crate::process::start_time(pid),
             pgid: None,
+            pgid_start: None,
             run: run.to_string(),
             purpose: purpose.to_string(),
             acquired: now,
@@ -63,6 +67,20 @@ impl Lease {
     pub fn holder_dead(&self) -> bool {
         self.host == crate::process::host()
             && !crate::process::alive(self.pid, self.pid_start.as_deref())
+    }
+
+    /// The agent's process group, if it is on this host and still the same group: its leader
+    /// is the process that started then, or the leader is gone and members remain (a group id
+    /// is not handed out again while the group has members).
+    pub fn agent_group(&self) -> Option<u32> {
+        let group = self.pgid?;
+        if self.host != crate::process::host() || group <= 1 {
+            return None;
+        }
+        match (crate::process::start_time(group), &self.pgid_start) {
+            (Some(now), Some(then)) if &now != then => None,
+            _ => Some(group),
+        }
     }
 
     pub fn expired(&self, now: Timestamp) -> bool {
@@ -123,4 +141,27 @@ pub fn renew(repo: &Repo, old: ObjectId, lease: &Lease, ttl: Duration) -> Result
             CasOutcome::Lost => None,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_group_id_or_another_host_is_never_the_agents_group() {
+        let me = std::process::id();
+        let mut l = Lease::new("t", "r", "run", "agent", Duration::from_secs(60));
+        assert_eq!(l.agent_group(), None, "no group recorded");
+        l.pgid = Some(me);
+        l.pgid_start = crate::process::start_time(me);
+        assert_eq!(l.agent_group(), Some(me), "the leader that started then");
+        l.pgid_start = Some("another start".to_string());
+        assert_eq!(l.agent_group(), None, "the id now names another process");
+        l.pgid_start = crate::process::start_time(me);
+        l.host = format!("not-{}", l.host);
+        assert_eq!(l.agent_group(), None, "a group on another host");
+        l.host = crate::process::host();
+        l.pgid = Some(1);
+        assert_eq!(l.agent_group(), None, "never init's group");
+    }
 }

@@ -23,6 +23,7 @@ pub mod policy;
 pub mod process;
 pub mod promote;
 pub mod rand;
+pub mod reaper;
 pub mod record;
 pub mod rescue;
 pub mod retry;

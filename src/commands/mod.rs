@@ -11,6 +11,7 @@ pub mod oracle;
 pub mod pause;
 pub mod promote;
 pub mod ready;
+pub mod reap;
 pub mod start;
 pub mod status;
 pub mod stop;

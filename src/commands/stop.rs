@@ -60,9 +60,8 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
     while alive(h.pid, h.pid_start.as_deref()) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let workdir = repo.require_workdir()?;
     let mut stderr = std::io::stderr();
-    crate::runner::recover_dead_leases(&repo, &workdir, &mut stderr)?;
+    crate::runner::recover(&repo, &format!("stop-{}", std::process::id()), &mut stderr)?;
     writeln!(
         ctx.out,
         "killed {} after {}s; its leases were taken back",

@@ -588,8 +588,8 @@ impl Runner<'_> {
         }))
     }
 
-    /// Backlog first: what dead holders on this host left is taken back (see
-    /// [`recover_dead_leases`]); heartbeats of dead runners are cleared.
+    /// Backlog first: what dead holders left is taken back (see [`recover`]); heartbeats of
+    /// dead runners are cleared.
     fn recover(&mut self, repo: &Repo) -> Result<()> {
         // Heartbeats of runners of this host that are gone (stopped, or killed) are history.
         for r in repo.refs_under(RUNNER_REFS)? {
@@ -609,7 +609,7 @@ impl Runner<'_> {
                 }])?;
             }
         }
-        recover_dead_leases(repo, &self.workdir, self.say)
+        recover(repo, &self.id, self.say)
     }
 
     /// Tasks whose attempts ran out get another round after the cool-off, or go to a person
@@ -715,57 +715,20 @@ impl Runner<'_> {
     }
 }
 
-/// Takes back leases whose holder died on this host: the agent's group is killed, the
-/// worktree's uncommitted work saved to a rescue ref, and a running task requeued; a task being
-/// judged or promoted keeps its state for the next runner to finish.
-pub fn recover_dead_leases(repo: &Repo, workdir: &Path, say: &mut dyn Write) -> Result<()> {
-    let store = Store::new(repo);
-    for (id, tip, lease) in lease::all(repo)? {
-        let Ok(lease) = lease else { continue };
-        if !lease.holder_dead() {
-            continue;
-        }
-        if let Some(pgid) = lease.pgid {
-            crate::process::signal_group(pgid, crate::process::Signal::Kill);
-        }
-        let git = crate::git::cli::Git::new(workdir, !repo.has_identity());
-        let wt = repo
-            .common_dir()
-            .join("loop")
-            .join("worktrees")
-            .join(short(&id));
-        let mut saved = String::new();
-        if wt.join(".git").exists()
-            && let Ok(Some(rescue)) = crate::rescue::rescue_worktree(repo, &git.in_dir(&wt), &id)
-        {
-            saved = format!("; uncommitted work saved in {rescue}");
-        }
-        let dead = lease.runner.clone();
-        let updated = store.update(&id, |t| {
-            let mut edit = Edit::new(String::new());
-            edit.also = vec![Cas::Delete {
-                name: lease_ref(&id),
-                old: tip,
-            }];
-            if t.state == State::Running {
-                t.set_state(
-                    State::Ready,
-                    None,
-                    Some(format!("requeued: its runner {dead} died{saved}")),
-                );
-                edit.message = format!("running -> ready: the holder {dead} died{saved}");
-            } else {
-                edit.message = format!(
-                    "{}: the holder {dead} died; lease taken back",
-                    t.state_label()
-                );
-            }
-            Ok(edit)
-        });
-        match updated {
-            Err(e) => writeln!(say, "{}: could not recover: {e:#}", short(&id))?,
-            Ok(_) => writeln!(say, "{}: recovered from {dead}{saved}", short(&id))?,
-        }
+/// Takes back what dead or expired holders left (see [`crate::reaper`]): their agents' groups
+/// are killed, their worktrees' uncommitted work saved to rescue refs and the worktrees removed,
+/// running tasks requeued; a task being judged or promoted keeps its state for the next runner.
+/// One line per reclaim goes to `say`; `holder` names the leases the reaper takes meanwhile.
+pub fn recover(repo: &Repo, holder: &str, say: &mut dyn Write) -> Result<()> {
+    let mut opts = crate::reaper::Options::new(false);
+    opts.holder = holder.to_string();
+    let report = crate::reaper::reap(repo, &opts)?;
+    for r in &report.reaped {
+        let what = r.task.as_deref().map_or(r.kind, short);
+        writeln!(say, "{what}: recovered: {}; {}", r.why, r.did.join("; "))?;
+    }
+    for f in &report.failed {
+        writeln!(say, "{}: could not recover: {}", short(&f.task), f.why)?;
     }
     Ok(())
 }

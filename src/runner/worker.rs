@@ -97,19 +97,32 @@ fn worktree(job: &Job, repo: &Repo, git: &Git, task: &Task) -> Result<PathBuf> {
         std::fs::remove_dir_all(&path).with_context(|| format!("clearing {shown}"))?;
     }
     let branch_ref = format!("refs/heads/{}", task.branch);
-    if repo.read_ref(&branch_ref)?.is_some() {
-        git.run(&["worktree", "add", "--quiet", &shown, &task.branch])?;
+    let args: Vec<String> = if repo.read_ref(&branch_ref)?.is_some() {
+        ["worktree", "add", "--quiet", &shown, &task.branch]
+            .map(str::to_string)
+            .to_vec()
     } else {
-        let start = target_tip(job, repo, git, false)?;
-        git.run(&[
+        let start = target_tip(job, repo, git, false)?.to_string();
+        [
             "worktree",
             "add",
             "--quiet",
             "-b",
             &task.branch,
             &shown,
-            &start.to_string(),
-        ])?;
+            &start,
+        ]
+        .map(str::to_string)
+        .to_vec()
+    };
+    if let Err(e) = git.run(&args) {
+        // A worktree whose directory was deleted by hand is still registered (and still holds
+        // the branch): its metadata is stale, so prune it and try once more.
+        if !format!("{e:#}").contains("missing but already registered") {
+            return Err(e);
+        }
+        git.run(&["worktree", "prune"])?;
+        git.run(&args)?;
     }
     Ok(path)
 }
@@ -484,6 +497,7 @@ fn record_pgid(repo: &Repo, id: &str, pgid: u32) -> Result<()> {
             return Ok(());
         };
         l.pgid = Some(pgid);
+        l.pgid_start = crate::process::start_time(pgid);
         let new = l.commit(repo)?;
         if repo.cas(&[Cas::Update {
             name: lease_ref(id),

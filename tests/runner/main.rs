@@ -10,5 +10,6 @@ mod test_hooks;
 mod test_policy;
 mod test_promote;
 mod test_promote_edges;
+mod test_reap;
 mod test_start;
 mod test_tasks;

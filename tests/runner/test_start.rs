@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 
 use crate::common::{Out, TestRepo};
 
-struct Loop {
-    repo: TestRepo,
+pub(crate) struct Loop {
+    pub(crate) repo: TestRepo,
     remote: Option<PathBuf>,
 }
 
 const PROMPT: &str = "Task {id}: {title}\nattempt {attempt}\ncontext: {context}\nSay {token}.\n";
 
 /// A repository whose agent is `agent` (a shell script body), with `extra` policy lines.
-fn setup(agent: &str, extra: &str, remote: bool) -> Loop {
+pub(crate) fn setup(agent: &str, extra: &str, remote: bool) -> Loop {
     let repo = TestRepo::new();
     let script = repo.path("agent.sh");
     std::fs::write(&script, format!("#!/bin/sh\n{agent}\n")).expect("agent");
@@ -87,7 +87,7 @@ fn merge_sections(text: &str) -> String {
 }
 
 impl Loop {
-    fn add(&self, title: &str) -> String {
+    pub(crate) fn add(&self, title: &str) -> String {
         self.repo
             .ok(&["task", "add", title, "--body", "work"])
             .trim()
@@ -100,11 +100,11 @@ impl Loop {
         self.repo.run(&args)
     }
 
-    fn show(&self, id: &str) -> serde_json::Value {
+    pub(crate) fn show(&self, id: &str) -> serde_json::Value {
         self.repo.run(&["task", "show", id, "--json"]).json()
     }
 
-    fn history(&self, id: &str) -> Vec<String> {
+    pub(crate) fn history(&self, id: &str) -> Vec<String> {
         self.show(id)["history"]
             .as_array()
             .expect("history")
@@ -130,7 +130,7 @@ impl Loop {
 }
 
 /// Commit a file for the task, then claim completion, decorated.
-const COMMIT_AND_DONE: &str = "\
+pub(crate) const COMMIT_AND_DONE: &str = "\
 echo \"$GIT_LOOP_TASK\" > \"work-$GIT_LOOP_TASK.txt\"
 git add \"work-$GIT_LOOP_TASK.txt\" && git commit -q -m \"work for $GIT_LOOP_TASK\"
 echo '**LOOP_DONE**'";
@@ -567,7 +567,11 @@ fn a_runner_killed_mid_run_is_recovered_and_nothing_is_lost() {
 
     let out = l.start(&[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stderr.contains("recovered from"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(": recovered: its holder"),
+        "{}",
+        out.stderr
+    );
     assert!(
         !running_group(&pgid),
         "recovery ended the orphaned agent's group"
@@ -585,7 +589,7 @@ fn a_runner_killed_mid_run_is_recovered_and_nothing_is_lost() {
 }
 
 /// Whether any process of group `pgid` runs (zombies do not count).
-fn running_group(pgid: &str) -> bool {
+pub(crate) fn running_group(pgid: &str) -> bool {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return std::process::Command::new("kill")
             .args(["-0", "--", &format!("-{pgid}")])
@@ -694,7 +698,7 @@ fn untracked_agent() -> (TestRepo, String) {
     (repo, id)
 }
 
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let until = Instant::now() + limit;
     while !done() {
         assert!(Instant::now() < until, "timed out waiting for {what}");

@@ -1,0 +1,533 @@
+//! The reaper (SPEC §10): takes back what crashed work left behind — leases past their expiry
+//! or held by a dead process on this host, loop worktrees that no lease covers, running tasks
+//! that lost their lease, stale worktree metadata — and loses nothing doing it.
+//!
+//! Every reclaim starts by taking the task's lease itself, by compare-and-swap: from the exact
+//! lease it judged dead or expired, or created where there was none. So a reaper never acts
+//! on a lease that was renewed in the meantime, two reapers never reclaim the same thing, and
+//! no runner can claim a task while its worktree is being saved and removed. A reaper killed
+//! half way leaves a lease held by a dead process, which the next reap takes back.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use gix::ObjectId;
+use serde::Serialize;
+
+use crate::git::cli::Git;
+use crate::git::{Cas, CasOutcome, Repo, oid};
+use crate::lease::{self, Lease, lease_ref};
+use crate::process::{Signal, group_alive, signal_group};
+use crate::rescue::{rescue_worktree, save_rescue};
+use crate::store::{Edit, Store, TASK_REFS};
+use crate::task::State;
+use crate::time::Timestamp;
+
+/// How long a reaper holds a lease it took: long enough to save and remove one worktree.
+const REAP_TTL: Duration = Duration::from_secs(600);
+
+/// How a reap runs.
+pub struct Options {
+    /// Say what would be done, change nothing.
+    pub dry_run: bool,
+    /// The name the reaper's own leases carry (a runner recovering uses its own id).
+    pub holder: String,
+}
+
+impl Options {
+    pub fn new(dry_run: bool) -> Options {
+        Options {
+            dry_run,
+            holder: format!("reap-{}-{}", crate::process::host(), std::process::id()),
+        }
+    }
+}
+
+/// One thing reclaimed (or, with `--dry-run`, that would be).
+#[derive(Debug, Serialize)]
+pub struct Reaped {
+    /// lease, worktree, task or prune
+    pub kind: &'static str,
+    /// The task's full id, when the thing belongs to one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// Why it was reclaimed.
+    pub why: String,
+    /// What was done (or would be): kills, rescue refs, removals, the task's new state.
+    pub did: Vec<String>,
+}
+
+/// Something left alone, and why.
+#[derive(Debug, Serialize)]
+pub struct Kept {
+    pub kind: &'static str,
+    pub task: String,
+    pub why: String,
+}
+
+/// What a reap did.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub dry_run: bool,
+    pub reaped: Vec<Reaped>,
+    pub kept: Vec<Kept>,
+    /// Reclaims that failed part way; what they saved is kept, the next reap carries on.
+    pub failed: Vec<Kept>,
+}
+
+/// Reaps the repository: leases first, then running tasks without a lease, then loop worktrees
+/// without a lease, then `git worktree prune`.
+pub fn reap(repo: &Repo, opts: &Options) -> Result<Report> {
+    let dir = repo
+        .workdir()
+        .map_or_else(|| repo.common_dir().to_path_buf(), Path::to_path_buf);
+    let reaper = Reaper {
+        repo,
+        store: Store::new(repo),
+        git: Git::new(&dir, !repo.has_identity()).locking_worktrees(repo.common_dir()),
+        opts,
+        worktrees: repo.common_dir().join("loop").join("worktrees"),
+        report: Report {
+            dry_run: opts.dry_run,
+            ..Report::default()
+        },
+    };
+    reaper.run()
+}
+
+struct Reaper<'a> {
+    repo: &'a Repo,
+    store: Store<'a>,
+    git: Git,
+    opts: &'a Options,
+    /// `<common-dir>/loop/worktrees`
+    worktrees: PathBuf,
+    report: Report,
+}
+
+impl Reaper<'_> {
+    fn run(mut self) -> Result<Report> {
+        self.leases()?;
+        self.unleased_running()?;
+        self.orphaned_worktrees()?;
+        self.prune()?;
+        Ok(self.report)
+    }
+
+    /// Leases past expiry, or whose holder died on this host.
+    fn leases(&mut self) -> Result<()> {
+        let now = Timestamp::now();
+        for (id, tip, lease) in lease::all(self.repo)? {
+            let lease = match lease {
+                Ok(l) => l,
+                Err(e) => {
+                    self.keep("lease", &id, format!("unreadable, left for a person: {e}"));
+                    continue;
+                }
+            };
+            let why = if lease.holder_dead() {
+                format!(
+                    "its holder {} (pid {} on {}) died",
+                    lease.runner, lease.pid, lease.host
+                )
+            } else if lease.expired(now) {
+                format!("it expired at {}", lease.expires.to_rfc3339())
+            } else {
+                self.keep(
+                    "lease",
+                    &id,
+                    format!(
+                        "held by {} (pid {} on {}) for {} until {}",
+                        lease.runner,
+                        lease.pid,
+                        lease.host,
+                        lease.purpose,
+                        lease.expires.to_rfc3339()
+                    ),
+                );
+                continue;
+            };
+            if self.opts.dry_run {
+                self.would("lease", &id, why);
+                continue;
+            }
+            let Some(mine) = self.take_over(&id, Some(tip), &lease.run)? else {
+                self.keep("lease", &id, "it changed hands while reaping".to_string());
+                continue;
+            };
+            self.reclaim("lease", &id, mine, Some(&lease), why);
+        }
+        Ok(())
+    }
+
+    /// Tasks in `running` that no lease covers (a lease deleted by hand, or lost in transit).
+    fn unleased_running(&mut self) -> Result<()> {
+        let leased = self.leased()?;
+        for listed in self.store.list()? {
+            let Ok(task) = listed.task else { continue };
+            if task.state != State::Running || leased.contains(&task.id) {
+                continue;
+            }
+            let why = "it is running but no lease covers it".to_string();
+            if self.opts.dry_run {
+                self.would("task", &task.id, why);
+                continue;
+            }
+            if let Some(mine) = self.take_over(&task.id, None, "")? {
+                self.reclaim("task", &task.id, mine, None, why);
+            }
+        }
+        Ok(())
+    }
+
+    /// Loop worktrees whose task no lease covers: saved, then removed.
+    fn orphaned_worktrees(&mut self) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(&self.worktrees) else {
+            return Ok(());
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = self
+            .repo
+            .refs_under(TASK_REFS)?
+            .into_iter()
+            .map(|r| r.name[TASK_REFS.len()..].to_string())
+            .collect();
+        let leased = self.leased()?;
+        for name in names {
+            let owner = ids.iter().find(|id| short(id) == name).cloned();
+            if owner.as_ref().is_some_and(|id| leased.contains(id)) {
+                continue;
+            }
+            let why = match &owner {
+                Some(_) => "no lease covers it".to_string(),
+                None => "it belongs to no task".to_string(),
+            };
+            let task = owner.clone().unwrap_or_else(|| name.clone());
+            if self.opts.dry_run {
+                self.report.reaped.push(Reaped {
+                    kind: "worktree",
+                    task: owner,
+                    why,
+                    did: vec![format!(
+                        "would save its uncommitted work and remove {}",
+                        self.worktrees.join(&name).display()
+                    )],
+                });
+                continue;
+            }
+            match &owner {
+                Some(id) => {
+                    // Hold the task while its worktree goes, so that no runner claims it.
+                    let Some(mine) = self.take_over(id, None, "")? else {
+                        continue;
+                    };
+                    self.reclaim("worktree", id, mine, None, why);
+                }
+                None => {
+                    let mut did = Vec::new();
+                    match self.clear_worktree(&name, &task, &mut did) {
+                        Ok(()) => self.report.reaped.push(Reaped {
+                            kind: "worktree",
+                            task: None,
+                            why,
+                            did,
+                        }),
+                        Err(e) => self.fail("worktree", &task, &did, &e),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `git worktree prune`: metadata of worktrees whose directory is gone.
+    fn prune(&mut self) -> Result<()> {
+        let args: &[&str] = if self.opts.dry_run {
+            &["worktree", "prune", "--dry-run", "--verbose"]
+        } else {
+            &["worktree", "prune", "--verbose"]
+        };
+        let out = self.git.output(args)?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "git worktree prune failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in text.lines().filter(|l| l.starts_with("Removing ")) {
+            let line = line.trim_start_matches("Removing ");
+            let (what, why) = line.split_once(": ").unwrap_or((line, "stale"));
+            let verb = if self.opts.dry_run {
+                "would prune"
+            } else {
+                "pruned"
+            };
+            self.report.reaped.push(Reaped {
+                kind: "prune",
+                task: None,
+                why: why.to_string(),
+                did: vec![format!("{verb} the metadata of {what}")],
+            });
+        }
+        Ok(())
+    }
+
+    // ---- the steps of one reclaim ---------------------------------------------------------
+
+    /// Takes the lease of `id` for this reaper: from `old`, or created where there is none.
+    /// `None` when another process got there first.
+    fn take_over(&self, id: &str, old: Option<ObjectId>, run: &str) -> Result<Option<ObjectId>> {
+        let mine = Lease::new(id, &self.opts.holder, run, "reap", REAP_TTL).commit(self.repo)?;
+        let name = lease_ref(id);
+        let edit = match old {
+            Some(old) => Cas::Update {
+                name,
+                old,
+                new: mine,
+            },
+            None => Cas::Create { name, new: mine },
+        };
+        Ok((self.repo.cas(&[edit])? == CasOutcome::Applied).then_some(mine))
+    }
+
+    /// With the lease of `id` held at `mine`: ends the dead holder's agent group, saves and
+    /// removes the worktree, then releases the lease, requeueing a running task in the same
+    /// transaction. A failure part way still releases the lease, leaving the worktree (and
+    /// whatever it holds) for the next run or reap.
+    fn reclaim(
+        &mut self,
+        kind: &'static str,
+        id: &str,
+        mine: ObjectId,
+        dead: Option<&Lease>,
+        why: String,
+    ) {
+        let mut did = Vec::new();
+        if let Some(group) = dead.and_then(Lease::agent_group)
+            && group_alive(group)
+        {
+            signal_group(group, Signal::Kill);
+            let until = Instant::now() + Duration::from_secs(2);
+            while group_alive(group) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            did.push(format!("killed process group {group}"));
+        }
+        let cleared = if self.task_is_promoting_elsewhere(id) {
+            did.push("kept the worktree: a promotion of the task is running".to_string());
+            Ok(())
+        } else {
+            self.clear_worktree(short(id), id, &mut did)
+        };
+        let released = self.release(id, mine, dead, &why, &did);
+        match (cleared, released) {
+            (Ok(()), Ok(state)) => {
+                did.extend(state);
+                self.report.reaped.push(Reaped {
+                    kind,
+                    task: Some(id.to_string()),
+                    why,
+                    did,
+                });
+            }
+            (Err(e), _) | (Ok(()), Err(e)) => self.fail(kind, id, &did, &e),
+        }
+    }
+
+    /// Whether a `git loop promote` of the task holds its promotion lock right now.
+    fn task_is_promoting_elsewhere(&self, id: &str) -> bool {
+        let path = self
+            .repo
+            .common_dir()
+            .join("loop")
+            .join("locks")
+            .join(format!("promote-{id}.lock"));
+        let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) else {
+            return false;
+        };
+        matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+    }
+
+    /// Saves what the worktree `<loop worktrees>/<name>` holds — commits on a detached HEAD,
+    /// uncommitted and untracked-not-ignored files — to rescue refs of `task`, then removes it.
+    fn clear_worktree(&self, name: &str, task: &str, did: &mut Vec<String>) -> Result<()> {
+        let path = self.worktrees.join(name);
+        if path.join(".git").exists() {
+            let there = self.git.in_dir(&path);
+            if let Ok(head) = there.run(&["rev-parse", "--verify", "--quiet", "HEAD"])
+                && let Ok(head) = oid(head.trim())
+                && !self.reachable_from_a_branch(head)?
+            {
+                let rescue = save_rescue(self.repo, task, head)?;
+                did.push(format!("saved its unbranched commits in {rescue}"));
+            }
+            if let Some(rescue) = rescue_worktree(self.repo, &there, task)? {
+                did.push(format!("saved its uncommitted work in {rescue}"));
+            }
+        }
+        if path.exists() {
+            let removed = self
+                .git
+                .run(&["worktree", "remove", "--force", &path.to_string_lossy()]);
+            if removed.is_err() || path.exists() {
+                // Not a registered worktree (or half removed): the rescue above has run.
+                std::fs::remove_dir_all(&path)
+                    .map_err(anyhow::Error::from)
+                    .map_err(|e| e.context(format!("removing {}", path.display())))?;
+            }
+            did.push(format!("removed the worktree {}", path.display()));
+        }
+        Ok(())
+    }
+
+    /// Whether `commit` is in the history of a local branch (then removing a worktree whose
+    /// HEAD it is loses nothing).
+    fn reachable_from_a_branch(&self, commit: ObjectId) -> Result<bool> {
+        for branch in self.repo.refs_under("refs/heads/")? {
+            if let Some(tip) = branch.id
+                && self.repo.is_ancestor(commit, tip)?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Deletes the lease held at `mine`; a running task goes back to `ready` in the same
+    /// transaction. Returns what happened to the task.
+    fn release(
+        &self,
+        id: &str,
+        mine: ObjectId,
+        dead: Option<&Lease>,
+        why: &str,
+        did: &[String],
+    ) -> Result<Option<String>> {
+        let delete = Cas::Delete {
+            name: lease_ref(id),
+            old: mine,
+        };
+        if self.repo.read_ref(&crate::store::task_ref(id))?.is_none() {
+            self.repo.cas(&[delete])?;
+            return Ok(None);
+        }
+        let saved: Vec<&String> = did.iter().filter(|d| d.starts_with("saved")).collect();
+        let saved = if saved.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {}",
+                saved
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        };
+        let task_ref = crate::store::task_ref(id);
+        if dead.is_none() && saved.is_empty() {
+            // An orphaned worktree with nothing in it worth a word in the task's history;
+            // the task must still be where it was seen, not running.
+            if let Some(tip) = self.repo.read_ref(&task_ref)?
+                && self.store.load(id)?.task.state != State::Running
+            {
+                let outcome = self.repo.cas(&[
+                    delete.clone(),
+                    Cas::Verify {
+                        name: task_ref,
+                        old: tip,
+                    },
+                ])?;
+                if outcome == CasOutcome::Applied {
+                    return Ok(None);
+                }
+            }
+        }
+        let holder = dead.map_or_else(|| "none".to_string(), |l| l.runner.clone());
+        let mut next = None;
+        self.store.update(id, |t| {
+            let mut edit = Edit::new(String::new());
+            edit.also = vec![delete.clone()];
+            if t.state == State::Running {
+                t.set_state(
+                    State::Ready,
+                    None,
+                    Some(format!("requeued by reap: {why}{saved}")),
+                );
+                edit.message = format!("running -> ready: reaped ({why}; holder {holder}){saved}");
+                next = Some("requeued the task".to_string());
+            } else {
+                edit.message = format!(
+                    "{}: lease taken back by reap ({why}; holder {holder}){saved}",
+                    t.state_label()
+                );
+                next = match t.state {
+                    State::AwaitingJudge => Some("left it awaiting a judge".to_string()),
+                    _ => None,
+                };
+            }
+            Ok(edit)
+        })?;
+        Ok(next)
+    }
+
+    // ---- bookkeeping ----------------------------------------------------------------------
+
+    fn leased(&self) -> Result<std::collections::HashSet<String>> {
+        Ok(self
+            .repo
+            .refs_under(lease::LEASE_REFS)?
+            .into_iter()
+            .map(|r| r.name[lease::LEASE_REFS.len()..].to_string())
+            .collect())
+    }
+
+    fn keep(&mut self, kind: &'static str, task: &str, why: String) {
+        self.report.kept.push(Kept {
+            kind,
+            task: task.to_string(),
+            why,
+        });
+    }
+
+    fn would(&mut self, kind: &'static str, task: &str, why: String) {
+        self.report.reaped.push(Reaped {
+            kind,
+            task: Some(task.to_string()),
+            why,
+            did: vec![
+                "would end its agent's process group, save and remove its worktree, and requeue it if running"
+                    .to_string(),
+            ],
+        });
+    }
+
+    fn fail(&mut self, kind: &'static str, task: &str, did: &[String], e: &anyhow::Error) {
+        let mut why = format!("{e:#}");
+        if !did.is_empty() {
+            why = format!("{why} (done before: {})", did.join("; "));
+        }
+        self.report.failed.push(Kept {
+            kind,
+            task: task.to_string(),
+            why,
+        });
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..crate::ids::MIN_SHORT).unwrap_or(id)
+}

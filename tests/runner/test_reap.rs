@@ -1,0 +1,384 @@
+//! `git loop reap`: real runners killed with SIGKILL or stopped with SIGSTOP, real agent
+//! process groups, worktrees deleted by hand, two reaps racing; assertions on refs, files and
+//! processes.
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use crate::common::TestRepo;
+use crate::test_start::{COMMIT_AND_DONE, Loop, running_group, setup, wait_for};
+
+/// An agent that leaves uncommitted and untracked work, starts a grandchild, and hangs.
+const HANGS_WITH_WORK: &str = "\
+echo dirty > dirty.txt
+mkdir -p sub && echo untracked > sub/new.txt
+sh -c 'sleep 600' &
+echo started
+wait";
+
+fn spawn_runner(l: &Loop) -> Child {
+    l.repo
+        .cmd(&["start"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("runner")
+}
+
+/// Waits until the agent of task `id` runs and has left its files; returns its process group.
+fn agent_group(l: &Loop, id: &str) -> String {
+    let mut pgid = None;
+    let wt = l.repo.worktree_path(&id[..7]);
+    wait_for("the agent to start", Duration::from_secs(60), || {
+        let msg = l.repo.git_out(&[
+            "log",
+            "-1",
+            "--format=%B",
+            &format!("refs/loop/leases/{id}"),
+        ]);
+        pgid = msg
+            .stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("pgid = "))
+            .map(str::to_string);
+        pgid.is_some() && wt.join("sub/new.txt").exists()
+    });
+    pgid.expect("a process group")
+}
+
+fn reap(repo: &TestRepo, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["reap", "--json"];
+    all.extend_from_slice(args);
+    let out = repo.run(&all);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    out.json()
+}
+
+fn reaped_tasks(report: &serde_json::Value, kind: &str) -> Vec<String> {
+    report["reaped"]
+        .as_array()
+        .expect("reaped")
+        .iter()
+        .filter(|r| r["kind"] == kind)
+        .filter_map(|r| r["task"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The rescue refs of task `id`.
+fn rescues(repo: &TestRepo, id: &str) -> Vec<String> {
+    repo.refs(&format!("refs/loop/rescue/{id}/"))
+}
+
+/// What a reclaimed task must look like: group gone, work saved, worktree gone, requeued.
+fn assert_reclaimed(l: &Loop, id: &str, pgid: &str) {
+    assert!(
+        !running_group(pgid),
+        "the agent's group (grandchild too) was killed"
+    );
+    let rescue = format!("refs/loop/rescue/{id}/1");
+    assert_eq!(
+        l.repo.git(&["show", &format!("{rescue}:dirty.txt")]),
+        "dirty\n"
+    );
+    assert_eq!(
+        l.repo.git(&["show", &format!("{rescue}:sub/new.txt")]),
+        "untracked\n"
+    );
+    assert_eq!(rescues(&l.repo, id).len(), 1, "saved once");
+    let wt = l.repo.worktree_path(&id[..7]);
+    assert!(!wt.exists(), "the worktree was removed");
+    let listed = l.repo.git(&["worktree", "list", "--porcelain"]);
+    assert!(!listed.contains(&*wt.to_string_lossy()), "{listed}");
+    assert!(l.repo.refs(&format!("refs/loop/leases/{id}")).is_empty());
+    assert_eq!(l.show(id)["state"], "ready");
+}
+
+#[test]
+fn a_live_holder_is_left_alone_and_a_killed_one_is_reaped() {
+    let l = setup(HANGS_WITH_WORK, "", false);
+    let id = l.add("hangs");
+    let mut runner = spawn_runner(&l);
+    let pgid = agent_group(&l, &id);
+
+    // The holder is alive and within its expiry: nothing is touched.
+    let before = l.repo.refs("refs/");
+    let report = reap(&l.repo, &[]);
+    assert!(reaped_tasks(&report, "lease").is_empty(), "{report}");
+    assert!(
+        report["kept"]
+            .as_array()
+            .expect("kept")
+            .iter()
+            .any(|k| k["task"] == id.as_str()),
+        "{report}"
+    );
+    assert_eq!(l.repo.refs("refs/"), before, "no ref moved");
+    assert!(running_group(&pgid));
+    assert!(l.repo.worktree_path(&id[..7]).join("dirty.txt").exists());
+
+    // Killed: its death is proven by pid and start time, so the lease is taken back.
+    runner.kill().expect("SIGKILL the runner");
+    runner.wait().expect("wait");
+    assert!(
+        running_group(&pgid),
+        "the orphaned agent outlives its runner"
+    );
+    let report = reap(&l.repo, &[]);
+    assert_eq!(reaped_tasks(&report, "lease"), vec![id.clone()], "{report}");
+    assert_reclaimed(&l, &id, &pgid);
+    assert!(
+        l.history(&id)
+            .iter()
+            .any(|h| h.starts_with("running -> ready: reaped") && h.contains("died")),
+        "{:?}",
+        l.history(&id)
+    );
+
+    // A second reap finds nothing, and moves nothing.
+    let after = l.repo.refs("refs/");
+    let out = l.repo.run(&["reap"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("nothing to reap"), "{}", out.stdout);
+    assert_eq!(l.repo.refs("refs/"), after);
+}
+
+#[test]
+fn a_hung_holder_is_reaped_only_after_its_lease_expires() {
+    let l = setup(
+        HANGS_WITH_WORK,
+        "[lease]\nttl = \"4s\"\nheartbeat = \"1s\"\n",
+        false,
+    );
+    let id = l.add("hangs");
+    let mut runner = spawn_runner(&l);
+    let pgid = agent_group(&l, &id);
+    // The runner hangs (alive, but renews nothing).
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &runner.id().to_string()])
+        .status()
+        .expect("kill -STOP");
+    assert!(stopped.success());
+
+    let before = l.repo.refs("refs/");
+    let report = reap(&l.repo, &[]);
+    assert!(reaped_tasks(&report, "lease").is_empty(), "{report}");
+    assert_eq!(l.repo.refs("refs/"), before, "before expiry nothing moved");
+    assert!(running_group(&pgid));
+
+    wait_for("the lease to expire", Duration::from_secs(60), || {
+        let report = reap(&l.repo, &["--dry-run"]);
+        !reaped_tasks(&report, "lease").is_empty()
+    });
+    assert_eq!(l.repo.refs("refs/"), before, "a dry run moves nothing");
+    let report = reap(&l.repo, &[]);
+    assert_eq!(reaped_tasks(&report, "lease"), vec![id.clone()], "{report}");
+    assert!(
+        report["reaped"][0]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("expired")),
+        "{report}"
+    );
+    assert_reclaimed(&l, &id, &pgid);
+    runner.kill().expect("kill the stopped runner");
+    runner.wait().expect("wait");
+}
+
+#[test]
+fn a_worktree_deleted_by_hand_is_pruned_and_its_branch_usable_again() {
+    let repo = TestRepo::new();
+    let id = repo.add("deleted by hand", &[]);
+    let wt = repo.add_task_worktree(&id);
+    std::fs::remove_dir_all(&wt).expect("rm -rf the worktree");
+    let branch = format!("loop/{}", &id[..7]);
+    let blocked = repo.git_out(&["checkout", "-q", &branch]);
+    assert_ne!(blocked.code, 0, "a stale worktree still holds the branch");
+
+    let report = reap(&repo, &["--dry-run"]);
+    assert_eq!(report["reaped"][0]["kind"], "prune", "{report}");
+    assert_ne!(repo.git_out(&["checkout", "-q", &branch]).code, 0);
+
+    let report = reap(&repo, &[]);
+    assert_eq!(report["reaped"][0]["kind"], "prune", "{report}");
+    let listed = repo.git(&["worktree", "list", "--porcelain"]);
+    assert!(!listed.contains(&*wt.to_string_lossy()), "{listed}");
+    repo.git(&["checkout", "-q", &branch]);
+    assert_eq!(repo.git(&["branch", "--show-current"]).trim(), branch);
+}
+
+#[test]
+fn a_loop_worktree_without_a_lease_is_saved_then_removed() {
+    let repo = TestRepo::new();
+    let id = repo.add("orphaned", &[]);
+    let wt = repo.add_task_worktree(&id);
+    let there = |args: &[&str]| {
+        let mut all = vec!["-C", wt.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        repo.git(&all)
+    };
+    // A commit on a detached HEAD (on no branch), then uncommitted work on top.
+    there(&["checkout", "-q", "--detach"]);
+    std::fs::write(wt.join("detached.txt"), "on no branch\n").expect("write");
+    there(&["add", "detached.txt"]);
+    there(&["commit", "-q", "-m", "detached work"]);
+    let detached = there(&["rev-parse", "HEAD"]).trim().to_string();
+    std::fs::write(wt.join("notes.txt"), "not yet committed\n").expect("write");
+    let task_before = repo.task_tip(&id);
+
+    let before = repo.refs("refs/");
+    let report = reap(&repo, &["--dry-run"]);
+    assert_eq!(
+        reaped_tasks(&report, "worktree"),
+        vec![id.clone()],
+        "{report}"
+    );
+    assert_eq!(repo.refs("refs/"), before, "a dry run moves nothing");
+    assert!(wt.join("notes.txt").exists());
+
+    let report = reap(&repo, &[]);
+    assert_eq!(
+        reaped_tasks(&report, "worktree"),
+        vec![id.clone()],
+        "{report}"
+    );
+    assert!(!wt.exists());
+    let saved = rescues(&repo, &id);
+    assert_eq!(saved.len(), 2, "{saved:?}");
+    let holds = |rev: &str| {
+        saved.iter().any(|line| {
+            let name = line.split(' ').next().expect("name");
+            repo.git_out(&["merge-base", "--is-ancestor", rev, name])
+                .code
+                == 0
+        })
+    };
+    assert!(
+        holds(&detached),
+        "the detached commit is kept in a rescue ref"
+    );
+    let with_notes = saved
+        .iter()
+        .map(|l| l.split(' ').next().expect("name"))
+        .find(|name| {
+            repo.git_out(&["cat-file", "-e", &format!("{name}:notes.txt")])
+                .code
+                == 0
+        })
+        .expect("a rescue ref holds notes.txt");
+    assert_eq!(
+        repo.git(&["show", &format!("{with_notes}:notes.txt")]),
+        "not yet committed\n"
+    );
+    assert!(repo.refs("refs/loop/leases/").is_empty());
+    assert_ne!(
+        repo.task_tip(&id),
+        task_before,
+        "the task's history says what was saved"
+    );
+    let doc = repo.task_doc(&id);
+    assert!(doc.contains("state = \"ready\""), "{doc}");
+}
+
+#[test]
+fn two_reaps_at_once_end_as_one() {
+    let l = setup(HANGS_WITH_WORK, "[loop]\nworkers = 3\n", false);
+    let ids: Vec<String> = (0..3).map(|i| l.add(&format!("hangs {i}"))).collect();
+    let mut runner = spawn_runner(&l);
+    let groups: Vec<String> = ids.iter().map(|id| agent_group(&l, id)).collect();
+    runner.kill().expect("SIGKILL the runner");
+    runner.wait().expect("wait");
+
+    let racers: Vec<Child> = (0..2)
+        .map(|_| {
+            l.repo
+                .cmd(&["reap", "--json"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("reap")
+        })
+        .collect();
+    let mut reclaimed = Vec::new();
+    for racer in racers {
+        let out = racer.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        reclaimed.extend(reaped_tasks(&report, "lease"));
+    }
+    reclaimed.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(reclaimed, expected, "each lease reclaimed exactly once");
+    for (id, pgid) in ids.iter().zip(&groups) {
+        assert_reclaimed(&l, id, pgid);
+    }
+    let left = std::fs::read_dir(l.repo.root.join(".git/loop/worktrees"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "no loop worktree is left");
+}
+
+#[test]
+fn a_reap_beside_a_live_runner_leaves_its_work_alone() {
+    let flag = tempfile::NamedTempFile::new().expect("flag");
+    let flag_path = flag.path().with_extension("go");
+    let agent = format!(
+        "echo wip > wip.txt\nwhile [ ! -f '{}' ]; do sleep 0.05; done\nrm wip.txt\n{COMMIT_AND_DONE}",
+        flag_path.display()
+    );
+    let l = setup(&agent, "", false);
+    let id = l.add("waits for a flag");
+    let runner = l
+        .repo
+        .cmd(&["start", "--once"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runner");
+    let wt = l.repo.worktree_path(&id[..7]);
+    wait_for("the agent to start", Duration::from_secs(60), || {
+        wt.join("wip.txt").exists()
+            && l.repo
+                .git(&[
+                    "log",
+                    "-1",
+                    "--format=%B",
+                    &format!("refs/loop/leases/{id}"),
+                ])
+                .contains("pgid = ")
+    });
+    let lease = l.repo.refs("refs/loop/leases/");
+    for _ in 0..2 {
+        let report = reap(&l.repo, &[]);
+        assert!(
+            report["reaped"]
+                .as_array()
+                .expect("reaped")
+                .iter()
+                .all(|r| r["task"] != id.as_str()),
+            "{report}"
+        );
+    }
+    assert_eq!(
+        l.repo.refs("refs/loop/leases/"),
+        lease,
+        "the lease is untouched"
+    );
+    assert!(wt.join("wip.txt").exists(), "the worktree is untouched");
+    assert!(rescues(&l.repo, &id).is_empty());
+
+    std::fs::write(&flag_path, "go").expect("flag");
+    let out = runner.wait_with_output().expect("runner");
+    let _ = std::fs::remove_file(&flag_path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(l.show(&id)["state"], "done");
+}
