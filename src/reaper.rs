@@ -88,6 +88,7 @@ pub fn reap(repo: &Repo, opts: &Options) -> Result<Report> {
         git: Git::new(&dir, !repo.has_identity()).locking_worktrees(repo.common_dir()),
         opts,
         worktrees: repo.common_dir().join("loop").join("worktrees"),
+        tmp: repo.common_dir().join("loop").join("tmp"),
         report: Report {
             dry_run: opts.dry_run,
             ..Report::default()
@@ -103,6 +104,8 @@ struct Reaper<'a> {
     opts: &'a Options,
     /// `<common-dir>/loop/worktrees`
     worktrees: PathBuf,
+    /// `<common-dir>/loop/tmp`: temporary checkouts of gates and verify, `<short>-<random>`
+    tmp: PathBuf,
     report: Report,
 }
 
@@ -181,15 +184,16 @@ impl Reaper<'_> {
         Ok(())
     }
 
-    /// Loop worktrees whose task no lease covers: saved, then removed.
+    /// Loop worktrees (and temporary gate checkouts) whose task no lease covers: saved, then
+    /// removed.
     fn orphaned_worktrees(&mut self) -> Result<()> {
-        let Ok(entries) = std::fs::read_dir(&self.worktrees) else {
-            return Ok(());
-        };
-        let mut names: Vec<String> = entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut names: Vec<String> = dir_names(&self.worktrees);
+        for tmp in dir_names(&self.tmp) {
+            let name = tmp.split('-').next().unwrap_or_default().to_string();
+            if !name.is_empty() && !names.contains(&name) {
+                names.push(name);
+            }
+        }
         names.sort();
         if names.is_empty() {
             return Ok(());
@@ -362,8 +366,19 @@ impl Reaper<'_> {
     }
 
     /// Saves what the worktree `<loop worktrees>/<name>` holds — commits on a detached HEAD,
-    /// uncommitted and untracked-not-ignored files — to rescue refs of `task`, then removes it.
+    /// uncommitted and untracked-not-ignored files — to rescue refs of `task`, then removes it,
+    /// and the task's temporary gate checkouts (what a gate leaves there is its own output).
     fn clear_worktree(&self, name: &str, task: &str, did: &mut Vec<String>) -> Result<()> {
+        let prefix = format!("{name}-");
+        for tmp in dir_names(&self.tmp) {
+            if tmp.starts_with(&prefix) {
+                self.remove(&self.tmp.join(&tmp))?;
+                did.push(format!(
+                    "removed the gate checkout {}",
+                    self.tmp.join(tmp).display()
+                ));
+            }
+        }
         let path = self.worktrees.join(name);
         if path.join(".git").exists() {
             let there = self.git.in_dir(&path);
@@ -379,16 +394,21 @@ impl Reaper<'_> {
             }
         }
         if path.exists() {
-            let removed = self
-                .git
-                .run(&["worktree", "remove", "--force", &path.to_string_lossy()]);
-            if removed.is_err() || path.exists() {
-                // Not a registered worktree (or half removed): the rescue above has run.
-                std::fs::remove_dir_all(&path)
-                    .map_err(anyhow::Error::from)
-                    .map_err(|e| e.context(format!("removing {}", path.display())))?;
-            }
+            self.remove(&path)?;
             did.push(format!("removed the worktree {}", path.display()));
+        }
+        Ok(())
+    }
+
+    /// Removes a worktree; a directory git does not know as one (or half removed) goes too.
+    fn remove(&self, path: &Path) -> Result<()> {
+        let removed = self
+            .git
+            .run(&["worktree", "remove", "--force", &path.to_string_lossy()]);
+        if removed.is_err() || path.exists() {
+            std::fs::remove_dir_all(path)
+                .map_err(anyhow::Error::from)
+                .map_err(|e| e.context(format!("removing {}", path.display())))?;
         }
         Ok(())
     }
@@ -526,6 +546,17 @@ impl Reaper<'_> {
             why,
         });
     }
+}
+
+/// The names of the entries of `dir` (none if it does not exist).
+fn dir_names(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 fn short(id: &str) -> &str {

@@ -382,3 +382,56 @@ fn a_reap_beside_a_live_runner_leaves_its_work_alone() {
     );
     assert_eq!(l.show(&id)["state"], "done");
 }
+
+#[test]
+fn a_run_left_awaiting_a_dead_judge_is_handed_back_and_judged() {
+    let dir = tempfile::tempdir().expect("flags");
+    let (started, go) = (dir.path().join("started"), dir.path().join("go"));
+    let gate = format!(
+        "touch '{}'; while [ ! -f '{}' ]; do sleep 0.05; done",
+        started.display(),
+        go.display()
+    );
+    let l = setup(
+        COMMIT_AND_DONE,
+        &format!("[gate]\ncommands = [[\"sh\", \"-c\", \"{gate}\"]]\n"),
+        false,
+    );
+    let id = l.add("judged twice");
+    let mut runner = spawn_runner(&l);
+    wait_for("the gate to run", Duration::from_secs(60), || {
+        started.exists()
+    });
+    runner.kill().expect("SIGKILL the runner while it judges");
+    runner.wait().expect("wait");
+    assert_eq!(l.show(&id)["state"], "awaiting_judge");
+    let tmp = l.repo.root.join(".git/loop/tmp");
+    let checkouts = |tmp: &std::path::Path| {
+        std::fs::read_dir(tmp)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&id[..7]))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(checkouts(&tmp), 1, "the dead judge's gate checkout is left");
+
+    let report = reap(&l.repo, &[]);
+    assert_eq!(reaped_tasks(&report, "lease"), vec![id.clone()], "{report}");
+    let did = report["reaped"][0]["did"].to_string();
+    assert!(did.contains("removed the gate checkout"), "{did}");
+    assert!(did.contains("awaiting a judge"), "{did}");
+    assert_eq!(checkouts(&tmp), 0);
+    assert!(l.repo.refs("refs/loop/leases/").is_empty());
+    assert_eq!(
+        l.show(&id)["state"],
+        "awaiting_judge",
+        "kept for the next judge"
+    );
+
+    std::fs::write(&go, "go").expect("let gates pass");
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(l.show(&id)["state"], "done");
+}

@@ -94,7 +94,7 @@ impl Loop {
             .to_string()
     }
 
-    fn start(&self, extra: &[&str]) -> Out {
+    pub(crate) fn start(&self, extra: &[&str]) -> Out {
         let mut args = vec!["start", "--once"];
         args.extend_from_slice(extra);
         self.repo.run(&args)
