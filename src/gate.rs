@@ -43,16 +43,18 @@ impl CommandResult {
     }
 }
 
-/// Runs `commands` one after another in `dir` until one fails. A program that cannot be found
-/// is a `config` error; a failing command is a result, not an error.
+/// Runs `commands` one after another in `dir` until one fails, each in a process group of its
+/// own, told to `started` as it starts. A program that cannot be found is a `config` error; a
+/// failing command is a result, not an error.
 pub fn run_all(
     commands: &[Vec<String>],
     dir: &Path,
     timeout: Duration,
+    started: &dyn Fn(u32),
 ) -> Result<Vec<CommandResult>> {
     let mut results = Vec::new();
     for argv in commands {
-        let result = run_one(argv, dir, timeout)?;
+        let result = run_one(argv, dir, timeout, started)?;
         let passed = result.passed;
         results.push(result);
         if !passed {
@@ -62,7 +64,12 @@ pub fn run_all(
     Ok(results)
 }
 
-fn run_one(argv: &[String], dir: &Path, timeout: Duration) -> Result<CommandResult> {
+fn run_one(
+    argv: &[String],
+    dir: &Path,
+    timeout: Duration,
+    started_group: &dyn Fn(u32),
+) -> Result<CommandResult> {
     let (program, args) = argv.split_first().context("an empty command")?;
     let (reader, writer) = std::io::pipe().context("creating a pipe")?;
     let mut cmd = Command::new(program);
@@ -82,6 +89,7 @@ fn run_one(argv: &[String], dir: &Path, timeout: Duration) -> Result<CommandResu
         _ => anyhow::Error::new(e).context(format!("starting {}", argv.join(" "))),
     })?;
     drop(cmd);
+    started_group(child.id());
     // Read the output on a thread, keeping only its tail.
     let collector = std::thread::spawn(move || {
         let mut reader = reader;
@@ -141,6 +149,7 @@ pub fn run_at(
     commands: &[Vec<String>],
     timeout: Duration,
     tag: &str,
+    started: &dyn Fn(u32),
 ) -> Result<Vec<CommandResult>> {
     if commands.is_empty() {
         return Ok(Vec::new());
@@ -157,7 +166,7 @@ pub fn run_at(
         &shown,
         &commit.to_string(),
     ])?;
-    let results = run_all(commands, &path, timeout);
+    let results = run_all(commands, &path, timeout, started);
     let removed = git.run(&["worktree", "remove", "--force", &shown]);
     let results = results?;
     removed?;

@@ -53,6 +53,7 @@ pub fn judge(
     policy: &Policy,
     task: &Task,
     target_tip: ObjectId,
+    started: &dyn Fn(u32),
 ) -> Result<Verdict> {
     let short = &task.id[..crate::ids::MIN_SHORT.min(task.id.len())];
     let Some(head) = repo.read_ref(&format!("refs/heads/{}", task.branch))? else {
@@ -97,6 +98,7 @@ pub fn judge(
         &policy.gate.commands,
         policy.gate.timeout,
         short,
+        started,
     )?;
     for r in &gates {
         results.push(r.summary());
@@ -123,6 +125,7 @@ pub fn judge(
             std::slice::from_ref(&policy.review.command),
             policy.gate.timeout,
             short,
+            started,
         )?;
         for r in &review {
             results.push(format!("review: {}", r.summary()));

@@ -1393,6 +1393,7 @@ impl Promotion<'_> {
             commands,
             timeout,
             self.short(),
+            &|_| {},
         )
     }
 

@@ -514,7 +514,11 @@ fn record_pgid(repo: &Repo, id: &str, pgid: u32) -> Result<()> {
 fn judge(job: &Job, repo: &Repo, store: &Store<'_>, git: &Git) -> Result<Task> {
     let task = store.load(&job.id)?.task;
     let tip = target_tip(job, repo, git, true)?;
-    let verdict = crate::judge::judge(repo, git, &job.policy, &task, tip)?;
+    // Each gate's process group goes into the lease, so that a reaper ends it if we die.
+    let started = |pgid| {
+        let _ = record_pgid(repo, &job.id, pgid);
+    };
+    let verdict = crate::judge::judge(repo, git, &job.policy, &task, tip, &started)?;
     if let Some(head) = verdict.head {
         let note = format!(
             "task: {}\nrun: {}\njudged: {}\n{}\n",

@@ -388,7 +388,7 @@ fn a_run_left_awaiting_a_dead_judge_is_handed_back_and_judged() {
     let dir = tempfile::tempdir().expect("flags");
     let (started, go) = (dir.path().join("started"), dir.path().join("go"));
     let gate = format!(
-        "touch '{}'; while [ ! -f '{}' ]; do sleep 0.05; done",
+        "echo $$ > '{0}.tmp' && mv '{0}.tmp' '{0}'; while [ ! -f '{1}' ]; do sleep 0.05; done",
         started.display(),
         go.display()
     );
@@ -402,6 +402,22 @@ fn a_run_left_awaiting_a_dead_judge_is_handed_back_and_judged() {
     wait_for("the gate to run", Duration::from_secs(60), || {
         started.exists()
     });
+    let gate_group = std::fs::read_to_string(&started).expect("the gate's pid");
+    let gate_group = gate_group.trim().to_string();
+    wait_for(
+        "the gate's group in the lease",
+        Duration::from_secs(60),
+        || {
+            l.repo
+                .git(&[
+                    "log",
+                    "-1",
+                    "--format=%B",
+                    &format!("refs/loop/leases/{id}"),
+                ])
+                .contains(&format!("pgid = {gate_group}"))
+        },
+    );
     runner.kill().expect("SIGKILL the runner while it judges");
     runner.wait().expect("wait");
     assert_eq!(l.show(&id)["state"], "awaiting_judge");
@@ -416,6 +432,7 @@ fn a_run_left_awaiting_a_dead_judge_is_handed_back_and_judged() {
             .unwrap_or(0)
     };
     assert_eq!(checkouts(&tmp), 1, "the dead judge's gate checkout is left");
+    assert!(running_group(&gate_group), "the gate outlives its judge");
 
     let report = reap(&l.repo, &[]);
     assert_eq!(reaped_tasks(&report, "lease"), vec![id.clone()], "{report}");
@@ -423,6 +440,10 @@ fn a_run_left_awaiting_a_dead_judge_is_handed_back_and_judged() {
     assert!(did.contains("removed the gate checkout"), "{did}");
     assert!(did.contains("awaiting a judge"), "{did}");
     assert_eq!(checkouts(&tmp), 0);
+    assert!(
+        !running_group(&gate_group),
+        "the dead judge's gate was ended"
+    );
     assert!(l.repo.refs("refs/loop/leases/").is_empty());
     assert_eq!(
         l.show(&id)["state"],
