@@ -71,15 +71,17 @@ impl Lease {
 
     /// The agent's process group, if it is on this host and still the same group: its leader
     /// is the process that started then, or the leader is gone and members remain (a group id
-    /// is not handed out again while the group has members).
+    /// is not handed out again while the group has members). A live leader whose start time
+    /// was not recorded may be another process that got the pid: not the agent's group.
     pub fn agent_group(&self) -> Option<u32> {
         let group = self.pgid?;
         if self.host != crate::process::host() || group <= 1 {
             return None;
         }
         match (crate::process::start_time(group), &self.pgid_start) {
-            (Some(now), Some(then)) if &now != then => None,
-            _ => Some(group),
+            (Some(now), Some(then)) if &now == then => Some(group),
+            (Some(_), _) => None,
+            (None, _) => Some(group),
         }
     }
 
@@ -161,6 +163,8 @@ mod tests {
         l.host = format!("not-{}", l.host);
         assert_eq!(l.agent_group(), None, "a group on another host");
         l.host = crate::process::host();
+        l.pgid_start = None;
+        assert_eq!(l.agent_group(), None, "a live leader of unknown start");
         l.pgid = Some(1);
         assert_eq!(l.agent_group(), None, "never init's group");
     }

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use gix::ObjectId;
 use serde::Serialize;
 
@@ -19,7 +19,7 @@ use crate::git::cli::Git;
 use crate::git::{Cas, CasOutcome, Repo, oid};
 use crate::lease::{self, Lease, lease_ref};
 use crate::process::{Signal, group_alive, signal_group};
-use crate::rescue::{rescue_worktree, save_rescue};
+use crate::rescue::{rescue_files, rescue_worktree, save_rescue, worktree_link_valid};
 use crate::store::{Edit, Store, TASK_REFS};
 use crate::task::State;
 use crate::time::Timestamp;
@@ -155,7 +155,7 @@ impl Reaper<'_> {
                 self.would("lease", &id, why);
                 continue;
             }
-            let Some(mine) = self.take_over(&id, Some(tip), &lease.run)? else {
+            let Some(mine) = self.take_over(&id, Some(tip), Some(&lease))? else {
                 self.keep("lease", &id, "it changed hands while reaping".to_string());
                 continue;
             };
@@ -177,7 +177,7 @@ impl Reaper<'_> {
                 self.would("task", &task.id, why);
                 continue;
             }
-            if let Some(mine) = self.take_over(&task.id, None, "")? {
+            if let Some(mine) = self.take_over(&task.id, None, None)? {
                 self.reclaim("task", &task.id, mine, None, why);
             }
         }
@@ -189,9 +189,12 @@ impl Reaper<'_> {
     fn orphaned_worktrees(&mut self) -> Result<()> {
         let mut names: Vec<String> = dir_names(&self.worktrees);
         for tmp in dir_names(&self.tmp) {
-            let name = tmp.split('-').next().unwrap_or_default().to_string();
-            if !name.is_empty() && !names.contains(&name) {
-                names.push(name);
+            // Gate checkouts are `<short>-<random>`; anything else there is not git-loop's.
+            if let Some((name, _)) = tmp.split_once('-')
+                && !name.is_empty()
+                && !names.iter().any(|n| n == name)
+            {
+                names.push(name.to_string());
             }
         }
         names.sort();
@@ -208,6 +211,15 @@ impl Reaper<'_> {
         for name in names {
             let owner = ids.iter().find(|id| short(id) == name).cloned();
             if owner.as_ref().is_some_and(|id| leased.contains(id)) {
+                continue;
+            }
+            // A dry run has already said what it would do with a running task's worktree.
+            if owner.as_ref().is_some_and(|id| {
+                self.report
+                    .reaped
+                    .iter()
+                    .any(|r| r.task.as_ref() == Some(id))
+            }) {
                 continue;
             }
             let why = match &owner {
@@ -230,14 +242,19 @@ impl Reaper<'_> {
             match &owner {
                 Some(id) => {
                     // Hold the task while its worktree goes, so that no runner claims it.
-                    let Some(mine) = self.take_over(id, None, "")? else {
+                    let Some(mine) = self.take_over(id, None, None)? else {
                         continue;
                     };
                     self.reclaim("worktree", id, mine, None, why);
                 }
                 None => {
+                    // No lease to take: an OS lock keeps a second reap off it.
+                    let Some(_held) = self.try_lock(&format!("reap-{name}"))? else {
+                        continue;
+                    };
                     let mut did = Vec::new();
                     match self.clear_worktree(&name, &task, &mut did) {
+                        Ok(()) if did.is_empty() => {}
                         Ok(()) => self.report.reaped.push(Reaped {
                             kind: "worktree",
                             task: None,
@@ -291,10 +308,25 @@ impl Reaper<'_> {
 
     // ---- the steps of one reclaim ---------------------------------------------------------
 
-    /// Takes the lease of `id` for this reaper: from `old`, or created where there is none.
-    /// `None` when another process got there first.
-    fn take_over(&self, id: &str, old: Option<ObjectId>, run: &str) -> Result<Option<ObjectId>> {
-        let mine = Lease::new(id, &self.opts.holder, run, "reap", REAP_TTL).commit(self.repo)?;
+    /// Takes the lease of `id` for this reaper: from `old` (the lease of `dead`), or created
+    /// where there is none. The dead holder's process group on this host is carried over, so
+    /// that if this reaper dies too, the next one still ends it. `None` when another process
+    /// got there first.
+    fn take_over(
+        &self,
+        id: &str,
+        old: Option<ObjectId>,
+        dead: Option<&Lease>,
+    ) -> Result<Option<ObjectId>> {
+        let run = dead.map_or("", |l| l.run.as_str());
+        let mut lease = Lease::new(id, &self.opts.holder, run, "reap", REAP_TTL);
+        if let Some(dead) = dead
+            && dead.host == lease.host
+        {
+            lease.pgid = dead.pgid;
+            lease.pgid_start = dead.pgid_start.clone();
+        }
+        let mine = lease.commit(self.repo)?;
         let name = lease_ref(id);
         let edit = match old {
             Some(old) => Cas::Update {
@@ -319,6 +351,7 @@ impl Reaper<'_> {
         dead: Option<&Lease>,
         why: String,
     ) {
+        crash_point("taken");
         let mut did = Vec::new();
         if let Some(group) = dead.and_then(Lease::agent_group)
             && group_alive(group)
@@ -330,14 +363,28 @@ impl Reaper<'_> {
             }
             did.push(format!("killed process group {group}"));
         }
-        let cleared = if self.task_is_promoting_elsewhere(id) {
-            did.push("kept the worktree: a promotion of the task is running".to_string());
-            Ok(())
-        } else {
-            self.clear_worktree(short(id), id, &mut did)
+        // A `git loop promote` of the task uses its worktree and gate checkouts: hold its
+        // promotion lock while they are cleared, or leave them to it.
+        let cleared = match self.try_lock(&format!("promote-{id}")) {
+            Ok(Some(_held)) => self.clear_worktree(short(id), id, &mut did),
+            Ok(None) => {
+                did.push("kept the worktree: a promotion of the task is running".to_string());
+                Ok(())
+            }
+            Err(e) => Err(e),
         };
+        let nothing_done = did.is_empty();
         let released = self.release(id, mine, dead, &why, &did);
+        if released.is_err() {
+            // Never leave the task held by this reaper: the next runner or reap carries on.
+            let _ = self.repo.cas(&[Cas::Delete {
+                name: lease_ref(id),
+                old: mine,
+            }]);
+        }
         match (cleared, released) {
+            // A worktree another reap cleared first: nothing happened here worth reporting.
+            (Ok(()), Ok(None)) if kind == "worktree" && nothing_done => {}
             (Ok(()), Ok(state)) => {
                 did.extend(state);
                 self.report.reaped.push(Reaped {
@@ -351,18 +398,25 @@ impl Reaper<'_> {
         }
     }
 
-    /// Whether a `git loop promote` of the task holds its promotion lock right now.
-    fn task_is_promoting_elsewhere(&self, id: &str) -> bool {
-        let path = self
-            .repo
-            .common_dir()
-            .join("loop")
-            .join("locks")
-            .join(format!("promote-{id}.lock"));
-        let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) else {
-            return false;
-        };
-        matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+    /// Takes the OS lock `<common-dir>/loop/locks/<name>.lock` if it is free, and holds it as
+    /// long as the returned file lives. `None` when another process holds it.
+    fn try_lock(&self, name: &str) -> Result<Option<std::fs::File>> {
+        let dir = self.repo.common_dir().join("loop").join("locks");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(anyhow::Error::new(e).context(format!("locking {}", path.display())))
+            }
+        }
     }
 
     /// Saves what the worktree `<loop worktrees>/<name>` holds — commits on a detached HEAD,
@@ -380,7 +434,12 @@ impl Reaper<'_> {
             }
         }
         let path = self.worktrees.join(name);
-        if path.join(".git").exists() {
+        if path.exists() && !worktree_link_valid(&path) {
+            // Its git metadata is gone (a removal stopped half way): save the files as they are.
+            if let Some(rescue) = rescue_files(self.repo, &self.git, &path, task)? {
+                did.push(format!("saved its files in {rescue}"));
+            }
+        } else if path.join(".git").exists() {
             let there = self.git.in_dir(&path);
             if let Ok(head) = there.run(&["rev-parse", "--verify", "--quiet", "HEAD"])
                 && let Ok(head) = oid(head.trim())
@@ -401,14 +460,20 @@ impl Reaper<'_> {
     }
 
     /// Removes a worktree; a directory git does not know as one (or half removed) goes too.
+    /// One already gone is not an error.
     fn remove(&self, path: &Path) -> Result<()> {
         let removed = self
             .git
             .run(&["worktree", "remove", "--force", &path.to_string_lossy()]);
         if removed.is_err() || path.exists() {
-            std::fs::remove_dir_all(path)
-                .map_err(anyhow::Error::from)
-                .map_err(|e| e.context(format!("removing {}", path.display())))?;
+            match std::fs::remove_dir_all(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("removing {}", path.display()))
+                    );
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -545,6 +610,20 @@ impl Reaper<'_> {
             task: task.to_string(),
             why,
         });
+    }
+}
+
+/// Dies by SIGKILL at `point` when `GIT_LOOP_CRASH_AT=reap:<point>`: how the tests prove that
+/// a reaper killed half way leaves nothing the next one cannot finish.
+fn crash_point(point: &str) {
+    if let Some(spec) = std::env::var_os(crate::promote::CRASH_ENV)
+        && spec.to_string_lossy() == format!("reap:{point}")
+    {
+        let pid = std::process::id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status();
+        std::process::abort();
     }
 }
 

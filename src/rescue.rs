@@ -1,6 +1,8 @@
 //! Saving work before anything is removed (SPEC §1, principle 8): uncommitted and untracked
 //! files of a worktree, or a branch's commits, go to `refs/loop/rescue/<id>/<n>` first.
 
+use std::path::Path;
+
 use anyhow::Result;
 use gix::ObjectId;
 
@@ -44,6 +46,70 @@ pub fn rescue_worktree(repo: &Repo, git: &Git, id: &str) -> Result<Option<String
     let _ = std::fs::remove_file(&index);
     let commit = result?;
     Ok(Some(save_rescue(repo, id, commit)?))
+}
+
+/// Whether the worktree at `path` still leads to its git metadata: its `.git` file names a
+/// directory that exists. A removal stopped half way leaves a `.git` file pointing nowhere,
+/// where every git command fails.
+pub fn worktree_link_valid(path: &Path) -> bool {
+    let dot_git = path.join(".git");
+    if dot_git.is_dir() {
+        return true;
+    }
+    let Ok(text) = std::fs::read_to_string(&dot_git) else {
+        return false;
+    };
+    let Some(dir) = text.trim().strip_prefix("gitdir: ") else {
+        return false;
+    };
+    let dir = Path::new(dir);
+    let dir = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        path.join(dir)
+    };
+    dir.join("HEAD").exists()
+}
+
+/// Saves every file under `path` that is not ignored, as a parentless commit in a new rescue
+/// ref, reading them through the repository's own git dir (for a directory whose worktree
+/// metadata is gone). `None` when there is no file to save.
+pub fn rescue_files(repo: &Repo, git: &Git, path: &Path, id: &str) -> Result<Option<String>> {
+    let index = std::env::temp_dir().join(format!(
+        "git-loop-rescue-{}-{:x}",
+        std::process::id(),
+        crate::rand::u64()
+    ));
+    let there = git
+        .in_dir(path)
+        .with_env("GIT_DIR", &repo.common_dir().to_string_lossy())
+        .with_env("GIT_WORK_TREE", &path.to_string_lossy())
+        .with_env("GIT_INDEX_FILE", &index.to_string_lossy());
+    let result = (|| -> Result<Option<ObjectId>> {
+        there.run(&["read-tree", "--empty"])?;
+        there.run(&["add", "-A", "--", "."])?;
+        let tree = oid(there.run(&["write-tree"])?.trim())?;
+        if there
+            .run(&["ls-tree", &tree.to_string()])?
+            .trim()
+            .is_empty()
+        {
+            return Ok(None);
+        }
+        Ok(Some(repo.write_commit(
+            &format!(
+                "rescue: files of task {id} in {} (its worktree metadata was gone)\n\nLoop-Task: {id}\n",
+                path.display()
+            ),
+            tree,
+            &[],
+        )?))
+    })();
+    let _ = std::fs::remove_file(&index);
+    match result? {
+        Some(commit) => Ok(Some(save_rescue(repo, id, commit)?)),
+        None => Ok(None),
+    }
 }
 
 /// Points the next free `refs/loop/rescue/<id>/<n>` at `commit`.

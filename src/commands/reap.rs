@@ -14,11 +14,17 @@ use crate::reaper::{self, Options, Report};
 /// process group is killed, the worktree's uncommitted and untracked work is saved to
 /// refs/loop/rescue/<id>/<n>, the worktree is removed, and a running task is requeued with the
 /// reason. Loop worktrees that no lease covers are saved and removed the same way; runs left
-/// awaiting a judge by a dead judge are handed back to the runner; `git worktree prune` runs.
+/// awaiting a judge by a dead judge are handed back to the runner, their gates' process groups
+/// killed and their temporary gate checkouts removed (unsaved: what is there is a gate's
+/// output); `git worktree prune` runs. A worktree whose task a `git loop promote` is promoting
+/// right now is left to it.
 ///
-/// A lease whose holder is alive and within its expiry is never touched. Every reclaim starts
-/// with a compare-and-swap on the task's lease, so reap is safe beside a live runner, twice at
-/// once, and from cron. Exits 4 when a reclaim failed part way (run it again).
+/// A lease whose holder is alive and within its expiry is never touched. A holder on another
+/// host cannot be proven dead from here: its lease is taken back once expired, and its
+/// processes are left to that host. Every reclaim starts by taking the task's lease by
+/// compare-and-swap (a directory that belongs to no task: an OS lock), so reap is safe beside
+/// a live runner, twice at once, and from cron. Exits 4 when a reclaim failed part way; what
+/// it saved is kept, and a second run carries on.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Say what would be reclaimed; change nothing

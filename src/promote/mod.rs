@@ -92,17 +92,16 @@ pub fn promote_ref(id: &str) -> String {
 /// Runs one promotion attempt of task `id` (a full id).
 pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Result<Outcome> {
     // One promotion of a task at a time. The kernel releases the lock when its holder dies, so
-    // while we hold it, a lock left on this task's checkpoint ref is a dead writer's. A dry run
-    // holds it too: its gate checkouts are then safe from `git loop reap`.
+    // while we hold it, a lock left on this task's checkpoint ref is a dead writer's.
     let _held = if options.dry_run {
-        Some((lock_promotion(repo, id)?, None))
+        None
     } else {
         let lock = lock_promotion(repo, id)?;
         repo.remove_stale_lock(&promote_ref(id), Duration::ZERO);
         // Promotions into one target on this machine queue up rather than race each other's
         // compare-and-swap on it.
         let queue = lock_target(repo, &policy.loop_.target)?;
-        Some((lock, Some(queue)))
+        Some((lock, queue))
     };
     let store = Store::new(repo);
     let task = store.load(id)?.task;

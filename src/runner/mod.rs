@@ -609,7 +609,9 @@ impl Runner<'_> {
                 }])?;
             }
         }
-        recover(repo, &self.id, self.say)
+        // Leases taken while recovering carry their own holder name: the runner renews the
+        // leases of its own id, and must never keep one of these alive by mistake.
+        recover(repo, &format!("{}-recover", self.id), self.say)
     }
 
     /// Tasks whose attempts ran out get another round after the cool-off, or go to a person
@@ -722,7 +724,14 @@ impl Runner<'_> {
 pub fn recover(repo: &Repo, holder: &str, say: &mut dyn Write) -> Result<()> {
     let mut opts = crate::reaper::Options::new(false);
     opts.holder = holder.to_string();
-    let report = crate::reaper::reap(repo, &opts)?;
+    let report = match crate::reaper::reap(repo, &opts) {
+        Ok(report) => report,
+        Err(e) => {
+            // What is left is left for the next recovery or `git loop reap`; work goes on.
+            writeln!(say, "recovery stopped part way: {e:#}")?;
+            return Ok(());
+        }
+    };
     for r in &report.reaped {
         let what = r.task.as_deref().map_or(r.kind, short);
         writeln!(say, "{what}: recovered: {}; {}", r.why, r.did.join("; "))?;

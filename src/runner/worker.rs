@@ -89,11 +89,13 @@ fn worktree(job: &Job, repo: &Repo, git: &Git, task: &Task) -> Result<PathBuf> {
         .join("worktrees")
         .join(short(&task.id));
     let shown = path.to_string_lossy().into_owned();
-    if path.join(".git").exists() {
+    if crate::rescue::worktree_link_valid(&path) {
         return Ok(path);
     }
     if path.exists() {
-        // A directory without its .git file: a removal interrupted; start it again.
+        // A directory without working git metadata: a removal interrupted. Save what is in it,
+        // then start it again.
+        crate::rescue::rescue_files(repo, git, &path, &task.id)?;
         std::fs::remove_dir_all(&path).with_context(|| format!("clearing {shown}"))?;
     }
     let branch_ref = format!("refs/heads/{}", task.branch);
@@ -230,7 +232,7 @@ fn run_agent(job: &Job, repo: &Repo, store: &Store<'_>, git: &Git) -> Result<Tas
                 .map(|id| id.to_string())
         },
         |pgid| {
-            let _ = record_pgid(repo, &job.id, pgid);
+            let _ = record_pgid(repo, job, pgid);
         },
     );
     let outcome = match outcome {
@@ -490,10 +492,12 @@ fn ours(repo: &Repo, job: &Job) -> Result<(ObjectId, lease::Lease)> {
     }
 }
 
-/// Records the agent's process group in the lease, so that a reaper or `stop` can end it.
-fn record_pgid(repo: &Repo, id: &str, pgid: u32) -> Result<()> {
+/// Records a process group of the job (the agent's, a gate's) in its lease, so that a reaper
+/// or `stop` can end it; nothing when the lease is no longer the job's.
+fn record_pgid(repo: &Repo, job: &Job, pgid: u32) -> Result<()> {
+    let id = &job.id;
     for _ in 0..20 {
-        let Some((tip, Ok(mut l))) = lease::read(repo, id)? else {
+        let Ok((tip, mut l)) = ours(repo, job) else {
             return Ok(());
         };
         l.pgid = Some(pgid);
@@ -516,7 +520,7 @@ fn judge(job: &Job, repo: &Repo, store: &Store<'_>, git: &Git) -> Result<Task> {
     let tip = target_tip(job, repo, git, true)?;
     // Each gate's process group goes into the lease, so that a reaper ends it if we die.
     let started = |pgid| {
-        let _ = record_pgid(repo, &job.id, pgid);
+        let _ = record_pgid(repo, job, pgid);
     };
     let verdict = crate::judge::judge(repo, git, &job.policy, &task, tip, &started)?;
     if let Some(head) = verdict.head {

@@ -456,3 +456,104 @@ fn a_run_left_awaiting_a_dead_judge_is_handed_back_and_judged() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(l.show(&id)["state"], "done");
 }
+
+#[test]
+fn a_reaper_killed_half_way_leaves_what_the_next_one_finishes() {
+    let l = setup(HANGS_WITH_WORK, "", false);
+    let id = l.add("reaped twice");
+    let mut runner = spawn_runner(&l);
+    let pgid = agent_group(&l, &id);
+    runner.kill().expect("SIGKILL the runner");
+    runner.wait().expect("wait");
+
+    // The reaper dies right after taking the lease, before it ends the agent's group.
+    let out = l
+        .repo
+        .cmd(&["reap"])
+        .env("GIT_LOOP_CRASH_AT", "reap:taken")
+        .output()
+        .expect("reap");
+    assert!(!out.status.success(), "the reaper was killed");
+    let lease = l.repo.git(&[
+        "log",
+        "-1",
+        "--format=%B",
+        &format!("refs/loop/leases/{id}"),
+    ]);
+    assert!(lease.contains("purpose = \"reap\""), "{lease}");
+    assert!(
+        lease.contains(&format!("pgid = {pgid}")),
+        "the group is carried over: {lease}"
+    );
+    assert!(running_group(&pgid));
+
+    let report = reap(&l.repo, &[]);
+    assert_eq!(reaped_tasks(&report, "lease"), vec![id.clone()], "{report}");
+    assert_reclaimed(&l, &id, &pgid);
+}
+
+#[test]
+fn a_worktree_whose_metadata_is_gone_is_saved_and_removed() {
+    let repo = TestRepo::new();
+    let id = repo.add("half removed", &[]);
+    let wt = repo.add_task_worktree(&id);
+    std::fs::write(wt.join("unsaved.txt"), "still here\n").expect("write");
+    // What a `git worktree remove` stopped half way leaves: the admin dir gone, the files not.
+    std::fs::remove_dir_all(repo.root.join(".git/worktrees").join(&id[..7])).expect("rm admin");
+
+    let report = reap(&repo, &[]);
+    assert_eq!(
+        reaped_tasks(&report, "worktree"),
+        vec![id.clone()],
+        "{report}"
+    );
+    assert!(!wt.exists());
+    let saved = rescues(&repo, &id);
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    let name = saved[0].split(' ').next().expect("name");
+    assert_eq!(
+        repo.git(&["show", &format!("{name}:unsaved.txt")]),
+        "still here\n"
+    );
+    assert!(repo.refs("refs/loop/leases/").is_empty());
+}
+
+#[test]
+fn two_reaps_of_worktrees_of_no_task_save_each_once() {
+    let repo = TestRepo::new();
+    for round in 0..4 {
+        let names: Vec<String> = (0..3).map(|i| format!("f{round}{i}0000")).collect();
+        for name in &names {
+            let dir = repo.root.join(".git/loop/worktrees").join(name);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::write(dir.join("left.txt"), format!("{name}\n")).expect("write");
+        }
+        let racers: Vec<Child> = (0..2)
+            .map(|_| {
+                repo.cmd(&["reap", "--json"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("reap")
+            })
+            .collect();
+        for racer in racers {
+            let out = racer.wait_with_output().expect("wait");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for name in &names {
+            assert!(!repo.root.join(".git/loop/worktrees").join(name).exists());
+            let saved = rescues(&repo, name);
+            assert_eq!(saved.len(), 1, "saved once: {saved:?}");
+            let rescue = saved[0].split(' ').next().expect("name");
+            assert_eq!(
+                repo.git(&["show", &format!("{rescue}:left.txt")]),
+                format!("{name}\n")
+            );
+        }
+    }
+}
