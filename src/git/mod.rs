@@ -26,7 +26,14 @@ pub const FALLBACK_EMAIL: &str = "git-loop@localhost";
 /// An open repository.
 pub struct Repo {
     repo: gix::Repository,
+    /// The identity of the packed-refs file gix's buffer was last refreshed from.
+    packed: std::sync::Mutex<Option<FileIdentity>>,
 }
+
+/// What tells one version of a file from the next: device, inode, size and modification time.
+/// `git pack-refs` writes a new file and renames it into place, so the inode alone changes
+/// every time, even within one tick of the file system's clock.
+type FileIdentity = (u64, u64, u64, i64, i64);
 
 /// One edit of a compare-and-swap transaction. All edits of a transaction succeed or none does.
 #[derive(Clone, Debug)]
@@ -154,7 +161,50 @@ impl Repo {
         // No object cache: each state document is read once per command, and the cache's
         // long-lived copies fragment the heap between gix's per-object inflater allocations
         // (80 MiB instead of 20 MiB peak over 10,000 tasks).
-        Ok(Repo { repo })
+        Ok(Repo {
+            repo,
+            packed: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Makes gix re-read packed-refs when the file was replaced since it last did. gix decides
+    /// by modification time alone, which a `git pack-refs` finishing within the same tick of
+    /// the file system's clock as the previous one does not change: gix would then go on
+    /// answering from the old file — for a ref whose loose file that pack-refs pruned, a
+    /// value long gone, or nothing.
+    /// Returns the identity it refreshed for.
+    fn fresh_packed_refs(&self) -> Option<FileIdentity> {
+        let now = self.packed_identity();
+        if let Ok(mut seen) = self.packed.lock()
+            && *seen != now
+        {
+            if let Err(e) = self.repo.refs.force_refresh_packed_buffer() {
+                tracing::debug!("refreshing packed-refs: {e}");
+            }
+            *seen = now;
+        }
+        now
+    }
+
+    fn packed_identity(&self) -> Option<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(self.repo.common_dir().join("packed-refs"))
+            .ok()
+            .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+    }
+
+    /// Runs a read of refs until packed-refs stayed the same file throughout it: a pack-refs
+    /// that prunes a loose ref has replaced packed-refs first, so a read that saw the same
+    /// packed-refs before and after cannot have missed a ref moving into it.
+    fn stable_read<T>(&self, mut read: impl FnMut() -> Result<T>) -> Result<T> {
+        for _ in 0..20 {
+            let before = self.fresh_packed_refs();
+            let value = read()?;
+            if self.packed_identity() == before {
+                return Ok(value);
+            }
+        }
+        read()
     }
 
     /// The root of the working tree, if the repository has one.
@@ -207,6 +257,10 @@ impl Repo {
 
     /// What the direct ref `name` points at, if it exists.
     pub fn read_ref(&self, name: &str) -> Result<Option<ObjectId>> {
+        self.stable_read(|| self.read_ref_once(name))
+    }
+
+    fn read_ref_once(&self, name: &str) -> Result<Option<ObjectId>> {
         let Some(r) = self
             .repo
             .try_find_reference(name)
@@ -226,7 +280,7 @@ impl Repo {
         // the directory listing and the read; git's own reader starts over then, and so do we.
         let mut last = None;
         for attempt in 0..5 {
-            match self.refs_under_once(prefix) {
+            match self.stable_read(|| self.refs_under_once(prefix)) {
                 Ok(refs) => return Ok(refs),
                 Err(e) => {
                     tracing::debug!("listing {prefix} again: {e:#}");
@@ -258,6 +312,7 @@ impl Repo {
 
     /// Applies all `edits` atomically, each under the ref's lock with its expectation checked.
     pub fn cas(&self, edits: &[Cas]) -> Result<CasOutcome> {
+        self.fresh_packed_refs();
         let log = || LogChange {
             mode: RefLog::AndReference,
             force_create_reflog: false,
