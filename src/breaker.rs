@@ -139,30 +139,18 @@ pub fn write(repo: &Repo, old: Option<ObjectId>, breaker: &Breaker) -> Result<bo
 pub fn runtime_problems(repo: &Repo, policy: &Policy, target_tip: ObjectId) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     let workdir = repo.workdir().map(std::path::Path::to_path_buf);
-    let mut files: Vec<String> = policy.runtime.manifest.clone();
-    let programs = std::iter::once(&policy.agent.command)
-        .chain(policy.gate.commands.iter())
-        .chain(std::iter::once(&policy.review.command))
-        .filter_map(|argv| argv.first());
-    for program in programs {
-        if program.contains('{') {
-            continue;
-        }
-        if program.contains('/') {
-            if let Some(rel) = repo_relative(program, workdir.as_deref())
-                && !files.contains(&rel)
-            {
-                files.push(rel);
-            } else if std::path::Path::new(program).is_absolute()
-                && !std::path::Path::new(program).exists()
-            {
+    for program in programs(policy) {
+        match Program::of(program, workdir.as_deref()) {
+            Program::Absolute(path) if !path.exists() => {
                 problems.push(format!("the program {program} does not exist"));
             }
-        } else if !on_path(program) {
-            problems.push(format!("the program {program} is not on PATH"));
+            Program::OnPath(name) if !on_path(&name) => {
+                problems.push(format!("the program {program} is not on PATH"));
+            }
+            _ => {}
         }
     }
-    for file in files {
+    for file in runtime_files(policy, workdir.as_deref()) {
         if repo.file_at(target_tip, &file)?.is_some() {
             continue;
         }
@@ -174,6 +162,57 @@ pub fn runtime_problems(repo: &Repo, policy: &Policy, target_tip: ObjectId) -> R
         });
     }
     Ok(problems)
+}
+
+/// The programs the loop runs: the first word of `agent.command`, of each gate command and of
+/// `review.command`.
+pub fn programs(policy: &Policy) -> impl Iterator<Item = &String> {
+    std::iter::once(&policy.agent.command)
+        .chain(policy.gate.commands.iter())
+        .chain(std::iter::once(&policy.review.command))
+        .filter_map(|argv| argv.first())
+}
+
+/// Where a program named in the policy is found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Program {
+    /// It uses a placeholder (`{worktree}/run.sh`): known only when a task runs.
+    Placeholder,
+    /// A path inside the repository, relative to its root (`/`-separated).
+    InRepo(String),
+    /// An absolute path outside the repository.
+    Absolute(std::path::PathBuf),
+    /// A bare name, looked up on PATH.
+    OnPath(String),
+}
+
+impl Program {
+    pub fn of(program: &str, workdir: Option<&std::path::Path>) -> Program {
+        if program.contains('{') {
+            return Program::Placeholder;
+        }
+        if !program.contains('/') {
+            return Program::OnPath(program.to_string());
+        }
+        match repo_relative(program, workdir) {
+            Some(rel) => Program::InRepo(rel),
+            None => Program::Absolute(std::path::PathBuf::from(program)),
+        }
+    }
+}
+
+/// The files the runtime needs committed on the target: the runtime manifest, and every
+/// program the loop runs from inside the repository (even when the manifest forgets it).
+pub fn runtime_files(policy: &Policy, workdir: Option<&std::path::Path>) -> Vec<String> {
+    let mut files: Vec<String> = policy.runtime.manifest.clone();
+    for program in programs(policy) {
+        if let Program::InRepo(rel) = Program::of(program, workdir)
+            && !files.contains(&rel)
+        {
+            files.push(rel);
+        }
+    }
+    files
 }
 
 /// A program path as a path relative to the repository root, if it lies inside it.
@@ -189,7 +228,8 @@ fn repo_relative(program: &str, workdir: Option<&std::path::Path>) -> Option<Str
     Some(rel.to_string_lossy().into_owned())
 }
 
-fn on_path(program: &str) -> bool {
+/// Whether an executable file `program` is in a directory of PATH.
+pub fn on_path(program: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::env::var_os("PATH").is_some_and(|paths| {
         std::env::split_paths(&paths).any(|dir| {

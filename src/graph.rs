@@ -88,6 +88,68 @@ impl<'a> Graph<'a> {
         Ok(visited.into_iter().map(str::to_string).collect())
     }
 
+    /// Every dependency that names no known task, as (task, dependency), sorted. `known` holds
+    /// the ids of every task ref, readable or not: a dependency on a corrupt task is not
+    /// dangling (the corrupt ref is reported as such).
+    pub fn dangling(&self, known: &HashSet<&str>) -> Vec<(&'a str, &'a str)> {
+        let mut out: Vec<(&str, &str)> = self
+            .tasks
+            .values()
+            .flat_map(|t| {
+                t.after
+                    .iter()
+                    .filter(|d| !known.contains(d.as_str()))
+                    .map(move |d| (t.id.as_str(), d.as_str()))
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// A dependency cycle, if the graph has one: the ids along it, each running after the
+    /// next, the first repeated at the end (`a -> b -> a`).
+    pub fn find_cycle(&self) -> Option<Vec<&'a str>> {
+        // Depth-first search with an explicit stack; `on_path` marks the nodes of the current
+        // path, `done` those whose every descendant has been explored.
+        let mut ids: Vec<&'a str> = self.tasks.keys().copied().collect();
+        ids.sort_unstable();
+        let mut on_path: HashSet<&'a str> = HashSet::new();
+        let mut done: HashSet<&'a str> = HashSet::new();
+        for start in ids {
+            if done.contains(start) {
+                continue;
+            }
+            let mut stack: Vec<(&'a str, usize)> = vec![(start, 0)];
+            on_path.insert(start);
+            while let Some(&(node, i)) = stack.last() {
+                let deps = self.tasks.get(node).map_or(&[][..], |t| &t.after[..]);
+                let Some(next) = deps.get(i).map(String::as_str) else {
+                    on_path.remove(node);
+                    done.insert(node);
+                    stack.pop();
+                    continue;
+                };
+                if let Some(top) = stack.last_mut() {
+                    top.1 += 1;
+                }
+                let Some(next) = self.tasks.get_key_value(next).map(|(k, _)| *k) else {
+                    continue; // dangling: reported by `dangling`
+                };
+                if on_path.contains(next) {
+                    let from = stack.iter().position(|(n, _)| *n == next)?;
+                    let mut cycle: Vec<&'a str> = stack[from..].iter().map(|(n, _)| *n).collect();
+                    cycle.push(next);
+                    return Some(cycle);
+                }
+                if !done.contains(next) {
+                    on_path.insert(next);
+                    stack.push((next, 0));
+                }
+            }
+        }
+        None
+    }
+
     /// Whether `task` can be dispatched now: a runnable state, its time has come, and every
     /// dependency is done.
     pub fn is_runnable(&self, task: &Task, now: Timestamp) -> bool {
@@ -134,4 +196,64 @@ pub fn sort_dispatch_order(tasks: &mut [&Task]) {
             .then(a.created.cmp(&b.created))
             .then(a.id.cmp(&b.id))
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(n: u8, after: &[u8]) -> Task {
+        let id = |n: u8| format!("{n:032x}");
+        let after: Vec<String> = after.iter().map(|d| format!("\"{}\"", id(*d))).collect();
+        Task::from_toml(&format!(
+            "id = \"{}\"\ntitle = \"t\"\nstate = \"ready\"\nbatch = \"default\"\n\
+             after = [{}]\nbranch = \"loop/x\"\ncreated = \"2026-01-01T00:00:00Z\"\n\
+             updated = \"2026-01-01T00:00:00Z\"\n",
+            id(n),
+            after.join(", ")
+        ))
+        .expect("a valid task")
+    }
+
+    #[test]
+    fn finds_a_cycle_and_names_it_in_order() {
+        let tasks = [task(1, &[2]), task(2, &[3]), task(3, &[1]), task(4, &[1])];
+        let graph = Graph::new(tasks.iter());
+        let cycle = graph.find_cycle().expect("a cycle");
+        assert_eq!(cycle.len(), 4, "{cycle:?}");
+        assert_eq!(cycle.first(), cycle.last());
+        for pair in cycle.windows(2) {
+            let t = graph.get(pair[0]).expect("on the cycle");
+            assert!(t.after.iter().any(|d| d == pair[1]), "{cycle:?}");
+        }
+        let acyclic = [
+            task(1, &[2, 3]),
+            task(2, &[3]),
+            task(3, &[]),
+            task(4, &[1, 3]),
+        ];
+        assert_eq!(Graph::new(acyclic.iter()).find_cycle(), None);
+        let itself = [task(5, &[5])];
+        assert_eq!(
+            Graph::new(itself.iter()).find_cycle().map(|c| c.len()),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn dangling_dependencies_exclude_known_but_unreadable_tasks() {
+        let tasks = [task(1, &[2, 9]), task(2, &[8])];
+        let graph = Graph::new(tasks.iter());
+        let nine = format!("{:032x}", 9);
+        let known: HashSet<&str> = tasks
+            .iter()
+            .map(|t| t.id.as_str())
+            .chain([nine.as_str()])
+            .collect();
+        let eight = format!("{:032x}", 8);
+        assert_eq!(
+            graph.dangling(&known),
+            vec![(tasks[1].id.as_str(), eight.as_str())]
+        );
+    }
 }

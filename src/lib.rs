@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod cache;
 pub mod cli;
 pub mod commands;
+pub mod doctor;
 pub mod error;
 pub mod gate;
 pub mod git;

@@ -101,6 +101,16 @@ impl<'r> Store<'r> {
     /// one buffer and parsed afterwards: interleaving long-lived allocations with the object
     /// reads fragments the heap badly on large backlogs.
     pub fn list(&self) -> Result<Vec<Listed>> {
+        self.list_with(true)
+    }
+
+    /// Like [`Store::list`], but never writes the cache: for commands that promise to change
+    /// nothing (`git loop doctor`). The cache is still read.
+    pub fn list_read_only(&self) -> Result<Vec<Listed>> {
+        self.list_with(false)
+    }
+
+    fn list_with(&self, refresh_cache: bool) -> Result<Vec<Listed>> {
         let refs = self.repo.refs_under(TASK_REFS)?;
         let mut cache = TaskCache::load(self.repo.common_dir());
         let mut found: Vec<Option<std::result::Result<Task, String>>> = refs
@@ -139,10 +149,12 @@ impl<'r> Store<'r> {
                 task: task.unwrap_or_else(|| Err("not read".to_string())),
             })
             .collect();
-        cache.store(
-            out.iter()
-                .filter_map(|l| Some((l.tip?, l.task.as_ref().ok()?))),
-        );
+        if refresh_cache {
+            cache.store(
+                out.iter()
+                    .filter_map(|l| Some((l.tip?, l.task.as_ref().ok()?))),
+            );
+        }
         Ok(out)
     }
 

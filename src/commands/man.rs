@@ -139,6 +139,16 @@ fn paragraphs(out: &mut String, text: &str) {
         if i > 0 {
             out.push_str(".PP\n");
         }
+        // An indented block (a table in a command's help) keeps its lines.
+        if para.lines().all(|l| l.starts_with("  ")) {
+            out.push_str(".nf\n");
+            for line in para.lines() {
+                out.push_str(&escape(line));
+                out.push('\n');
+            }
+            out.push_str(".fi\n");
+            continue;
+        }
         out.push_str(&escape(&para.replace('\n', " ")));
         out.push('\n');
     }

@@ -2,6 +2,7 @@
 //! and a `run(ctx, args)`; what they share is here.
 
 pub mod demo;
+pub mod doctor;
 pub mod hook;
 pub mod hooks;
 pub mod init;

@@ -279,6 +279,101 @@ impl Git {
             .map(str::to_string))
     }
 
+    /// What `remote` has at `refname`, like [`Git::ls_remote`], but giving up after `timeout`
+    /// (a remote that does not answer is `transient`). git runs in a process group of its own,
+    /// which is killed whole on timeout, so that no ssh child outlives the call.
+    pub fn ls_remote_within(
+        &self,
+        remote: &str,
+        refname: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Option<String>> {
+        use std::io::Read;
+        use std::os::unix::process::CommandExt;
+        let args = ["ls-remote", "--refs", remote, refname];
+        let mut cmd = self.command(args);
+        cmd.env("GIT_TERMINAL_PROMPT", "0")
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| -> anyhow::Error {
+            LoopError::new(Class::Config, format!("cannot run git: {e}")).into()
+        })?;
+        let group = child.id();
+        let read_all = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut bytes);
+                }
+                bytes
+            })
+        };
+        let stdout = read_all(child.stdout.take().map(|p| Box::new(p) as _));
+        let stderr = read_all(child.stderr.take().map(|p| Box::new(p) as _));
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().context("waiting for git ls-remote")? {
+                break Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                crate::process::signal_group(group, crate::process::Signal::Kill);
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let stdout = stdout.join().unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default();
+        let Some(status) = status else {
+            return Err(LoopError::new(
+                Class::Transient,
+                format!(
+                    "the remote {remote} did not answer within {}",
+                    crate::time::format_duration(timeout)
+                ),
+            )
+            .with_hint("try again when the remote is reachable")
+            .into());
+        };
+        if !status.success() {
+            return Err(classify_unreachable(
+                remote,
+                &String::from_utf8_lossy(&stderr),
+            ));
+        }
+        let stdout = String::from_utf8_lossy(&stdout);
+        Ok(stdout
+            .lines()
+            .find(|l| l.ends_with(&format!("\t{refname}")))
+            .and_then(|l| l.split('\t').next())
+            .map(str::to_string))
+    }
+
+    /// Which of `paths` (relative to the work tree root, `/`-separated) are in the index:
+    /// `git ls-files --error-unmatch` semantics, for many paths in one call.
+    pub fn tracked(&self, paths: &[String]) -> Result<std::collections::HashSet<String>> {
+        if paths.is_empty() {
+            return Ok(Default::default());
+        }
+        let mut args: Vec<&str> =
+            vec!["--literal-pathspecs", "ls-files", "-z", "--full-name", "--"];
+        args.extend(paths.iter().map(String::as_str));
+        let listed = self.run(&args)?;
+        let listed: std::collections::HashSet<&str> =
+            listed.split('\0').filter(|p| !p.is_empty()).collect();
+        Ok(paths
+            .iter()
+            .filter(|p| listed.contains(p.as_str()))
+            .cloned()
+            .collect())
+    }
+
+    /// `git --version`, as git prints it (`git version 2.47.1`).
+    pub fn version(&self) -> Result<String> {
+        Ok(self.run(&["--version"])?.trim().to_string())
+    }
+
     /// Fetches `refspec` from `remote` (into a remote-tracking namespace, never refs/loop/*).
     pub fn fetch(&self, remote: &str, refspec: &str) -> Result<()> {
         let out = self.output(&["fetch", "--quiet", "--no-tags", remote, refspec])?;
@@ -307,6 +402,28 @@ impl Git {
             .trim()
             .is_empty())
     }
+}
+
+/// The oldest git git-loop supports: `git merge-tree --write-tree` (promotion's conflict check)
+/// came with 2.38.
+pub const MIN_GIT: (u32, u32, u32) = (2, 38, 0);
+
+/// The version in what `git --version` prints: `git version 2.39.3 (Apple Git-146)`,
+/// `git version 2.45.1.windows.1` → (2, 39, 3), (2, 45, 1). A missing patch level is 0.
+pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let word = text
+        .trim()
+        .strip_prefix("git version ")?
+        .split_whitespace()
+        .next()?;
+    let mut parts = word.split('.').map(|p| {
+        let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    });
+    let major = parts.next()??;
+    let minor = parts.next()??;
+    let patch = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
 }
 
 /// Opens and locks (waiting) the lock file at `path`; the lock lasts as long as the file.
@@ -426,5 +543,52 @@ mod tests {
         assert!(is_race("[rejected] (stale info)"));
         assert!(!is_race("[remote rejected] (pre-receive hook declined)"));
         assert!(parse_porcelain("Done").is_none());
+    }
+
+    #[test]
+    fn a_remote_that_does_not_answer_is_given_up_on_with_its_children() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let git = Git::new(dir.path(), false).with_env("GIT_CONFIG_NOSYSTEM", "1");
+        git.run(&["init", "-q"]).expect("init");
+        git.run(&["config", "protocol.ext.allow", "always"])
+            .expect("config");
+        // The transport is a `sleep`: it holds git's pipes until it is killed.
+        let started = std::time::Instant::now();
+        let err = git
+            .ls_remote_within(
+                "ext::sleep 30",
+                "refs/heads/main",
+                std::time::Duration::from_millis(300),
+            )
+            .expect_err("no answer");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the whole group was killed, not just git: {:?}",
+            started.elapsed()
+        );
+        let found = crate::error::find(&err).expect("classified");
+        assert_eq!(found.class, Class::Transient);
+        assert!(
+            found.message.contains("did not answer"),
+            "{}",
+            found.message
+        );
+    }
+
+    #[test]
+    fn git_versions() {
+        assert_eq!(parse_version("git version 2.47.1\n"), Some((2, 47, 1)));
+        assert_eq!(
+            parse_version("git version 2.39.3 (Apple Git-146)"),
+            Some((2, 39, 3))
+        );
+        assert_eq!(
+            parse_version("git version 2.45.1.windows.1"),
+            Some((2, 45, 1))
+        );
+        assert_eq!(parse_version("git version 2.38"), Some((2, 38, 0)));
+        assert_eq!(parse_version("git version 2.48.0-rc1"), Some((2, 48, 0)));
+        assert_eq!(parse_version("hub version 2.14.2"), None);
+        assert!(parse_version("git version 2.37.7").is_some_and(|v| v < MIN_GIT));
     }
 }

@@ -669,6 +669,20 @@ impl Repo {
         self.repo.state().is_some()
     }
 
+    /// The operation this worktree is in the middle of (`rebase`, `merge`, …), if any.
+    pub fn operation(&self) -> Option<&'static str> {
+        use gix::state::InProgress;
+        Some(match self.repo.state()? {
+            InProgress::ApplyMailbox => "am",
+            InProgress::ApplyMailboxRebase => "am or rebase",
+            InProgress::Bisect => "bisect",
+            InProgress::CherryPick | InProgress::CherryPickSequence => "cherry-pick",
+            InProgress::Merge => "merge",
+            InProgress::Rebase | InProgress::RebaseInteractive => "rebase",
+            InProgress::Revert | InProgress::RevertSequence => "revert",
+        })
+    }
+
     /// The best common ancestor of two commits, if they share history.
     pub fn merge_base(&self, a: ObjectId, b: ObjectId) -> Result<Option<ObjectId>> {
         Ok(self
@@ -795,6 +809,20 @@ impl Repo {
             .data
             .clone())
     }
+}
+
+/// How the repository containing `dir` stores its refs (`extensions.refStorage`; `files` when
+/// it does not say), or `None` when `dir` is not in a repository. Unlike [`Repo::discover`], this
+/// also answers for the reftable repositories git-loop refuses, so that they can be reported.
+pub fn ref_storage(dir: &Path) -> Option<String> {
+    let repo = gix::ThreadSafeRepository::discover_with_environment_overrides(dir)
+        .ok()?
+        .to_thread_local();
+    let storage = repo
+        .config_snapshot()
+        .string("extensions.refStorage")
+        .map_or_else(|| "files".to_string(), |s| s.to_str_lossy().into_owned());
+    Some(storage)
 }
 
 /// Parses a full hexadecimal object id.

@@ -5,6 +5,7 @@ mod promote_fixture;
 mod test_bad_input;
 mod test_cli;
 mod test_concurrency;
+mod test_doctor;
 mod test_graph;
 mod test_hooks;
 mod test_policy;

@@ -159,6 +159,30 @@ impl TestRepo {
         Out::from(cmd.output().expect("run git-loop"))
     }
 
+    /// Runs git-loop in another directory, with this repository's hermetic environment.
+    pub fn run_at(&self, dir: &Path, args: &[&str]) -> Out {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).current_dir(dir).stdin(Stdio::null());
+        hermetic(&mut cmd, &self.home);
+        Out::from(cmd.output().expect("run git-loop"))
+    }
+
+    /// Runs git in another directory; panics unless it succeeds. Returns stdout.
+    pub fn git_at(&self, dir: &Path, args: &[&str]) -> String {
+        let mut cmd = Command::new("git");
+        cmd.args(args).current_dir(dir);
+        hermetic(&mut cmd, &self.home);
+        let out = Out::from(cmd.output().expect("run git"));
+        assert_eq!(
+            out.code,
+            0,
+            "git {args:?} in {} failed: {}",
+            dir.display(),
+            out.stderr
+        );
+        out.stdout
+    }
+
     /// Runs git-loop with `input` on stdin.
     pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Out {
         run_with_stdin(self.cmd(args), input)
