@@ -18,6 +18,7 @@ pub mod hooks;
 pub mod ids;
 pub mod judge;
 pub mod lease;
+pub mod lockfile;
 pub mod oracle;
 pub mod output;
 pub mod policy;

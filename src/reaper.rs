@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use gix::ObjectId;
 use serde::Serialize;
 
@@ -19,6 +19,7 @@ use crate::git::cli::Git;
 use crate::git::{Cas, CasOutcome, Repo, oid};
 use crate::lease::{self, Lease, lease_ref};
 use crate::process::{Signal, group_alive, signal_group};
+use crate::promote::promotion_lock_path;
 use crate::rescue::{rescue_files, rescue_worktree, save_rescue, worktree_link_valid};
 use crate::store::{Edit, Store, TASK_REFS};
 use crate::task::State;
@@ -249,7 +250,9 @@ impl Reaper<'_> {
                 }
                 None => {
                     // No lease to take: an OS lock keeps a second reap off it.
-                    let Some(_held) = self.try_lock(&format!("reap-{name}"))? else {
+                    let lock =
+                        crate::lockfile::path(self.repo.common_dir(), &format!("reap-{name}"));
+                    let Some(_held) = crate::lockfile::try_take(&lock)? else {
                         continue;
                     };
                     let mut did = Vec::new();
@@ -365,7 +368,7 @@ impl Reaper<'_> {
         }
         // A `git loop promote` of the task uses its worktree and gate checkouts: hold its
         // promotion lock while they are cleared, or leave them to it.
-        let cleared = match self.try_lock(&format!("promote-{id}")) {
+        let cleared = match crate::lockfile::try_take(&promotion_lock_path(self.repo, id)) {
             Ok(Some(_held)) => self.clear_worktree(short(id), id, &mut did),
             Ok(None) => {
                 did.push("kept the worktree: a promotion of the task is running".to_string());
@@ -395,27 +398,6 @@ impl Reaper<'_> {
                 });
             }
             (Err(e), _) | (Ok(()), Err(e)) => self.fail(kind, id, &did, &e),
-        }
-    }
-
-    /// Takes the OS lock `<common-dir>/loop/locks/<name>.lock` if it is free, and holds it as
-    /// long as the returned file lives. `None` when another process holds it.
-    fn try_lock(&self, name: &str) -> Result<Option<std::fs::File>> {
-        let dir = self.repo.common_dir().join("loop").join("locks");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join(format!("{name}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(file)),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(anyhow::Error::new(e).context(format!("locking {}", path.display())))
-            }
         }
     }
 

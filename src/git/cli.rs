@@ -131,7 +131,9 @@ impl Git {
     /// Runs git and returns its output, whatever its exit status.
     pub fn output<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<Output> {
         let _held = match (&self.worktree_lock, args.first()) {
-            (Some(path), Some(first)) if first.as_ref() == "worktree" => Some(lock_file(path)?),
+            (Some(path), Some(first)) if first.as_ref() == "worktree" => {
+                Some(crate::lockfile::wait(path)?)
+            }
             _ => None,
         };
         let mut cmd = self.command(args);
@@ -424,22 +426,6 @@ pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
     let minor = parts.next()??;
     let patch = parts.next().flatten().unwrap_or(0);
     Some((major, minor, patch))
-}
-
-/// Opens and locks (waiting) the lock file at `path`; the lock lasts as long as the file.
-fn lock_file(path: &Path) -> Result<std::fs::File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    file.lock()
-        .with_context(|| format!("locking {}", path.display()))?;
-    Ok(file)
 }
 
 /// Whether a rejected ref's reason means the remote changed or was busy, not that it refused.

@@ -1549,8 +1549,6 @@ fn needs_gc(repo: &Repo) -> bool {
 
 /// Waits for, then holds, the OS lock that queues promotions into `target` on this machine.
 fn lock_target(repo: &Repo, target: &str) -> Result<std::fs::File> {
-    let dir = repo.common_dir().join("loop").join("locks");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let name: String = target
         .chars()
         .map(|c| {
@@ -1561,41 +1559,27 @@ fn lock_target(repo: &Repo, target: &str) -> Result<std::fs::File> {
             }
         })
         .collect();
-    let path = dir.join(format!("target-{name}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    file.lock()
-        .with_context(|| format!("locking {}", path.display()))?;
-    Ok(file)
+    crate::lockfile::wait(&crate::lockfile::path(
+        repo.common_dir(),
+        &format!("target-{name}"),
+    ))
 }
 
 /// Takes the OS lock that serialises promotions of task `id`.
 fn lock_promotion(repo: &Repo, id: &str) -> Result<std::fs::File> {
-    let dir = repo.common_dir().join("loop").join("locks");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(format!("promote-{id}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(LoopError::new(
+    crate::lockfile::try_take(&promotion_lock_path(repo, id))?.ok_or_else(|| {
+        LoopError::new(
             Class::Transient,
             format!("another promotion of task {} is running", short(id)),
         )
         .with_hint("let it finish; run the promotion again to see where it stands")
-        .into()),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(anyhow::Error::new(e).context(format!("locking {}", path.display())))
-        }
-    }
+        .into()
+    })
+}
+
+/// The lock a promotion of task `id` holds while it runs.
+pub fn promotion_lock_path(repo: &Repo, id: &str) -> std::path::PathBuf {
+    crate::lockfile::path(repo.common_dir(), &format!("promote-{id}"))
 }
 
 /// Refuses while the breaker is open (SPEC §5).

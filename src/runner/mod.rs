@@ -770,18 +770,9 @@ fn short(id: &str) -> &str {
 /// Takes the runner lock; a second runner gets `busy` naming the holder.
 fn take_lock(repo: &Repo) -> Result<std::fs::File> {
     let dir = repo.common_dir().join("loop");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("runner.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => {
+    match crate::lockfile::try_take(&dir.join("runner.lock"))? {
+        Some(file) => Ok(file),
+        None => {
             let holder = std::fs::read_to_string(dir.join("runner.holder")).unwrap_or_default();
             let holder: Option<Heartbeat> = toml::from_str(&holder).ok();
             let phase = holder
@@ -808,9 +799,6 @@ fn take_lock(repo: &Repo) -> Result<std::fs::File> {
             )
             .with_hint("`git loop status` shows it; `git loop stop` stops it")
             .into())
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(anyhow::Error::new(e).context("locking the runner"))
         }
     }
 }

@@ -6,7 +6,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use crate::common::TestRepo;
-use crate::test_start::{COMMIT_AND_DONE, Loop, running_group, setup, wait_for};
+use crate::test_start::{COMMIT_AND_DONE, Loop, lease_pgid, running_group, setup, wait_for};
 
 /// An agent that leaves uncommitted and untracked work, starts a grandchild, and hangs.
 const HANGS_WITH_WORK: &str = "\
@@ -31,17 +31,7 @@ fn agent_group(l: &Loop, id: &str) -> String {
     let mut pgid = None;
     let wt = l.repo.worktree_path(&id[..7]);
     wait_for("the agent to start", Duration::from_secs(60), || {
-        let msg = l.repo.git_out(&[
-            "log",
-            "-1",
-            "--format=%B",
-            &format!("refs/loop/leases/{id}"),
-        ]);
-        pgid = msg
-            .stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("pgid = "))
-            .map(str::to_string);
+        pgid = lease_pgid(&l.repo, id);
         pgid.is_some() && wt.join("sub/new.txt").exists()
     });
     pgid.expect("a process group")
@@ -62,6 +52,31 @@ fn reaped_tasks(report: &serde_json::Value, kind: &str) -> Vec<String> {
         .iter()
         .filter(|r| r["kind"] == kind)
         .filter_map(|r| r["task"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Starts two `git loop reap --json` at once; both must succeed. Their reports.
+fn two_reaps_at_once(repo: &TestRepo) -> Vec<serde_json::Value> {
+    let racers: Vec<Child> = (0..2)
+        .map(|_| {
+            repo.cmd(&["reap", "--json"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("reap")
+        })
+        .collect();
+    racers
+        .into_iter()
+        .map(|racer| {
+            let out = racer.wait_with_output().expect("wait");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice(&out.stdout).expect("json")
+        })
         .collect()
 }
 
@@ -288,25 +303,8 @@ fn two_reaps_at_once_end_as_one() {
     runner.kill().expect("SIGKILL the runner");
     runner.wait().expect("wait");
 
-    let racers: Vec<Child> = (0..2)
-        .map(|_| {
-            l.repo
-                .cmd(&["reap", "--json"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("reap")
-        })
-        .collect();
     let mut reclaimed = Vec::new();
-    for racer in racers {
-        let out = racer.wait_with_output().expect("wait");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    for report in two_reaps_at_once(&l.repo) {
         reclaimed.extend(reaped_tasks(&report, "lease"));
     }
     reclaimed.sort();
@@ -342,15 +340,7 @@ fn a_reap_beside_a_live_runner_leaves_its_work_alone() {
         .expect("runner");
     let wt = l.repo.worktree_path(&id[..7]);
     wait_for("the agent to start", Duration::from_secs(60), || {
-        wt.join("wip.txt").exists()
-            && l.repo
-                .git(&[
-                    "log",
-                    "-1",
-                    "--format=%B",
-                    &format!("refs/loop/leases/{id}"),
-                ])
-                .contains("pgid = ")
+        wt.join("wip.txt").exists() && lease_pgid(&l.repo, &id).is_some()
     });
     let lease = l.repo.refs("refs/loop/leases/");
     for _ in 0..2 {
@@ -407,16 +397,7 @@ fn a_run_left_awaiting_a_dead_judge_is_handed_back_and_judged() {
     wait_for(
         "the gate's group in the lease",
         Duration::from_secs(60),
-        || {
-            l.repo
-                .git(&[
-                    "log",
-                    "-1",
-                    "--format=%B",
-                    &format!("refs/loop/leases/{id}"),
-                ])
-                .contains(&format!("pgid = {gate_group}"))
-        },
+        || lease_pgid(&l.repo, &id).as_deref() == Some(gate_group.as_str()),
     );
     runner.kill().expect("SIGKILL the runner while it judges");
     runner.wait().expect("wait");
@@ -528,23 +509,7 @@ fn two_reaps_of_worktrees_of_no_task_save_each_once() {
             std::fs::create_dir_all(&dir).expect("mkdir");
             std::fs::write(dir.join("left.txt"), format!("{name}\n")).expect("write");
         }
-        let racers: Vec<Child> = (0..2)
-            .map(|_| {
-                repo.cmd(&["reap", "--json"])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("reap")
-            })
-            .collect();
-        for racer in racers {
-            let out = racer.wait_with_output().expect("wait");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        two_reaps_at_once(&repo);
         for name in &names {
             assert!(!repo.root.join(".git/loop/worktrees").join(name).exists());
             let saved = rescues(&repo, name);

@@ -545,17 +545,7 @@ fn a_runner_killed_mid_run_is_recovered_and_nothing_is_lost() {
     let mut pgid = None;
     while pgid.is_none() && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));
-        let msg = l.repo.git_out(&[
-            "log",
-            "-1",
-            "--format=%B",
-            &format!("refs/loop/leases/{id}"),
-        ]);
-        pgid = msg
-            .stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("pgid = "))
-            .map(str::to_string);
+        pgid = lease_pgid(&l.repo, &id);
     }
     let pgid = pgid.expect("the agent started");
     first.kill().expect("SIGKILL the runner");
@@ -586,6 +576,20 @@ fn a_runner_killed_mid_run_is_recovered_and_nothing_is_lost() {
         "{:?}",
         l.history(&id)
     );
+}
+
+/// The process group recorded in the lease of task `id`, if it has a lease that records one.
+pub(crate) fn lease_pgid(repo: &TestRepo, id: &str) -> Option<String> {
+    repo.git_out(&[
+        "log",
+        "-1",
+        "--format=%B",
+        &format!("refs/loop/leases/{id}"),
+    ])
+    .stdout
+    .lines()
+    .find_map(|line| line.strip_prefix("pgid = "))
+    .map(str::to_string)
 }
 
 /// Whether any process of group `pgid` runs (zombies do not count).
@@ -851,17 +855,7 @@ fn stop_ends_every_agent_process_and_releases_the_leases() {
     let runner_pid = l.repo.ok(&["start", "--detach"]).trim().to_string();
     let mut pgid = None;
     wait_for("the agent to start", Duration::from_secs(30), || {
-        let msg = l.repo.git_out(&[
-            "log",
-            "-1",
-            "--format=%B",
-            &format!("refs/loop/leases/{id}"),
-        ]);
-        pgid = msg
-            .stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("pgid = "))
-            .map(str::to_string);
+        pgid = lease_pgid(&l.repo, &id);
         pgid.is_some()
     });
     let pgid = pgid.expect("pgid");
