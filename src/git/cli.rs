@@ -166,18 +166,24 @@ impl Git {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Runs git with `input` on stdin; fails unless it exits 0. Returns stdout.
-    pub fn run_stdin<S: AsRef<OsStr>>(&self, args: &[S], input: &[u8]) -> Result<String> {
+    /// Runs git with `input` on stdin and returns its output, whatever its exit status.
+    pub fn output_stdin<S: AsRef<OsStr>>(&self, args: &[S], input: &[u8]) -> Result<Output> {
         use std::io::Write;
         let mut cmd = self.command(args);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        tracing::debug!("running {} in {}", describe(args), self.dir.display());
         let mut child = cmd.spawn().context("cannot run git")?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(input).context("writing to git")?;
         }
-        let out = child.wait_with_output().context("waiting for git")?;
+        child.wait_with_output().context("waiting for git")
+    }
+
+    /// Runs git with `input` on stdin; fails unless it exits 0. Returns stdout.
+    pub fn run_stdin<S: AsRef<OsStr>>(&self, args: &[S], input: &[u8]) -> Result<String> {
+        let out = self.output_stdin(args, input)?;
         if !out.status.success() {
             anyhow::bail!(
                 "{} failed: {}",

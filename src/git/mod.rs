@@ -312,7 +312,9 @@ impl Repo {
 
     /// Applies all `edits` atomically, each under the ref's lock with its expectation checked.
     pub fn cas(&self, edits: &[Cas]) -> Result<CasOutcome> {
-        self.fresh_packed_refs();
+        if edits.iter().any(|e| matches!(e, Cas::Delete { .. })) {
+            return self.cas_deleting(edits);
+        }
         let log = || LogChange {
             mode: RefLog::AndReference,
             force_create_reflog: false,
@@ -366,12 +368,11 @@ impl Repo {
         // an object that cannot exist elsewhere (a fresh commit) makes that harmless.
         let deadline =
             std::time::Instant::now() + STALE_LOCK + std::time::Duration::from_millis(500);
+        let mut rereads = 0;
+        let mut packed = self.fresh_packed_refs();
         loop {
             match self.repo.edit_references(ref_edits.clone()) {
-                Ok(_) => {
-                    self.settle_deletions(edits);
-                    return Ok(CasOutcome::Applied);
-                }
+                Ok(_) => return Ok(CasOutcome::Applied),
                 Err(e) if is_lock_failure(&e) => {
                     // A ref is locked: by a live writer for an instant, or by a killed one for
                     // ever. Wait a little; take a lock that outlives any real transaction.
@@ -383,11 +384,32 @@ impl Repo {
                         self.remove_stale_lock(edit.name(), STALE_LOCK);
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
+                    packed = self.fresh_packed_refs();
+                }
+                // `git pack-refs --prune` removes the directories it emptied: one that gix had
+                // just made for a lock file may be gone when it creates the file. git itself
+                // tries again then.
+                Err(e) if is_vanished_lock_dir(&e) && rereads < 5 => {
+                    rereads += 1;
+                    tracing::debug!("a ref directory vanished; trying again: {e:#}");
                 }
                 // A stale expectation, or an expected ref that is gone (deleted by another
                 // writer meanwhile): either way the swap did not happen.
                 Err(e) if e.is_conflict() || e.is_retryable() || e.is_not_found() => {
-                    tracing::debug!("compare-and-swap lost: {e:#}");
+                    let detail = format!("{e:?}").replace('\n', " ");
+                    // gix looks a ref up in packed-refs when its loose file is gone, from a
+                    // buffer it trusts while the file's modification time is unchanged: a
+                    // `git pack-refs` that replaced the file within one tick of the clock (and
+                    // pruned the loose ref) makes it see an old value. So when packed-refs was
+                    // replaced meanwhile, the verdict may be stale: read it afresh and try again.
+                    let now = self.packed_identity();
+                    if now != packed && rereads < 5 {
+                        rereads += 1;
+                        tracing::debug!("packed-refs was replaced; trying again ({detail})");
+                        packed = self.fresh_packed_refs();
+                        continue;
+                    }
+                    tracing::debug!("compare-and-swap lost: {detail}");
                     return Ok(CasOutcome::Lost);
                 }
                 Err(e) => return Err(anyhow::anyhow!("updating refs: {e:#}")),
@@ -395,60 +417,52 @@ impl Repo {
         }
     }
 
-    /// Makes sure the refs a transaction deleted stay deleted. A `git pack-refs` (run by
-    /// `git gc --auto`, e.g. after an agent's commit) locks `packed-refs`, reads the loose refs,
-    /// and writes them packed; a ref deleted meanwhile comes back from `packed-refs` with its
-    /// old value (git's own deletions wait for that lock; gix's do not when its snapshot of
-    /// `packed-refs` does not hold the ref). So: while a `packed-refs.lock` exists, wait for it;
-    /// once there is none, a ref that shows the very value just deleted is deleted again.
-    /// The lock is looked at before the ref is read: no lock then means any pack-refs that
-    /// saw the ref has already written, and the read sees what it wrote.
-    fn settle_deletions(&self, edits: &[Cas]) {
-        let deletions: Vec<(&String, &ObjectId)> = edits
-            .iter()
-            .filter_map(|e| match e {
-                Cas::Delete { name, old } => Some((name, old)),
-                _ => None,
-            })
-            .collect();
-        if deletions.is_empty() {
-            return;
+    /// A transaction that deletes refs, run by `git update-ref --stdin`. gix decides from its
+    /// snapshot of `packed-refs`, taken before it locks the file, whether a deletion must
+    /// rewrite it: a `git pack-refs` (run by `git gc --auto`, e.g. after an agent's commit)
+    /// finishing in between brings the deleted ref back from `packed-refs`, or has its own
+    /// result overwritten by the stale snapshot. git locks `packed-refs` for every deletion and
+    /// reads it under that lock, so a concurrent pack-refs either waits for the deletion or is
+    /// waited for.
+    fn cas_deleting(&self, edits: &[Cas]) -> Result<CasOutcome> {
+        let mut input = String::new();
+        for edit in edits {
+            use std::fmt::Write;
+            let _ = match edit {
+                Cas::Create { name, new } => writeln!(input, "create {name} {new}"),
+                Cas::Update { name, old, new } => writeln!(input, "update {name} {new} {old}"),
+                Cas::Delete { name, old } => writeln!(input, "delete {name} {old}"),
+                Cas::Verify { name, old } => writeln!(input, "verify {name} {old}"),
+            };
         }
-        let lock = self.common_dir().join("packed-refs.lock");
-        // As long as git itself waits for packed-refs (core.packedRefsTimeout's default): a
-        // lock held longer is a crashed gc's, which `git loop doctor` is for.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        for (name, old) in deletions {
-            loop {
-                let packing = lock.exists();
-                if let Err(e) = self.repo.refs.force_refresh_packed_buffer() {
-                    tracing::debug!("refreshing packed-refs: {e}");
-                }
-                let back = matches!(self.read_ref(name), Ok(Some(id)) if id == *old);
-                if back {
-                    tracing::debug!("{name} came back from packed-refs; deleting it again");
-                    let Ok(ref_name) = name.as_str().try_into() else {
-                        break;
-                    };
-                    let again = RefEdit {
-                        change: Change::Delete {
-                            expected: PreviousValue::MustExistAndMatch(Target::Object(*old)),
-                            log: RefLog::AndReference,
-                        },
-                        name: ref_name,
-                        deref: false,
-                    };
-                    if let Err(e) = self.repo.edit_references([again]) {
-                        tracing::debug!("deleting {name} again: {e:#}");
-                    }
-                } else if !packing {
-                    break;
-                }
+        let git = cli::Git::new(self.common_dir(), false)
+            .with_env("GIT_DIR", &self.common_dir().to_string_lossy())
+            // Its messages are read below.
+            .with_env("LC_ALL", "C");
+        let deadline =
+            std::time::Instant::now() + STALE_LOCK + std::time::Duration::from_millis(500);
+        loop {
+            let out = git.output_stdin(&["update-ref", "--stdin"], input.as_bytes())?;
+            if out.status.success() {
+                return Ok(CasOutcome::Applied);
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("File exists") {
+                // A lock is held: a ref's (a live writer's for an instant, or a killed one's
+                // for ever), or packed-refs' for longer than git waits for it.
+                tracing::debug!("ref locked: {}", stderr.trim());
                 if std::time::Instant::now() > deadline {
-                    tracing::debug!("{name}: packed-refs stayed locked; not checked further");
-                    break;
+                    return Ok(CasOutcome::Lost);
                 }
-                std::thread::sleep(std::time::Duration::from_millis(5));
+                for edit in edits {
+                    self.remove_stale_lock(edit.name(), STALE_LOCK);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            } else if stderr.contains("cannot lock ref") {
+                tracing::debug!("compare-and-swap lost: {}", stderr.trim());
+                return Ok(CasOutcome::Lost);
+            } else {
+                anyhow::bail!("git update-ref failed: {}", stderr.trim());
             }
         }
     }
@@ -829,6 +843,12 @@ pub fn ref_storage(dir: &Path) -> Option<String> {
 pub fn oid(hex: &str) -> Result<ObjectId> {
     ObjectId::from_hex(hex.trim().as_bytes())
         .with_context(|| format!("{hex:?} is not an object id"))
+}
+
+fn is_vanished_lock_dir(e: &gix::Error) -> bool {
+    e.downcast_any_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+        && format!("{e:?}").contains(".lock")
 }
 
 fn is_lock_failure(e: &gix::Error) -> bool {

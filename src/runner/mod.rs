@@ -287,7 +287,9 @@ impl Runner<'_> {
                     let _ = writeln!(self.say, "{}: {line}", short(id));
                     match crate::error::class_of(&e) {
                         Class::Config => self.config_failure = Some(line),
-                        Class::Transient => self.infra_failures += 1,
+                        // Unclassified failures are the infrastructure's too: a promotion that
+                        // keeps failing so must open the breaker (SPEC §5), not repeat for ever.
+                        Class::Transient | Class::Generic => self.infra_failures += 1,
                         _ => {}
                     }
                 }

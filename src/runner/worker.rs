@@ -592,6 +592,9 @@ fn judge(job: &Job, repo: &Repo, store: &Store<'_>, git: &Git) -> Result<Task> {
     })
 }
 
+/// The step name in the failure signatures of promotions.
+const PROMOTE_STEP: &str = "promote";
+
 fn promote(job: &Job, repo: &Repo, store: &Store<'_>) -> Result<String> {
     let result = crate::promote::promote(
         repo,
@@ -602,20 +605,41 @@ fn promote(job: &Job, repo: &Repo, store: &Store<'_>) -> Result<String> {
             by: job.runner.clone(),
         },
     );
-    // The promotion itself moved the task; what is left is the lease, and a backoff after a
-    // transient failure so that the next try is not at once.
-    let backoff = match &result {
-        Err(e) if crate::error::class_of(e) == Class::Transient => {
-            Some(retry::backoff(&job.policy.retry, 1).max(Duration::from_millis(100)))
-        }
-        _ => None,
-    };
+    // The promotion itself moved the task; what is left is the lease and, when it failed and
+    // left the task `promoting`, a wait before the next try. A failure that nobody classified
+    // (say, an unexpected `git merge-tree` error) would fail again at once: the wait grows with
+    // each failure in a row, and the runner counts them toward the breaker.
+    let failure = result.as_ref().err().map(|e| {
+        let text = format!("{e:#}");
+        let line = text.lines().next().unwrap_or_default().to_string();
+        (
+            retry::signature(crate::error::class_of(e).name(), PROMOTE_STEP, &text),
+            line,
+        )
+    });
     let _ = store.update(&job.id, |t| {
         let (tip, _) = ours(repo, job)?;
-        if let Some(wait) = backoff {
+        let mut message = format!("{}: released by {}", t.state_label(), job.runner);
+        if let Some((sig, line)) = &failure
+            && t.state == State::Promoting
+        {
+            t.signatures.push(sig.clone());
+            let in_a_row = t
+                .signatures
+                .iter()
+                .rev()
+                .take_while(|s| s.split(':').nth(1) == Some(PROMOTE_STEP))
+                .count() as u32;
+            let wait = retry::backoff(&job.policy.retry, in_a_row).max(Duration::from_millis(100));
             t.next_at = Some(Timestamp::now().plus(wait));
+            message = format!(
+                "promoting: promotion failed ({in_a_row} in a row: {line}); next try after {}; \
+                 released by {}",
+                crate::time::format_duration(wait),
+                job.runner
+            );
         }
-        let mut edit = Edit::new(format!("{}: released by {}", t.state_label(), job.runner));
+        let mut edit = Edit::new(message);
         edit.also = vec![Cas::Delete {
             name: lease_ref(&job.id),
             old: tip,

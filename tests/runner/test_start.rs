@@ -216,9 +216,11 @@ fn leases_stay_deleted_while_git_packs_refs() {
                 if l.repo.git_out(&["pack-refs", "--all", "--prune"]).code == 0 {
                     packs += 1;
                 }
-                // As often as a busy `gc --auto` could, not so often that packed-refs is never
-                // free: a lock held all the time is a broken repository, and the breaker's.
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                // Far more often than any `gc --auto` would: packed-refs is replaced many times
+                // within one tick of the file system's clock, and pruned ref directories vanish
+                // under gix's feet. Not back to back: a lock held all the time is a broken
+                // repository, and the breaker's.
+                std::thread::sleep(std::time::Duration::from_millis(2));
             }
             packs
         });
@@ -918,4 +920,93 @@ fn the_demo_runs_to_done() {
     oracle.args(["-C", &project.to_string_lossy(), "oracle"]);
     crate::common::hermetic(&mut oracle, tmp.path());
     assert_eq!(oracle.output().expect("oracle").status.code(), Some(0));
+}
+
+/// A promotion that fails with an error nobody classified (here `git merge-tree` itself fails,
+/// through a wrapper in front of the real git) must not be tried again at once, for ever: each
+/// failure in a row waits longer, and they open the breaker (SPEC §5).
+#[test]
+fn an_unclassified_promotion_failure_backs_off_and_opens_the_breaker() {
+    // The target moves while the agent works (a person's commit), so that promotion merges.
+    let agent = format!(
+        "parent=$(git rev-parse main)\n\
+         moved=$(echo 'a person was here' | git commit-tree \"$parent^{{tree}}\" -p \"$parent\")\n\
+         git update-ref refs/heads/main \"$moved\" \"$parent\"\n{COMMIT_AND_DONE}"
+    );
+    let l = setup(
+        &agent,
+        "[breaker]\nfailures = 3\n[retry]\ninitial = \"200ms\"\nmax = \"1s\"\n",
+        false,
+    );
+    let id = l.add("merge me");
+    let bin = tempfile::tempdir().expect("tmp");
+    let calls = bin.path().join("merge-tree-calls");
+    let real = std::process::Command::new("sh")
+        .args(["-c", "command -v git"])
+        .output()
+        .expect("find git");
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    let wrapper = bin.path().join("git");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = merge-tree ]; then\n    \
+             echo call >> '{}'\n    echo 'fatal: simulated failure' >&2\n    exit 128\n  fi\n\
+             done\nexec '{real}' \"$@\"\n",
+            calls.display()
+        ),
+    )
+    .expect("wrapper");
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&wrapper)
+        .status()
+        .expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let detached = l
+        .repo
+        .cmd(&["start", "--detach"])
+        .env("PATH", &path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("runner");
+    assert!(detached.status.success(), "{detached:?}");
+    let runner_pid = String::from_utf8_lossy(&detached.stdout).trim().to_string();
+    let mut status;
+    let opened = {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            status = l.repo.run(&["status", "--json"]).json();
+            if status["breaker"]["state"] == "open" || Instant::now() > until {
+                break status["breaker"]["state"] == "open";
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let tries = std::fs::read_to_string(&calls)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let stop = l.repo.run(&["stop", "--timeout", "20"]);
+    assert!(!running(&runner_pid), "the runner exited");
+    assert!(opened, "the breaker opened: {status}");
+    assert_eq!(stop.code, 0, "{}", stop.stderr);
+    assert!(
+        (3..=4).contains(&tries),
+        "three failed promotions open the breaker, not {tries}"
+    );
+    let task = l.show(&id);
+    assert_eq!(task["state"], "promoting", "{task}");
+    let log = l.history(&id).join("\n");
+    for n in 1..=3 {
+        assert!(
+            log.contains(&format!("promotion failed ({n} in a row: ")),
+            "{log}"
+        );
+    }
+    assert!(log.contains("simulated failure"), "{log}");
 }
