@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use gix::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -81,6 +83,39 @@ impl TaskCache {
             tracing::debug!("not caching task documents in {}: {e}", self.path.display());
         }
     }
+}
+
+/// The documents of the task refs as this process last listed them, by commit. A runner lists
+/// the backlog on every iteration; this spares it re-reading and re-parsing the cache file (and
+/// Git) for the tasks that did not move since. Keyed by commit like the file, so it cannot lie.
+static MEMO: LazyLock<Mutex<HashMap<ObjectId, Task>>> = LazyLock::new(Default::default);
+
+/// The process's memo of task documents (see [`MEMO`]).
+pub fn memo() -> MutexGuard<'static, HashMap<ObjectId, Task>> {
+    // A panic while holding it cannot leave a wrong entry: entries are keyed by commit.
+    MEMO.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// When this process last wrote the file through [`store_now_and_then`].
+static LAST_WRITE: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// Rewrites the cache file to hold exactly `live`, at most once every ten seconds per process.
+pub fn store_now_and_then<'a>(common_dir: &Path, live: impl Iterator<Item = (ObjectId, &'a Task)>) {
+    let mut last = LAST_WRITE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if last.is_some_and(|at| at.elapsed() < Duration::from_secs(10)) {
+        return;
+    }
+    *last = Some(Instant::now());
+    drop(last);
+    let cache = TaskCache {
+        path: common_dir.join("loop").join("cache").join("tasks.json"),
+        entries: HashMap::new(),
+        misses: 1,
+    };
+    cache.store(live);
 }
 
 fn write_atomically(path: &Path, file: &FileRef<'_>) -> std::io::Result<()> {

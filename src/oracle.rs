@@ -74,8 +74,21 @@ pub fn unfinished(
             target.clone(),
         ),
     };
+    let listed = store.list()?;
+    // One walk back from the target for all done tasks, not one per task.
+    let promoted: Vec<_> = listed
+        .iter()
+        .filter_map(|l| l.task.as_ref().ok())
+        .filter(|t| t.state == State::Done)
+        .filter_map(|t| t.promoted_commit.as_deref())
+        .filter_map(|c| crate::git::oid(c).ok())
+        .collect();
+    let contained = match tip {
+        Some(t) => repo.contained_in(&promoted, t)?,
+        None => Default::default(),
+    };
     let mut out = Vec::new();
-    for l in store.list()? {
+    for l in listed {
         let short =
             l.id.get(..crate::ids::MIN_SHORT)
                 .unwrap_or(&l.id)
@@ -98,11 +111,7 @@ pub fn unfinished(
                     .promoted_commit
                     .as_deref()
                     .and_then(|c| crate::git::oid(c).ok());
-                let contained = match (promoted, tip) {
-                    (Some(c), Some(t)) => repo.is_ancestor(c, t)?,
-                    _ => false,
-                };
-                if !contained {
+                if !promoted.is_some_and(|c| contained.contains(&c)) {
                     out.push(format!(
                         "{short}  done, but its promoted commit {} is not in {shown}  {title}",
                         task.promoted_commit

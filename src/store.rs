@@ -112,17 +112,30 @@ impl<'r> Store<'r> {
 
     fn list_with(&self, refresh_cache: bool) -> Result<Vec<Listed>> {
         let refs = self.repo.refs_under(TASK_REFS)?;
-        let mut cache = TaskCache::load(self.repo.common_dir());
+        let mut memo = crate::cache::memo();
         let mut found: Vec<Option<std::result::Result<Task, String>>> = refs
             .iter()
             .map(|r| {
                 let id = &r.name[TASK_REFS.len()..];
                 match r.id {
                     None => Some(Err("a symbolic ref, not a task".to_string())),
-                    Some(tip) => cache.take(&tip).filter(|t| t.id == id).map(Ok),
+                    Some(tip) => memo.get(&tip).filter(|t| t.id == id).cloned().map(Ok),
                 }
             })
             .collect();
+        let remembered = found.iter().filter(|f| f.is_some()).count();
+        // What this process has not seen yet: from the cache file on its first listing, else
+        // from Git (a few documents that moved since the last listing cost less than the file).
+        let mut cache =
+            (remembered == 0 && !refs.is_empty()).then(|| TaskCache::load(self.repo.common_dir()));
+        if let Some(cache) = &mut cache {
+            for (i, r) in refs.iter().enumerate() {
+                let id = &r.name[TASK_REFS.len()..];
+                if let (None, Some(tip)) = (&found[i], r.id) {
+                    found[i] = cache.take(&tip).filter(|t| t.id == id).map(Ok);
+                }
+            }
+        }
 
         let mut raw = Vec::new();
         let mut spans = Vec::with_capacity(found.iter().filter(|f| f.is_none()).count());
@@ -133,6 +146,7 @@ impl<'r> Store<'r> {
                 spans.push((i, start..raw.len(), read));
             }
         }
+        let read_from_git = spans.len();
         for (i, span, read) in spans {
             let id = &refs[i].name[TASK_REFS.len()..];
             found[i] = Some(read.and_then(|()| parse_doc(id, &raw[span])));
@@ -149,11 +163,31 @@ impl<'r> Store<'r> {
                 task: task.unwrap_or_else(|| Err("not read".to_string())),
             })
             .collect();
+        // The memo keeps exactly the documents of the refs as listed now.
+        let live: std::collections::HashSet<ObjectId> = out.iter().filter_map(|l| l.tip).collect();
+        memo.retain(|tip, _| live.contains(tip));
+        for l in &out {
+            if let (Some(tip), Ok(task)) = (l.tip, &l.task)
+                && !memo.contains_key(&tip)
+            {
+                memo.insert(tip, task.clone());
+            }
+        }
+        drop(memo);
+        // The file is for the next process: rewritten after the first listing if it was not
+        // current, and by a long-running process (the runner) now and then, not on every
+        // listing.
         if refresh_cache {
-            cache.store(
-                out.iter()
-                    .filter_map(|l| Some((l.tip?, l.task.as_ref().ok()?))),
-            );
+            let live = out
+                .iter()
+                .filter_map(|l| Some((l.tip?, l.task.as_ref().ok()?)));
+            match cache {
+                Some(cache) => cache.store(live),
+                None if read_from_git > 0 => {
+                    crate::cache::store_now_and_then(self.repo.common_dir(), live)
+                }
+                None => {}
+            }
         }
         Ok(out)
     }

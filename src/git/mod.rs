@@ -718,6 +718,39 @@ impl Repo {
         Ok(base.is_some_and(|base| base.detach() == a))
     }
 
+    /// Which of `commits` are `tip` or its ancestors: one walk back from `tip`, which ends as
+    /// soon as it has seen them all (and goes through the whole history only when one is not
+    /// there).
+    pub fn contained_in(
+        &self,
+        commits: &[ObjectId],
+        tip: ObjectId,
+    ) -> Result<std::collections::HashSet<ObjectId>> {
+        let mut wanted: std::collections::HashSet<ObjectId> = commits.iter().copied().collect();
+        let mut found = std::collections::HashSet::new();
+        if wanted.remove(&tip) {
+            found.insert(tip);
+        }
+        if wanted.is_empty() {
+            return Ok(found);
+        }
+        let walk = self
+            .repo
+            .rev_walk([tip])
+            .all()
+            .map_err(|e| anyhow::anyhow!("walking the history of {tip}: {e}"))?;
+        for info in walk {
+            let info = info.map_err(|e| anyhow::anyhow!("walking the history of {tip}: {e}"))?;
+            if wanted.remove(&info.id) {
+                found.insert(info.id);
+                if wanted.is_empty() {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// The bytes of the file at `path` (`/`-separated) in commit `commit`, if it is a blob there.
     pub fn file_at(&self, commit: ObjectId, path: &str) -> Result<Option<Vec<u8>>> {
         let tree = self

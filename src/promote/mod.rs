@@ -1171,7 +1171,8 @@ impl Promotion<'_> {
         };
         let branch_head = self.repo.read_ref(&branch_ref)?;
         let worktrees = self.repo.worktrees()?;
-        let mut removed = false;
+        // Whether worktree metadata may be left without its directory.
+        let mut prune = worktrees.iter().any(|w| w.prunable || !w.path.exists());
         let mut checked_out = false;
         for wt in &worktrees {
             let is_main = main_worktree
@@ -1186,8 +1187,7 @@ impl Promotion<'_> {
             // elsewhere is theirs, and keeps the branch.
             let ours = !is_main && same_path(&wt.path, &loop_dir);
             if temp {
-                self.remove_worktree(&wt.path);
-                removed = true;
+                prune |= self.remove_worktree(&wt.path);
             } else if ours && wt.path.exists() {
                 if wt.path.join(".git").exists() {
                     let there = self.git.in_dir(&wt.path);
@@ -1205,15 +1205,23 @@ impl Promotion<'_> {
                             said.push(format!("saved the detached HEAD's commits in {rescue}"));
                         }
                     }
-                    if let Some(rescue) = rescue_worktree(self.repo, &there, &self.id)? {
+                    // git removes a clean worktree only: then there is nothing to save.
+                    let clean_removed = self
+                        .git
+                        .run(&["worktree", "remove", &wt.path.to_string_lossy()])
+                        .is_ok();
+                    if !clean_removed
+                        && let Some(rescue) = rescue_worktree(self.repo, &there, &self.id)?
+                    {
                         said.push(format!("saved uncommitted work in {rescue}"));
                     }
                 }
                 // Without its .git file a `git worktree remove` was killed half way, after
                 // the rescue above had already run.
-                self.remove_worktree(&wt.path);
+                if wt.path.exists() {
+                    prune |= self.remove_worktree(&wt.path);
+                }
                 said.push(format!("removed the worktree {}", wt.path.display()));
-                removed = true;
             } else if wt.branch.as_deref() == Some(branch_ref.as_str()) && !wt.prunable {
                 checked_out = true;
             }
@@ -1222,10 +1230,11 @@ impl Promotion<'_> {
             for entry in entries.flatten() {
                 if entry.file_name().to_string_lossy().starts_with(&tmp_prefix) {
                     let _ = std::fs::remove_dir_all(entry.path());
+                    prune = true;
                 }
             }
         }
-        if removed || worktrees.iter().any(|w| w.prunable || !w.path.exists()) {
+        if prune {
             self.git.run(&["worktree", "prune"])?;
         }
         // The local task branch goes only if its commits are safe in the target or a rescue ref.
@@ -1268,15 +1277,17 @@ impl Promotion<'_> {
         self.checkpoint(Phase::Cleanup, &message, |_| {}, &[])
     }
 
-    /// Removes a worktree; if git cannot (a removal killed half way), removes its directory.
-    /// The caller runs `git worktree prune` afterwards.
-    fn remove_worktree(&self, path: &Path) {
+    /// Removes a worktree; if git cannot (a removal killed half way), removes its directory
+    /// and returns true: the caller runs `git worktree prune` then.
+    fn remove_worktree(&self, path: &Path) -> bool {
         let removed = self
             .git
             .run(&["worktree", "remove", "--force", &path.to_string_lossy()]);
         if removed.is_err() {
             let _ = std::fs::remove_dir_all(path);
+            return true;
         }
+        false
     }
 
     // ---- delete_remote_branch -------------------------------------------------------------

@@ -183,10 +183,16 @@ impl Runner<'_> {
                 self.heartbeat(&repo, phase, "work")?;
             }
             let store = Store::new(&repo);
-            self.rearm_cooled_off(&store)?;
+            // One listing of the backlog per iteration, read again only after this loop itself
+            // changed a task: claims are compare-and-swaps on the tips listed, so a task
+            // changed meanwhile by someone else is only a lost claim.
+            let mut listed = store.list()?;
+            if self.rearm_cooled_off(&store, &listed)? {
+                listed = store.list()?;
+            }
             let breaker = self.check_breaker(&repo)?;
             let dispatched = if breaker.admits() {
-                self.dispatch(&repo, &store, breaker.state == "half_open")?
+                self.dispatch(&repo, &store, &listed, breaker.state == "half_open")?
             } else {
                 0
             };
@@ -215,7 +221,7 @@ impl Runner<'_> {
                     self.nap(Duration::from_secs(1));
                     continue;
                 }
-                let next = next_timer(&store, self.opts.batch.as_deref())?;
+                let next = next_timer(&listed, self.opts.batch.as_deref());
                 match next {
                     Some(at) => {
                         let wait = Duration::from_micros((at.0 - Timestamp::now().0).max(0) as u64)
@@ -426,7 +432,13 @@ impl Runner<'_> {
 
     /// Claims and starts what can run, in dispatch order. Returns how many it started. While
     /// the breaker is half-open, one task at a time probes.
-    fn dispatch(&mut self, repo: &Repo, store: &Store<'_>, probing: bool) -> Result<usize> {
+    fn dispatch(
+        &mut self,
+        repo: &Repo,
+        store: &Store<'_>,
+        listed: &[crate::store::Listed],
+        probing: bool,
+    ) -> Result<usize> {
         let workers = if probing {
             1
         } else {
@@ -439,7 +451,6 @@ impl Runner<'_> {
         if self.active.len() >= workers {
             return Ok(0);
         }
-        let listed = store.list()?;
         let tasks: Vec<&Task> = listed.iter().filter_map(|l| l.task.as_ref().ok()).collect();
         let tips: HashMap<&str, gix::ObjectId> = listed
             .iter()
@@ -618,11 +629,17 @@ impl Runner<'_> {
 
     /// Tasks whose attempts ran out get another round after the cool-off, or go to a person
     /// after `retry.escalate_after` rounds.
-    fn rearm_cooled_off(&mut self, store: &Store<'_>) -> Result<()> {
+    /// Returns whether it changed any task.
+    fn rearm_cooled_off(
+        &mut self,
+        store: &Store<'_>,
+        listed: &[crate::store::Listed],
+    ) -> Result<bool> {
         let now = Timestamp::now();
         let escalate_after = self.policy.retry.escalate_after;
-        for l in store.list()? {
-            let Ok(t) = l.task else { continue };
+        let mut changed = false;
+        for l in listed {
+            let Ok(t) = &l.task else { continue };
             let due = t.state == State::Blocked
                 && t.reason.as_deref() == Some(reason::ATTEMPTS_EXHAUSTED)
                 && t.next_at.is_none_or(|at| at <= now);
@@ -654,8 +671,9 @@ impl Runner<'_> {
                     t.rounds + 1
                 )))
             })?;
+            changed = true;
         }
-        Ok(())
+        Ok(changed)
     }
 
     fn renew_leases(&mut self, repo: &Repo) -> Result<()> {
@@ -746,11 +764,10 @@ pub fn recover(repo: &Repo, holder: &str, say: &mut dyn Write) -> Result<()> {
 
 /// The earliest time a waiting task becomes runnable (a retry, a quota wait, a cool-off), if
 /// any task is waiting on a timer.
-fn next_timer(store: &Store<'_>, batch: Option<&str>) -> Result<Option<Timestamp>> {
-    let listed = store.list()?;
+fn next_timer(listed: &[crate::store::Listed], batch: Option<&str>) -> Option<Timestamp> {
     let tasks: Vec<&Task> = listed.iter().filter_map(|l| l.task.as_ref().ok()).collect();
     let graph = Graph::new(tasks.iter().copied());
-    Ok(tasks
+    tasks
         .iter()
         .filter(|t| batch.is_none_or(|b| t.batch == b))
         .filter(|t| {
@@ -762,7 +779,7 @@ fn next_timer(store: &Store<'_>, batch: Option<&str>) -> Result<Option<Timestamp
             timed && graph.deps_done(t)
         })
         .filter_map(|t| t.next_at)
-        .min())
+        .min()
 }
 
 fn short(id: &str) -> &str {

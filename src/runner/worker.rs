@@ -104,7 +104,7 @@ fn worktree(job: &Job, repo: &Repo, git: &Git, task: &Task) -> Result<PathBuf> {
             .map(str::to_string)
             .to_vec()
     } else {
-        let start = target_tip(job, repo, git, false)?.to_string();
+        let start = target_tip(job, repo, git)?.to_string();
         [
             "worktree",
             "add",
@@ -129,13 +129,15 @@ fn worktree(job: &Job, repo: &Repo, git: &Git, task: &Task) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The target's tip: the remote's when there is one (fetched when `fetch`), else the local one.
-fn target_tip(job: &Job, repo: &Repo, git: &Git, fetch: bool) -> Result<ObjectId> {
+/// The target's tip: the remote's as last fetched (fetched now if never) when there is one,
+/// else the local one. Promotion fetches before it merges; everything before it may work from
+/// the last view.
+fn target_tip(job: &Job, repo: &Repo, git: &Git) -> Result<ObjectId> {
     let target = &job.policy.loop_.target;
     let name = match &job.policy.loop_.remote {
         Some(remote) => {
             let tracking = format!("refs/remotes/{remote}/{target}");
-            if fetch || repo.read_ref(&tracking)?.is_none() {
+            if repo.read_ref(&tracking)?.is_none() {
                 git.fetch(remote, &format!("+refs/heads/{target}:{tracking}"))?;
             }
             tracking
@@ -517,7 +519,9 @@ fn record_pgid(repo: &Repo, job: &Job, pgid: u32) -> Result<()> {
 
 fn judge(job: &Job, repo: &Repo, store: &Store<'_>, git: &Git) -> Result<Task> {
     let task = store.load(&job.id)?.task;
-    let tip = target_tip(job, repo, git, true)?;
+    // The target as last seen: the judge compares the branch with the target it grew from,
+    // and the promotion that follows fetches the remote's target anyway.
+    let tip = target_tip(job, repo, git)?;
     // Each gate's process group goes into the lease, so that a reaper ends it if we die.
     let started = |pgid| {
         let _ = record_pgid(repo, job, pgid);
