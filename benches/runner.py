@@ -148,3 +148,7 @@ with tempfile.TemporaryDirectory(dir=scratch) as c:
     print(f"| max RSS MiB | {max(s[0] for s in first) / 1024:.1f} | {max(s[0] for s in last) / 1024:.1f} |")
     print(f"| median open fds | {statistics.median(s[1] for s in first)} | {statistics.median(s[1] for s in last)} |")
     print(f"| max open fds | {max(s[1] for s in first)} | {max(s[1] for s in last)} |")
+    tenth = max(1, len(samples) // 10)
+    deciles = [samples[i * tenth:(i + 1) * tenth] for i in range(10)]
+    print("\nMedian RSS MiB by tenth of the run: " + ", ".join(
+        f"{statistics.median(s[0] for s in d) / 1024:.1f}" for d in deciles if d))

@@ -38,6 +38,9 @@ pub struct Record {
     /// Why it was filed: `conflict` or `verify_failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follow_up_reason: Option<String>,
+    /// The remote task branch went in the same atomic push as the target.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remote_branch_deleted: bool,
     pub by: String,
     pub updated: Timestamp,
 }

@@ -364,6 +364,7 @@ impl Promotion<'_> {
                 merge: None,
                 follow_up: None,
                 follow_up_reason: None,
+                remote_branch_deleted: false,
                 by: self.by.clone(),
                 updated: Timestamp::now(),
             };
@@ -1023,6 +1024,7 @@ impl Promotion<'_> {
             .context("merge phase recorded no commit")?)?;
         let base = self.rec().base.clone().unwrap_or_default();
         let tip = self.target_tip()?;
+        let mut deleted_with_it = false;
         let message = if self.repo.is_ancestor(merge, tip)? {
             format!(
                 "{remote}/{} already contains {}",
@@ -1032,7 +1034,27 @@ impl Promotion<'_> {
         } else {
             let lease = format!("{}:{base}", self.target_ref());
             let spec = format!("{merge}:{}", self.target_ref());
-            if let Err(e) = self.push_or_classify(&remote, &[lease], &[spec]) {
+            // With no verify commands nothing stands between the target push and the remote
+            // task branch's deletion: one atomic push does both, so the branch cannot go
+            // without the target being updated. If that push fails for any reason, the plain
+            // push below says why, and the branch is left to delete_remote_branch.
+            if self.policy.promote.delete_remote_branch && self.policy.verify.commands.is_empty() {
+                let branch_ref = self.branch_ref();
+                let branch_lease = format!("{branch_ref}:{}", self.rec().source);
+                if let Ok(Push::Ok(_)) = self.git.push(
+                    &remote,
+                    &[lease.clone(), branch_lease],
+                    &[spec.clone(), format!(":{branch_ref}")],
+                ) {
+                    deleted_with_it = true;
+                }
+            }
+            let pushed = if deleted_with_it {
+                Ok(Vec::new())
+            } else {
+                self.push_or_classify(&remote, &[lease], &[spec])
+            };
+            if let Err(e) = pushed {
                 if crate::error::class_of(&e) == Class::Transient {
                     // The target moved since the merge was built: build it again next time.
                     let moved = self.fresh_target_tip().unwrap_or(tip);
@@ -1056,9 +1078,14 @@ impl Promotion<'_> {
             }
             self.remote_tip = Some(merge);
             format!(
-                "pushed {} to {remote}/{}",
+                "pushed {} to {remote}/{}{}",
                 &merge.to_string()[..7],
-                self.target()
+                self.target(),
+                if deleted_with_it {
+                    format!(" and deleted {remote}/{} with it", self.task.branch)
+                } else {
+                    String::new()
+                }
             )
         };
         crash_point(Phase::PushTarget, "after");
@@ -1077,7 +1104,12 @@ impl Promotion<'_> {
                 self.target()
             )),
         }
-        self.checkpoint(Phase::PushTarget, &message, |_| {}, &[])
+        self.checkpoint(
+            Phase::PushTarget,
+            &message,
+            |r| r.remote_branch_deleted = deleted_with_it,
+            &[],
+        )
     }
 
     // ---- verify ---------------------------------------------------------------------------
@@ -1305,6 +1337,11 @@ impl Promotion<'_> {
                 Phase::DeleteRemoteBranch,
                 "promote.delete_remote_branch is false",
             );
+        }
+        if self.rec().remote_branch_deleted {
+            crash_point(Phase::DeleteRemoteBranch, "after");
+            let message = format!("deleted {remote}/{} with the target push", self.task.branch);
+            return self.checkpoint(Phase::DeleteRemoteBranch, &message, |_| {}, &[]);
         }
         let branch_ref = self.branch_ref();
         let source = self.rec().source.clone();

@@ -48,12 +48,19 @@ fn promotes_with_each_strategy_locally_and_to_a_remote() {
 
 /// Kills the promotion at `point`, runs it again, and checks everything converged.
 fn crash_and_resume(strategy: &str, remote: bool) {
+    crash_and_resume_with(strategy, remote, Config::default().verify);
+}
+
+/// The same with `verify` as the verify commands (`[]`: the target push also deletes the
+/// remote task branch, in one atomic push).
+fn crash_and_resume_with(strategy: &str, remote: bool, verify: &str) {
     for phase in PHASES {
         for when in ["before", "after"] {
             let f = Fixture::new(Config {
                 strategy,
                 remote,
                 diverge: strategy != "ff-only",
+                verify,
                 ..Config::default()
             });
             let point = format!("{phase}:{when}");
@@ -72,6 +79,11 @@ fn crash_and_resume(strategy: &str, remote: bool) {
             f.assert_converged();
         }
     }
+}
+
+#[test]
+fn crash_matrix_no_ff_remote_without_verify() {
+    crash_and_resume_with("no-ff", true, "[]");
 }
 
 #[test]
@@ -718,4 +730,87 @@ fn refused_credentials_are_a_config_error() {
         "{}",
         out.stderr
     );
+}
+
+/// The target push also deletes the remote task branch, in one atomic push, when nothing (no
+/// verify command) stands between them. If someone moved that branch on the remote meanwhile,
+/// the target is still pushed and their branch is kept.
+#[test]
+fn a_remote_task_branch_moved_by_someone_is_kept_while_the_target_is_pushed() {
+    let f = Fixture::new(Config {
+        remote: true,
+        diverge: true,
+        verify: "[]",
+        ..Config::default()
+    });
+    let killed = f.promote_env("GIT_LOOP_CRASH_AT", "push_target:before");
+    assert_eq!(killed.code, -1);
+    let remote = f.remote.as_ref().expect("remote");
+    let branch = format!("refs/heads/loop/{}", f.short());
+    let pushed = f
+        .repo
+        .git(&["--git-dir", &remote.to_string_lossy(), "rev-parse", &branch]);
+    // Someone adds a commit to the task branch on the remote.
+    let other = f.repo.root.parent().expect("tmp").join("other");
+    f.repo.git(&[
+        "clone",
+        "-q",
+        &remote.to_string_lossy(),
+        &other.to_string_lossy(),
+    ]);
+    let in_other = |args: &[&str]| {
+        let mut full = vec!["-C", other.to_str().expect("utf-8")];
+        full.extend_from_slice(args);
+        f.repo.git(&full)
+    };
+    in_other(&["checkout", "-q", &format!("loop/{}", f.short())]);
+    std::fs::write(other.join("more.txt"), "more\n").expect("write");
+    in_other(&["add", "more.txt"]);
+    in_other(&["commit", "-q", "-m", "More work"]);
+    in_other(&["push", "-q", "origin", "HEAD"]);
+    let theirs = in_other(&["rev-parse", "HEAD"]).trim().to_string();
+    assert_ne!(theirs, pushed.trim());
+
+    let out = f.promote();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let on_remote = f
+        .repo
+        .git(&["--git-dir", &remote.to_string_lossy(), "rev-parse", &branch]);
+    assert_eq!(on_remote.trim(), theirs, "their branch is kept");
+    assert_eq!(
+        f.repo
+            .git_out(&["merge-base", "--is-ancestor", pushed.trim(), &f.target()])
+            .code,
+        0,
+        "the approved work is in the remote's target"
+    );
+}
+
+/// Without the race, the one atomic push leaves the remote with the new target and without
+/// the task branch.
+#[test]
+fn the_target_push_deletes_the_remote_task_branch_with_it() {
+    let f = Fixture::new(Config {
+        remote: true,
+        diverge: true,
+        verify: "[]",
+        ..Config::default()
+    });
+    let out = f.promote();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let remote = f.remote.as_ref().expect("remote");
+    let branches = f.repo.git(&[
+        "--git-dir",
+        &remote.to_string_lossy(),
+        "for-each-ref",
+        "--format=%(refname)",
+        "refs/heads/",
+    ]);
+    assert_eq!(branches.trim(), "refs/heads/main", "{branches}");
+    let log = f
+        .repo
+        .git(&["log", "--format=%s", &format!("refs/loop/promote/{}", f.id)]);
+    assert!(log.contains("and deleted origin/loop/"), "{log}");
+    assert!(log.contains("with the target push"), "{log}");
+    f.assert_converged();
 }
