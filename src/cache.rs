@@ -39,7 +39,7 @@ pub struct TaskCache {
 impl TaskCache {
     /// Loads the cache of the repository whose common dir is `common_dir`; empty if unusable.
     pub fn load(common_dir: &Path) -> TaskCache {
-        let path = common_dir.join("loop").join("cache").join("tasks.json");
+        let path = file_path(common_dir);
         let entries = std::fs::read(&path)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<FileOwned>(&bytes).ok())
@@ -75,13 +75,22 @@ impl TaskCache {
         if self.misses == 0 && self.entries.is_empty() {
             return;
         }
-        let file = FileRef {
-            version: VERSION,
-            entries: live.map(|(tip, task)| (tip.to_string(), task)).collect(),
-        };
-        if let Err(e) = write_atomically(&self.path, &file) {
-            tracing::debug!("not caching task documents in {}: {e}", self.path.display());
-        }
+        write(&self.path, live);
+    }
+}
+
+fn file_path(common_dir: &Path) -> PathBuf {
+    common_dir.join("loop").join("cache").join("tasks.json")
+}
+
+/// Writes the file to hold exactly `live`. Failure to write is not an error.
+fn write<'a>(path: &Path, live: impl Iterator<Item = (ObjectId, &'a Task)>) {
+    let file = FileRef {
+        version: VERSION,
+        entries: live.map(|(tip, task)| (tip.to_string(), task)).collect(),
+    };
+    if let Err(e) = write_atomically(path, &file) {
+        tracing::debug!("not caching task documents in {}: {e}", path.display());
     }
 }
 
@@ -110,12 +119,7 @@ pub fn store_now_and_then<'a>(common_dir: &Path, live: impl Iterator<Item = (Obj
     }
     *last = Some(Instant::now());
     drop(last);
-    let cache = TaskCache {
-        path: common_dir.join("loop").join("cache").join("tasks.json"),
-        entries: HashMap::new(),
-        misses: 1,
-    };
-    cache.store(live);
+    write(&file_path(common_dir), live);
 }
 
 fn write_atomically(path: &Path, file: &FileRef<'_>) -> std::io::Result<()> {

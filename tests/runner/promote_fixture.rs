@@ -1,6 +1,6 @@
 //! A repository with a policy, optionally a bare remote, and a task whose branch holds work.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::common::{Out, TestRepo};
 
@@ -108,6 +108,26 @@ impl Fixture {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             raw_stdout: out.stdout,
         }
+    }
+
+    /// Runs git in `dir` (another clone), with this repository's hermetic environment.
+    pub fn git_in(&self, dir: &Path, args: &[&str]) -> String {
+        let mut full = vec!["-C", dir.to_str().expect("utf-8")];
+        full.extend_from_slice(args);
+        self.repo.git(&full)
+    }
+
+    /// A clone of the remote beside the repository: someone else's, to push from.
+    pub fn other_clone(&self) -> PathBuf {
+        let remote = self.remote.as_ref().expect("a remote");
+        let other = self.repo.root.parent().expect("tmp").join("other");
+        self.repo.git(&[
+            "clone",
+            "-q",
+            &remote.to_string_lossy(),
+            &other.to_string_lossy(),
+        ]);
+        other
     }
 
     /// The remote's main, or the local one without a remote.

@@ -222,19 +222,8 @@ fn a_push_to_the_target_between_merge_and_push_is_a_lost_race() {
     let killed = f.promote_env("GIT_LOOP_CRASH_AT", "push_target:before");
     assert_eq!(killed.code, -1);
     // Someone else pushes to main from another clone.
-    let remote = f.remote.as_ref().expect("remote");
-    let other = f.repo.root.parent().expect("tmp").join("other");
-    f.repo.git(&[
-        "clone",
-        "-q",
-        &remote.to_string_lossy(),
-        &other.to_string_lossy(),
-    ]);
-    let in_other = |args: &[&str]| {
-        let mut full = vec!["-C", other.to_str().expect("utf-8")];
-        full.extend_from_slice(args);
-        f.repo.git(&full)
-    };
+    let other = f.other_clone();
+    let in_other = |args: &[&str]| f.git_in(&other, args);
     std::fs::write(other.join("theirs.txt"), "their work\n").expect("write");
     in_other(&["add", "theirs.txt"]);
     in_other(&["commit", "-q", "-m", "Their work"]);
@@ -751,18 +740,8 @@ fn a_remote_task_branch_moved_by_someone_is_kept_while_the_target_is_pushed() {
         .repo
         .git(&["--git-dir", &remote.to_string_lossy(), "rev-parse", &branch]);
     // Someone adds a commit to the task branch on the remote.
-    let other = f.repo.root.parent().expect("tmp").join("other");
-    f.repo.git(&[
-        "clone",
-        "-q",
-        &remote.to_string_lossy(),
-        &other.to_string_lossy(),
-    ]);
-    let in_other = |args: &[&str]| {
-        let mut full = vec!["-C", other.to_str().expect("utf-8")];
-        full.extend_from_slice(args);
-        f.repo.git(&full)
-    };
+    let other = f.other_clone();
+    let in_other = |args: &[&str]| f.git_in(&other, args);
     in_other(&["checkout", "-q", &format!("loop/{}", f.short())]);
     std::fs::write(other.join("more.txt"), "more\n").expect("write");
     in_other(&["add", "more.txt"]);

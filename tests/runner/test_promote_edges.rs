@@ -3,12 +3,6 @@
 
 use crate::promote_fixture::{Config, Fixture};
 
-fn in_dir(f: &Fixture, dir: &std::path::Path, args: &[&str]) -> String {
-    let mut full = vec!["-C", dir.to_str().expect("utf-8")];
-    full.extend_from_slice(args);
-    f.repo.git(&full)
-}
-
 #[test]
 fn a_worktree_half_removed_by_a_kill_does_not_block_cleanup() {
     let f = Fixture::new(Config::default());
@@ -37,9 +31,9 @@ fn a_reworked_task_is_promoted_from_its_new_head_not_the_old_checkpoint() {
     f.repo.ok(&["task", "reopen", f.short()]);
     let wt = f.repo.worktree_path(f.short());
     std::fs::write(wt.join("rework.txt"), "reworked\n").expect("write");
-    in_dir(&f, &wt, &["add", "rework.txt"]);
-    in_dir(&f, &wt, &["commit", "-q", "-m", "Rework"]);
-    let h2 = in_dir(&f, &wt, &["rev-parse", "HEAD"]).trim().to_string();
+    f.git_in(&wt, &["add", "rework.txt"]);
+    f.git_in(&wt, &["commit", "-q", "-m", "Rework"]);
+    let h2 = f.git_in(&wt, &["rev-parse", "HEAD"]).trim().to_string();
     let out = f.promote();
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(
@@ -64,8 +58,8 @@ fn new_unjudged_commits_on_a_resumed_promotion_go_back_to_the_judge() {
     );
     let wt = f.repo.worktree_path(f.short());
     std::fs::write(wt.join("late.txt"), "late\n").expect("write");
-    in_dir(&f, &wt, &["add", "late.txt"]);
-    in_dir(&f, &wt, &["commit", "-q", "-m", "Late"]);
+    f.git_in(&wt, &["add", "late.txt"]);
+    f.git_in(&wt, &["commit", "-q", "-m", "Late"]);
     let main_before = f.target();
     let out = f.promote();
     assert_eq!(out.code, 5, "{}", out.stderr);
@@ -152,9 +146,9 @@ fn a_remote_task_branch_with_other_commits_is_policy_not_a_retry() {
         &other.to_string_lossy(),
     ]);
     std::fs::write(other.join("x.txt"), "x\n").expect("write");
-    in_dir(&f, &other, &["add", "x.txt"]);
-    in_dir(&f, &other, &["commit", "-q", "-m", "more"]);
-    in_dir(&f, &other, &["push", "-q", "origin", "HEAD"]);
+    f.git_in(&other, &["add", "x.txt"]);
+    f.git_in(&other, &["commit", "-q", "-m", "more"]);
+    f.git_in(&other, &["push", "-q", "origin", "HEAD"]);
     let out = f.promote();
     assert_eq!(out.code, 5, "{}", out.stderr);
     assert!(
@@ -222,11 +216,11 @@ fn a_persons_own_checkout_of_the_task_branch_is_left_alone() {
 fn commits_on_a_detached_head_in_the_task_worktree_are_saved() {
     let f = Fixture::new(Config::default());
     let wt = f.repo.worktree_path(f.short());
-    in_dir(&f, &wt, &["checkout", "-q", "--detach"]);
+    f.git_in(&wt, &["checkout", "-q", "--detach"]);
     std::fs::write(wt.join("det.txt"), "detached work\n").expect("write");
-    in_dir(&f, &wt, &["add", "det.txt"]);
-    in_dir(&f, &wt, &["commit", "-q", "-m", "detached work"]);
-    let c = in_dir(&f, &wt, &["rev-parse", "HEAD"]).trim().to_string();
+    f.git_in(&wt, &["add", "det.txt"]);
+    f.git_in(&wt, &["commit", "-q", "-m", "detached work"]);
+    let c = f.git_in(&wt, &["rev-parse", "HEAD"]).trim().to_string();
     let out = f.promote();
     assert_eq!(out.code, 0, "{}", out.stderr);
     let holders = f

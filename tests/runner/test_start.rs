@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::common::{Out, TestRepo};
+use crate::common::{Out, TestRepo, write_executable};
 
 pub(crate) struct Loop {
     pub(crate) repo: TestRepo,
@@ -18,12 +18,7 @@ const PROMPT: &str = "Task {id}: {title}\nattempt {attempt}\ncontext: {context}\
 pub(crate) fn setup(agent: &str, extra: &str, remote: bool) -> Loop {
     let repo = TestRepo::new();
     let script = repo.path("agent.sh");
-    std::fs::write(&script, format!("#!/bin/sh\n{agent}\n")).expect("agent");
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&script)
-        .status()
-        .expect("chmod");
+    write_executable(&script, &format!("#!/bin/sh\n{agent}\n"));
     let policy = format!(
         "[loop]\ntarget = \"main\"\nworkers = 2\n{remote}\n\
          [agent]\ncommand = [\"{script}\", \"{{attempt}}\", \"{{prompt_file}}\"]\n\
@@ -947,21 +942,15 @@ fn an_unclassified_promotion_failure_backs_off_and_opens_the_breaker() {
         .expect("find git");
     let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
     let wrapper = bin.path().join("git");
-    std::fs::write(
+    write_executable(
         &wrapper,
-        format!(
+        &format!(
             "#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = merge-tree ]; then\n    \
              echo call >> '{}'\n    echo 'fatal: simulated failure' >&2\n    exit 128\n  fi\n\
              done\nexec '{real}' \"$@\"\n",
             calls.display()
         ),
-    )
-    .expect("wrapper");
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&wrapper)
-        .status()
-        .expect("chmod");
+    );
     let path = format!(
         "{}:{}",
         bin.path().display(),

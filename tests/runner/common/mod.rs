@@ -42,6 +42,13 @@ pub fn hermetic(cmd: &mut Command, home: &Path) {
         .env("TZ", "UTC");
 }
 
+/// Writes an executable script.
+pub fn write_executable(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write a script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
 /// What a process did.
 #[derive(Debug)]
 pub struct Out {
