@@ -84,7 +84,8 @@ pub fn run(
         .stdout(writer.try_clone().context("duplicating a pipe")?)
         .stderr(writer)
         .process_group(0);
-    for (k, v) in &spec.env {
+    // git's automatic maintenance stays off in the agent's git commands (see `maintenance`).
+    for (k, v) in crate::maintenance::quiet_git_env().iter().chain(&spec.env) {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().map_err(|e| -> anyhow::Error {

@@ -78,7 +78,10 @@ fn run_one(
         .stdin(Stdio::null())
         .stdout(writer.try_clone().context("duplicating a pipe")?)
         .stderr(writer)
-        .process_group(0);
+        .process_group(0)
+        // git's automatic maintenance stays off in the command's git commands (see
+        // `maintenance`).
+        .envs(crate::maintenance::quiet_git_env());
     let mut child = cmd.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => LoopError::new(
             Class::Config,

@@ -19,6 +19,7 @@ pub mod ids;
 pub mod judge;
 pub mod lease;
 pub mod lockfile;
+pub mod maintenance;
 pub mod oracle;
 pub mod output;
 pub mod policy;

@@ -52,6 +52,25 @@ pub enum Cas {
     Verify { name: String, old: ObjectId },
 }
 
+impl std::fmt::Display for Cas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cas::Create { name, new } => write!(f, "create {name} {new}"),
+            Cas::Update { name, old, new } => write!(f, "update {name} {old} -> {new}"),
+            Cas::Delete { name, old } => write!(f, "delete {name} {old}"),
+            Cas::Verify { name, old } => write!(f, "verify {name} {old}"),
+        }
+    }
+}
+
+/// Every ref transaction, for `GIT_LOOP_LOG=debug`.
+fn trace_edits(edits: &[Cas], outcome: &str) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let shown: Vec<String> = edits.iter().map(ToString::to_string).collect();
+        tracing::debug!("refs {outcome}: {}", shown.join("; "));
+    }
+}
+
 impl Cas {
     pub fn name(&self) -> &str {
         match self {
@@ -372,7 +391,10 @@ impl Repo {
         let mut packed = self.fresh_packed_refs();
         loop {
             match self.repo.edit_references(ref_edits.clone()) {
-                Ok(_) => return Ok(CasOutcome::Applied),
+                Ok(_) => {
+                    trace_edits(edits, "applied");
+                    return Ok(CasOutcome::Applied);
+                }
                 Err(e) if is_lock_failure(&e) => {
                     // A ref is locked: by a live writer for an instant, or by a killed one for
                     // ever. Wait a little; take a lock that outlives any real transaction.
@@ -410,6 +432,7 @@ impl Repo {
                         continue;
                     }
                     tracing::debug!("compare-and-swap lost: {detail}");
+                    trace_edits(edits, "lost");
                     return Ok(CasOutcome::Lost);
                 }
                 Err(e) => return Err(anyhow::anyhow!("updating refs: {e:#}")),
@@ -444,6 +467,7 @@ impl Repo {
         loop {
             let out = git.output_stdin(&["update-ref", "--stdin"], input.as_bytes())?;
             if out.status.success() {
+                trace_edits(edits, "applied");
                 return Ok(CasOutcome::Applied);
             }
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -460,6 +484,7 @@ impl Repo {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             } else if stderr.contains("cannot lock ref") {
                 tracing::debug!("compare-and-swap lost: {}", stderr.trim());
+                trace_edits(edits, "lost");
                 return Ok(CasOutcome::Lost);
             } else {
                 anyhow::bail!("git update-ref failed: {}", stderr.trim());

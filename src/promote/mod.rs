@@ -1415,12 +1415,8 @@ impl Promotion<'_> {
             &[],
         )?;
         // The maintenance git would have started after each fetch and push, started once, and
-        // only when git's own estimate says it has work (too many loose objects).
-        if needs_gc(self.repo) {
-            let _ = self
-                .git
-                .output(&["maintenance", "run", "--auto", "--quiet", "--detach"]);
-        }
+        // without the ref packing that can bring deleted refs back (see `maintenance`).
+        crate::maintenance::after_promotion(self.repo, &self.git);
         Ok(())
     }
 
@@ -1578,21 +1574,6 @@ pub fn rearm_waiting(store: &Store<'_>, done_id: &str) -> Result<Vec<String>> {
         }
     }
     Ok(rearmed)
-}
-
-/// git's estimate of "too many loose objects" for `gc --auto`: more than `gc.auto / 256` in
-/// the sample directory `objects/17` (`gc.auto` is 6700 unless configured; 0 disables it).
-fn needs_gc(repo: &Repo) -> bool {
-    let limit = repo
-        .config_string("gc.auto")
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .unwrap_or(6700);
-    if limit <= 0 {
-        return false;
-    }
-    let sample = repo.common_dir().join("objects").join("17");
-    let loose = std::fs::read_dir(sample).map_or(0, |d| d.count() as i64);
-    loose > (limit + 255) / 256
 }
 
 /// Waits for, then holds, the OS lock that queues promotions into `target` on this machine.

@@ -268,6 +268,7 @@ impl Runner<'_> {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
+        self.renew_leases(&repo)?;
         self.beat.tasks.clear();
         self.heartbeat(&repo, "stopped", "none: stopped")?;
         Ok(Finish::Stopped)
@@ -676,14 +677,25 @@ impl Runner<'_> {
         Ok(changed)
     }
 
+    /// Renews the leases of the tasks this runner's workers hold. A lease in this runner's name
+    /// whose task no worker holds is left over — its release failed, or a `git pack-refs --auto`
+    /// of someone else's git brought it back after it was deleted (see [`crate::maintenance`]) —
+    /// and is deleted, by compare-and-swap on the value seen, instead of kept alive for ever.
     fn renew_leases(&mut self, repo: &Repo) -> Result<()> {
         for (id, tip, lease) in lease::all(repo)? {
-            if let Ok(l) = lease
-                && l.runner == self.id
-            {
-                lease::renew(repo, tip, &l, self.policy.lease.ttl)?;
+            let Ok(l) = lease else { continue };
+            if l.runner != self.id {
+                continue;
             }
-            let _ = id;
+            if self.active.contains_key(&id) {
+                lease::renew(repo, tip, &l, self.policy.lease.ttl)?;
+            } else if repo.cas(&[Cas::Delete {
+                name: lease_ref(&id),
+                old: tip,
+            }])? == crate::git::CasOutcome::Applied
+            {
+                tracing::warn!("deleted a left-over lease of task {}", short(&id));
+            }
         }
         Ok(())
     }
@@ -719,6 +731,8 @@ impl Runner<'_> {
     }
 
     fn finish(&mut self, repo: &Repo) -> Result<Finish> {
+        // No worker runs: whatever lease still carries this runner's name is left over.
+        self.renew_leases(repo)?;
         let store = Store::new(repo);
         let unfinished =
             crate::oracle::unfinished(repo, &self.policy, &store, self.opts.batch.as_deref())?;

@@ -195,6 +195,94 @@ fn four_workers_finish_200_tasks_once_each_and_leave_no_worktree() {
     );
 }
 
+/// git's automatic maintenance after an agent's commit would run `git pack-refs --auto`, which
+/// brings back refs deleted while it runs (git 2.47): agents' git commands run with it off.
+#[test]
+fn agents_run_with_git_automatic_maintenance_off() {
+    let l = setup(
+        "git config --get maintenance.auto > seen.txt
+git config --get gc.auto >> seen.txt
+git add seen.txt && git commit -q -m seen
+echo LOOP_DONE",
+        "",
+        false,
+    );
+    l.add("look at the configuration");
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(l.repo.git(&["show", "main:seen.txt"]), "false\n0\n");
+}
+
+/// A lease in the runner's name that no worker holds — its release failed, or another git's
+/// `pack-refs --auto` brought it back after the release deleted it — is deleted, not renewed
+/// for ever.
+#[test]
+fn a_lease_brought_back_after_its_release_is_deleted_by_the_runner() {
+    let signals = tempfile::tempdir().expect("a directory for signals");
+    let agent = format!(
+        "if [ -e {dir}/wait-$GIT_LOOP_TASK ]; then
+  i=0; while [ ! -e {dir}/restored ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
+fi
+{COMMIT_AND_DONE}",
+        dir = signals.path().display()
+    );
+    let l = setup(&agent, "", false);
+    let first = l.add("first");
+    let second = l
+        .repo
+        .ok(&["task", "add", "second", "--body", "work", "--after", &first])
+        .trim()
+        .to_string();
+    std::fs::write(signals.path().join(format!("wait-{second}")), "").expect("signal");
+    let runner = l
+        .repo
+        .cmd(&["start", "--once"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runner");
+    let lease_of = |id: &str| {
+        l.repo
+            .refs(&format!("refs/loop/leases/{id}"))
+            .first()
+            .and_then(|r| r.split(' ').nth(1).map(str::to_string))
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut first_lease = None;
+    while Instant::now() < until {
+        first_lease = first_lease.or_else(|| lease_of(&first));
+        if first_lease.is_some() && lease_of(&second).is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let first_lease = first_lease.expect("the first task's lease was seen");
+    assert!(lease_of(&second).is_some(), "the second task runs");
+    assert_eq!(l.show(&first)["state"], "done");
+    // What a racing `git pack-refs --auto` does: the released lease is back, as it was.
+    l.repo.git(&[
+        "update-ref",
+        &format!("refs/loop/leases/{first}"),
+        &first_lease,
+        "",
+    ]);
+    std::fs::write(signals.path().join("restored"), "").expect("signal");
+    let out = runner.wait_with_output().expect("runner ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(l.show(&second)["state"], "done");
+    let leases = l.repo.refs("refs/loop/leases/");
+    assert!(leases.is_empty(), "no lease left: {leases:?}\n{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "deleted a left-over lease of task {}",
+            &first[..7]
+        )),
+        "{stderr}"
+    );
+}
+
 /// `git gc` (run by `git maintenance --auto` after an agent's commit) packs refs while the runner
 /// deletes leases: a deleted lease must not come back from `packed-refs`.
 #[test]
