@@ -40,6 +40,7 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         &Options {
             dry_run: args.dry_run,
             by,
+            release: None,
         },
     )?;
     let short = &id[..crate::ids::MIN_SHORT];

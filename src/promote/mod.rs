@@ -75,6 +75,15 @@ pub struct Options {
     pub dry_run: bool,
     /// Who promotes: a runner id, or the person's name.
     pub by: String,
+    /// A runner's lease on the task, released with the task's move to `done`.
+    pub release: Option<Release>,
+}
+
+/// A lease to release when the task is done: the one held by `runner` for run `run`.
+#[derive(Clone, Debug)]
+pub struct Release {
+    pub runner: String,
+    pub run: String,
 }
 
 /// What a promotion attempt ended with (failures are errors with their class).
@@ -148,6 +157,8 @@ pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Res
         notes: Vec::new(),
         by: options.by.clone(),
         remote_tip: None,
+        skipped: Vec::new(),
+        release: options.release.clone(),
     };
     if options.dry_run {
         return p.dry_run();
@@ -168,6 +179,12 @@ struct Promotion<'r> {
     /// The remote target's tip as fetched in this run (one fetch per run: pushes carry a lease,
     /// so a stale view can only lose a race, never overwrite anything).
     remote_tip: Option<ObjectId>,
+    /// Phases found to have nothing to do, with why, not yet in a checkpoint: the next
+    /// checkpoint records them before its own phase. Whether a phase has nothing to do depends
+    /// on the policy alone, so a run killed before that checkpoint finds the same again.
+    skipped: Vec<(Phase, String)>,
+    /// The runner's lease to delete in the transaction that marks the task done.
+    release: Option<Release>,
 }
 
 impl Promotion<'_> {
@@ -237,13 +254,15 @@ impl Promotion<'_> {
         )
     }
 
-    /// Records a phase that has nothing to do.
+    /// Notes a phase that has nothing to do; the next checkpoint records it.
     fn skip(&mut self, phase: Phase, why: &str) -> Result<()> {
         crash_point(phase, "after");
-        self.checkpoint(phase, &format!("skipped: {why}"), |_| {}, &[])
+        self.skipped.push((phase, why.to_string()));
+        Ok(())
     }
 
-    /// Records a step within a phase, without marking any phase done.
+    /// Records a step within a phase, without marking any phase done (phases skipped since
+    /// the last checkpoint are marked done first).
     fn record(
         &mut self,
         message: &str,
@@ -251,10 +270,20 @@ impl Promotion<'_> {
         keep: &[ObjectId],
     ) -> Result<()> {
         let mut rec = self.rec().clone();
+        let mut said: Vec<String> = Vec::new();
+        for (phase, why) in &self.skipped {
+            if !rec.has(*phase) {
+                rec.completed.push(phase.name().to_string());
+            }
+            said.push(format!("{}: skipped: {why}", phase.name()));
+        }
+        said.push(message.to_string());
         edit(&mut rec);
         rec.updated = Timestamp::now();
         rec.by = self.by.clone();
-        self.chain.write(rec, message, keep)
+        self.chain.write(rec, &said.join("; "), keep)?;
+        self.skipped.clear();
+        Ok(())
     }
 
     // ---- preflight ------------------------------------------------------------------------
@@ -1388,6 +1417,7 @@ impl Promotion<'_> {
         );
         self.repo.set_note(NOTES_REF, oid(&merge)?, &note)?;
         let merged = merge.clone();
+        let (repo, release) = (self.repo, self.release.clone());
         self.store.update(&self.id, |t| {
             if t.state == State::Done && t.promoted_commit.as_deref() == Some(merged.as_str()) {
                 return Ok(Edit::new("unchanged"));
@@ -1395,10 +1425,22 @@ impl Promotion<'_> {
             let from = t.state_label();
             t.set_state(State::Done, None, None);
             t.promoted_commit = Some(merged.clone());
-            Ok(Edit::new(format!(
-                "{from} -> done: promoted as {}",
-                &merged[..7]
-            )))
+            let mut edit = Edit::new(format!("{from} -> done: promoted as {}", &merged[..7]));
+            // The runner's lease goes in the same transaction: one commit and one ref update
+            // fewer than a release of its own, and never a done task still leased.
+            if let Some(r) = &release
+                && let Some((tip, Ok(l))) = crate::lease::read(repo, &t.id)?
+                && l.runner == r.runner
+                && l.run == r.run
+            {
+                edit.message
+                    .push_str(&format!("; released by {}", r.runner));
+                edit.also.push(Cas::Delete {
+                    name: crate::lease::lease_ref(&t.id),
+                    old: tip,
+                });
+            }
+            Ok(edit)
         })?;
         // Re-arm before the last checkpoint: a crash in between re-runs this phase.
         for id in rearm_waiting(&self.store, &self.id)? {

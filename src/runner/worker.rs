@@ -607,8 +607,16 @@ fn promote(job: &Job, repo: &Repo, store: &Store<'_>) -> Result<String> {
         &crate::promote::Options {
             dry_run: false,
             by: job.runner.clone(),
+            release: Some(crate::promote::Release {
+                runner: job.runner.clone(),
+                run: job.run.clone(),
+            }),
         },
     );
+    // A promotion that made the task done released the lease with it.
+    if result.is_ok() && ours(repo, job).is_err() {
+        return Ok(store.load(&job.id)?.task.state_label());
+    }
     // The promotion itself moved the task; what is left is the lease and, when it failed and
     // left the task `promoting`, a wait before the next try. A failure that nobody classified
     // (say, an unexpected `git merge-tree` error) would fail again at once: the wait grows with
