@@ -33,6 +33,21 @@ pub const NOTES_REF: &str = "refs/notes/loop";
 /// Set to `<phase>:before` or `<phase>:after` to make promotion SIGKILL itself there (tests).
 pub const CRASH_ENV: &str = "GIT_LOOP_CRASH_AT";
 
+/// The remote targets this process last saw — by its own fetch or its own target push — and
+/// when, by repository, remote and target. A promotion that starts within [`SEEN_FRESH`] of
+/// that, with the remote-tracking ref unchanged, builds on it without fetching again (a runner
+/// promoting one task after another fetched once per task before): its target push carries a
+/// lease on that value, so a remote that moved meanwhile fails the push as `transient`, and
+/// that failure fetches before the next try.
+static SEEN: std::sync::LazyLock<std::sync::Mutex<Seen>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// (common dir, remote, target) → (tip, when seen).
+type Seen = std::collections::HashMap<(PathBuf, String, String), (ObjectId, std::time::Instant)>;
+
+/// How long a remote target seen by this process counts as observed.
+const SEEN_FRESH: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     Preflight,
@@ -416,13 +431,56 @@ impl Promotion<'_> {
         Ok(())
     }
 
-    /// The target's tip: the remote's when a remote is set (fetched once per run), else the
-    /// local one.
+    /// The target's tip: the remote's when a remote is set (fetched once per run, unless this
+    /// process saw it a moment ago), else the local one.
     fn target_tip(&mut self) -> Result<ObjectId> {
         if let Some(tip) = self.remote_tip {
             return Ok(tip);
         }
+        if let Some(tip) = self.recently_seen()? {
+            self.remote_tip = Some(tip);
+            return Ok(tip);
+        }
         self.fresh_target_tip()
+    }
+
+    /// The remote target as this process last saw it, by its own fetch or its own push, if
+    /// that was less than [`SEEN_FRESH`] ago and the remote-tracking ref still says so.
+    fn recently_seen(&self) -> Result<Option<ObjectId>> {
+        let Some(remote) = self.remote() else {
+            return Ok(None);
+        };
+        let key = (
+            self.repo.common_dir().to_path_buf(),
+            remote.to_string(),
+            self.target().to_string(),
+        );
+        let seen = SEEN
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).copied())
+            .filter(|(_, at)| at.elapsed() < SEEN_FRESH);
+        let Some((tip, _)) = seen else {
+            return Ok(None);
+        };
+        let tracking = format!("refs/remotes/{remote}/{}", self.target());
+        Ok((self.repo.read_ref(&tracking)? == Some(tip)).then_some(tip))
+    }
+
+    /// Remembers the remote target's tip as seen now (see [`SEEN`]).
+    fn saw_remote_tip(&self, tip: ObjectId) {
+        if let Some(remote) = self.remote()
+            && let Ok(mut seen) = SEEN.lock()
+        {
+            seen.insert(
+                (
+                    self.repo.common_dir().to_path_buf(),
+                    remote.to_string(),
+                    self.target().to_string(),
+                ),
+                (tip, std::time::Instant::now()),
+            );
+        }
     }
 
     /// The target's tip, fetched again from the remote when there is one.
@@ -445,6 +503,7 @@ impl Promotion<'_> {
         })?;
         if self.remote().is_some() {
             self.remote_tip = Some(tip);
+            self.saw_remote_tip(tip);
         }
         Ok(tip)
     }
@@ -1106,6 +1165,7 @@ impl Promotion<'_> {
                 return Err(e);
             }
             self.remote_tip = Some(merge);
+            self.saw_remote_tip(merge);
             format!(
                 "pushed {} to {remote}/{}{}",
                 &merge.to_string()[..7],

@@ -89,6 +89,14 @@ impl Loop {
             .to_string()
     }
 
+    /// Adds a task that runs only after task `after` is done.
+    pub(crate) fn add_after(&self, title: &str, after: &str) -> String {
+        self.repo
+            .ok(&["task", "add", title, "--body", "work", "--after", after])
+            .trim()
+            .to_string()
+    }
+
     pub(crate) fn start(&self, extra: &[&str]) -> Out {
         let mut args = vec!["start", "--once"];
         args.extend_from_slice(extra);
@@ -228,11 +236,7 @@ fi
     );
     let l = setup(&agent, "", false);
     let first = l.add("first");
-    let second = l
-        .repo
-        .ok(&["task", "add", "second", "--body", "work", "--after", &first])
-        .trim()
-        .to_string();
+    let second = l.add_after("second", &first);
     std::fs::write(signals.path().join(format!("wait-{second}")), "").expect("signal");
     let runner = l
         .repo
@@ -281,6 +285,55 @@ fi
         )),
         "{stderr}"
     );
+}
+
+/// A runner promoting one task after another builds on the target it pushed a moment ago
+/// without fetching again; a person's push to the remote in between must neither be lost nor
+/// block the loop: the target push's lease refuses, the runner fetches, and the next try
+/// merges onto the person's commit.
+#[test]
+fn a_push_by_someone_else_between_two_promotions_is_kept() {
+    let scratch = tempfile::tempdir().expect("scratch");
+    let other = scratch.path().join("other");
+    let agent = format!(
+        "if [ -e {dir}/push-$GIT_LOOP_TASK ]; then
+  git -C {other} pull -q --ff-only origin main
+  echo person > {other}/person.txt
+  git -C {other} add person.txt && git -C {other} commit -q -m 'a person pushes'
+  git -C {other} push -q origin HEAD:main
+fi
+{COMMIT_AND_DONE}",
+        dir = scratch.path().display(),
+        other = other.display()
+    );
+    let l = setup(&agent, "", true);
+    let remote = l.remote.as_ref().expect("remote");
+    l.repo.git(&[
+        "clone",
+        "-q",
+        &remote.to_string_lossy(),
+        &other.to_string_lossy(),
+    ]);
+    let first = l.add("first");
+    let second = l.add_after("second", &first);
+    std::fs::write(scratch.path().join(format!("push-{second}")), "").expect("signal");
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for id in [&first, &second] {
+        assert_eq!(l.show(id)["state"], "done", "{:?}", l.history(id));
+    }
+    let shown = remote.to_string_lossy();
+    let files = l
+        .repo
+        .git(&["--git-dir", &shown, "ls-tree", "--name-only", "main"]);
+    for file in [
+        "person.txt".to_string(),
+        format!("work-{first}.txt"),
+        format!("work-{second}.txt"),
+    ] {
+        assert!(files.lines().any(|f| f == file), "{file} in {files}");
+    }
+    assert_eq!(l.repo.run(&["oracle"]).code, 0);
 }
 
 /// `git gc` (run by `git maintenance --auto` after an agent's commit) packs refs while the runner
