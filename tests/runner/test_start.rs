@@ -336,7 +336,7 @@ fi
     assert_eq!(l.repo.run(&["oracle"]).code, 0);
 }
 
-/// `git gc` (run by `git maintenance --auto` after an agent's commit) packs refs while the runner
+/// `git pack-refs` (git-loop's own after promotions, or a person's) packs refs while the runner
 /// deletes leases: a deleted lease must not come back from `packed-refs`.
 #[test]
 fn leases_stay_deleted_while_git_packs_refs() {
