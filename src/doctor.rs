@@ -1256,7 +1256,9 @@ mod tests {
         assert_eq!(lock_held(dir.path()), Some(false));
         held.lock().expect("lock");
         assert_eq!(lock_held(dir.path()), Some(true));
-        drop(held);
+        // Unlocked explicitly: a process another test forks in this instant shares the open
+        // file (and its lock) until it execs, so a close alone may not release it yet.
+        held.unlock().expect("unlock");
         assert_eq!(lock_held(dir.path()), Some(false));
     }
 }
