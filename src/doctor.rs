@@ -745,7 +745,7 @@ impl<'r> Cx<'r> {
         let all = crate::lease::all(self.repo)?;
         let mut saw = Vec::new();
         for (id, _, lease) in &all {
-            let short = id.get(..crate::ids::MIN_SHORT).unwrap_or(id);
+            let short = crate::ids::short(id);
             match lease {
                 Err(why) => saw.push(format!("{short}: the lease is unreadable: {why}")),
                 Ok(l) if l.holder_dead() => saw.push(format!(
@@ -1138,21 +1138,9 @@ fn repository(repo: &Repo) -> Check {
 /// The target's tip as the loop reads it: the remote's tracking branch when a remote is set and
 /// it exists, else the local branch.
 fn target(repo: &Repo, policy: &Policy) -> Result<Option<Target>> {
-    let name = &policy.loop_.target;
-    if let Some(remote) = &policy.loop_.remote
-        && let Some(tip) = repo.read_ref(&format!("refs/remotes/{remote}/{name}"))?
-    {
-        return Ok(Some(Target {
-            tip,
-            label: format!("{remote}/{name}"),
-        }));
-    }
     Ok(repo
-        .read_ref(&format!("refs/heads/{name}"))?
-        .map(|tip| Target {
-            tip,
-            label: name.clone(),
-        }))
+        .last_seen_tip(policy.loop_.remote.as_deref(), &policy.loop_.target)?
+        .map(|(tip, label)| Target { tip, label }))
 }
 
 /// `1 task`, `2 tasks`.

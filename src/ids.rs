@@ -8,6 +8,12 @@ use crate::error::{Class, LoopError};
 pub const FULL_LEN: usize = 32;
 pub const MIN_SHORT: usize = 7;
 
+/// The first [`MIN_SHORT`] digits of `id` (all of it when shorter): how ids are shown in
+/// messages and branch names.
+pub fn short(id: &str) -> &str {
+    id.get(..MIN_SHORT).unwrap_or(id)
+}
+
 pub fn is_full_id(s: &str) -> bool {
     s.len() == FULL_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }

@@ -165,7 +165,9 @@ mod tests {
         l.host = crate::process::host();
         l.pgid_start = None;
         assert_eq!(l.agent_group(), None, "a live leader of unknown start");
+        // init, with its real start time: only the guard against group 1 can refuse it.
         l.pgid = Some(1);
+        l.pgid_start = crate::process::start_time(1);
         assert_eq!(l.agent_group(), None, "never init's group");
     }
 }

@@ -65,7 +65,7 @@ pub fn unfinished(
         Some(remote) => {
             let dir = repo.workdir().unwrap_or(repo.common_dir()).to_path_buf();
             let git = crate::git::cli::Git::new(dir, false);
-            let tracking = format!("refs/remotes/{remote}/{target}");
+            let tracking = crate::git::tracking_ref(remote, target);
             git.fetch(remote, &format!("+refs/heads/{target}:{tracking}"))?;
             (repo.read_ref(&tracking)?, format!("{remote}/{target}"))
         }
@@ -89,10 +89,7 @@ pub fn unfinished(
     };
     let mut out = Vec::new();
     for l in listed {
-        let short =
-            l.id.get(..crate::ids::MIN_SHORT)
-                .unwrap_or(&l.id)
-                .to_string();
+        let short = crate::ids::short(&l.id).to_string();
         let task = match l.task {
             Ok(t) => t,
             Err(why) => {
@@ -200,14 +197,11 @@ pub fn target_sections(
     repo: &Repo,
     policy: &crate::policy::Policy,
 ) -> Result<Option<(String, ObjectId)>> {
-    let target = &policy.loop_.target;
-    let tip = match &policy.loop_.remote {
-        Some(remote) => repo
-            .read_ref(&format!("refs/remotes/{remote}/{target}"))?
-            .or(repo.read_ref(&format!("refs/heads/{target}"))?),
-        None => repo.read_ref(&format!("refs/heads/{target}"))?,
+    let Some((tip, _)) =
+        repo.last_seen_tip(policy.loop_.remote.as_deref(), &policy.loop_.target)?
+    else {
+        return Ok(None);
     };
-    let Some(tip) = tip else { return Ok(None) };
     let Some(file) = repo.file_at(tip, FILE)? else {
         return Ok(None);
     };

@@ -8,6 +8,7 @@
 //! no runner can claim a task while its worktree is being saved and removed. A reaper killed
 //! half way leaves a lease held by a dead process, which the next reap takes back.
 
+use crate::ids::short;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use crate::lease::{self, Lease, lease_ref};
 use crate::process::{Signal, group_alive, signal_group};
 use crate::promote::promotion_lock_path;
 use crate::rescue::{rescue_files, rescue_worktree, save_rescue, worktree_link_valid};
-use crate::store::{Edit, Store, TASK_REFS};
+use crate::store::{Edit, Store};
 use crate::task::State;
 use crate::time::Timestamp;
 
@@ -202,12 +203,7 @@ impl Reaper<'_> {
         if names.is_empty() {
             return Ok(());
         }
-        let ids: Vec<String> = self
-            .repo
-            .refs_under(TASK_REFS)?
-            .into_iter()
-            .map(|r| r.name[TASK_REFS.len()..].to_string())
-            .collect();
+        let ids = self.store.ids()?;
         let leased = self.leased()?;
         for name in names {
             let owner = ids.iter().find(|id| short(id) == name).cloned();
@@ -618,8 +614,4 @@ fn dir_names(dir: &Path) -> Vec<String> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
-}
-
-fn short(id: &str) -> &str {
-    id.get(..crate::ids::MIN_SHORT).unwrap_or(id)
 }

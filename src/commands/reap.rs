@@ -1,5 +1,6 @@
 //! `git loop reap`
 
+use crate::ids::short;
 use anyhow::Result;
 
 use crate::cli::Ctx;
@@ -75,30 +76,14 @@ pub fn print(out: &mut dyn std::io::Write, report: &Report) -> Result<()> {
             writeln!(out, "  {}", safe(d, false))?;
         }
     }
-    for k in &report.kept {
-        writeln!(
-            out,
-            "kept {} {}: {}",
-            k.kind,
-            short(&k.task),
-            safe(&k.why, false)
-        )?;
-    }
-    for f in &report.failed {
-        writeln!(
-            out,
-            "failed {} {}: {}",
-            f.kind,
-            short(&f.task),
-            safe(&f.why, false)
-        )?;
+    for (word, list) in [("kept", &report.kept), ("failed", &report.failed)] {
+        for k in list {
+            let (kind, task) = (&k.kind, short(&k.task));
+            writeln!(out, "{word} {kind} {task}: {}", safe(&k.why, false))?;
+        }
     }
     if report.reaped.is_empty() && report.failed.is_empty() {
         writeln!(out, "nothing to reap")?;
     }
     Ok(())
-}
-
-fn short(id: &str) -> &str {
-    id.get(..crate::ids::MIN_SHORT).unwrap_or(id)
 }

@@ -80,7 +80,7 @@ impl Git {
     /// `<common_dir>/loop/locks/`: `git worktree add` leaves a moment in which a concurrent
     /// `git worktree prune` deletes the worktree it is making.
     pub fn locking_worktrees(mut self, common_dir: &Path) -> Git {
-        self.worktree_lock = Some(common_dir.join("loop").join("locks").join("worktrees.lock"));
+        self.worktree_lock = Some(crate::lockfile::path(common_dir, "worktrees"));
         self
     }
 
@@ -279,12 +279,7 @@ impl Git {
                 &String::from_utf8_lossy(&out.stderr),
             ));
         }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        Ok(stdout
-            .lines()
-            .find(|l| l.ends_with(&format!("\t{refname}")))
-            .and_then(|l| l.split('\t').next())
-            .map(str::to_string))
+        Ok(listed_id(&out.stdout, refname))
     }
 
     /// What `remote` has at `refname`, like [`Git::ls_remote`], but giving up after `timeout`
@@ -350,12 +345,7 @@ impl Git {
                 &String::from_utf8_lossy(&stderr),
             ));
         }
-        let stdout = String::from_utf8_lossy(&stdout);
-        Ok(stdout
-            .lines()
-            .find(|l| l.ends_with(&format!("\t{refname}")))
-            .and_then(|l| l.split('\t').next())
-            .map(str::to_string))
+        Ok(listed_id(&stdout, refname))
     }
 
     /// Which of `paths` (relative to the work tree root, `/`-separated) are in the index:
@@ -410,6 +400,15 @@ impl Git {
             .trim()
             .is_empty())
     }
+}
+
+/// The object id `git ls-remote` printed for `refname`, if it did.
+fn listed_id(stdout: &[u8], refname: &str) -> Option<String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .find(|l| l.ends_with(&format!("\t{refname}")))
+        .and_then(|l| l.split('\t').next())
+        .map(str::to_string)
 }
 
 /// The oldest git git-loop supports: `git merge-tree --write-tree` (promotion's conflict check)

@@ -722,6 +722,23 @@ impl Repo {
         })
     }
 
+    /// The tip of `branch` as last seen, and where it was read (`origin/main`, `main`): the
+    /// remote-tracking branch when `remote` is given and it exists, else the local branch.
+    pub fn last_seen_tip(
+        &self,
+        remote: Option<&str>,
+        branch: &str,
+    ) -> Result<Option<(ObjectId, String)>> {
+        if let Some(remote) = remote
+            && let Some(tip) = self.read_ref(&tracking_ref(remote, branch))?
+        {
+            return Ok(Some((tip, format!("{remote}/{branch}"))));
+        }
+        Ok(self
+            .read_ref(&format!("refs/heads/{branch}"))?
+            .map(|tip| (tip, branch.to_string())))
+    }
+
     /// The best common ancestor of two commits, if they share history.
     pub fn merge_base(&self, a: ObjectId, b: ObjectId) -> Result<Option<ObjectId>> {
         Ok(self
@@ -895,6 +912,11 @@ pub fn ref_storage(dir: &Path) -> Option<String> {
         .string("extensions.refStorage")
         .map_or_else(|| "files".to_string(), |s| s.to_str_lossy().into_owned());
     Some(storage)
+}
+
+/// The remote-tracking ref of `branch` of `remote`: `refs/remotes/<remote>/<branch>`.
+pub fn tracking_ref(remote: &str, branch: &str) -> String {
+    format!("refs/remotes/{remote}/{branch}")
 }
 
 /// Parses a full hexadecimal object id.

@@ -7,6 +7,7 @@
 //! so that no phase does two irreversible things without a checkpoint between them. A process
 //! killed at any instant and run again converges on one merge and the same final target.
 
+use crate::ids::short;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ pub use checkpoint::Record;
 use crate::error::{Class, LoopError};
 use crate::gate;
 use crate::git::cli::{Git, MergeTree, PROMOTE_ENV, Push, PushedRef};
-use crate::git::{Cas, CasOutcome, Repo, oid};
+use crate::git::{Cas, CasOutcome, Repo, oid, tracking_ref};
 use crate::policy::{PROTECTED_SECTIONS, Policy, Strategy};
 use crate::rescue::{rescue_worktree, save_rescue};
 use crate::store::{Edit, Store, Updated};
@@ -447,14 +448,9 @@ impl Promotion<'_> {
     /// The remote target as this process last saw it, by its own fetch or its own push, if
     /// that was less than [`SEEN_FRESH`] ago and the remote-tracking ref still says so.
     fn recently_seen(&self) -> Result<Option<ObjectId>> {
-        let Some(remote) = self.remote() else {
+        let Some(key) = self.seen_key() else {
             return Ok(None);
         };
-        let key = (
-            self.repo.common_dir().to_path_buf(),
-            remote.to_string(),
-            self.target().to_string(),
-        );
         let seen = SEEN
             .lock()
             .ok()
@@ -463,31 +459,32 @@ impl Promotion<'_> {
         let Some((tip, _)) = seen else {
             return Ok(None);
         };
-        let tracking = format!("refs/remotes/{remote}/{}", self.target());
-        Ok((self.repo.read_ref(&tracking)? == Some(tip)).then_some(tip))
+        Ok((self.repo.read_ref(&tracking_ref(&key.1, &key.2))? == Some(tip)).then_some(tip))
     }
 
     /// Remembers the remote target's tip as seen now (see [`SEEN`]).
     fn saw_remote_tip(&self, tip: ObjectId) {
-        if let Some(remote) = self.remote()
+        if let Some(key) = self.seen_key()
             && let Ok(mut seen) = SEEN.lock()
         {
-            seen.insert(
-                (
-                    self.repo.common_dir().to_path_buf(),
-                    remote.to_string(),
-                    self.target().to_string(),
-                ),
-                (tip, std::time::Instant::now()),
-            );
+            seen.insert(key, (tip, std::time::Instant::now()));
         }
+    }
+
+    /// This promotion's key in [`SEEN`], when there is a remote.
+    fn seen_key(&self) -> Option<(PathBuf, String, String)> {
+        Some((
+            self.repo.common_dir().to_path_buf(),
+            self.remote()?.to_string(),
+            self.target().to_string(),
+        ))
     }
 
     /// The target's tip, fetched again from the remote when there is one.
     fn fresh_target_tip(&mut self) -> Result<ObjectId> {
         let (name, shown) = match self.remote() {
             Some(remote) => {
-                let tracking = format!("refs/remotes/{remote}/{}", self.target());
+                let tracking = tracking_ref(remote, self.target());
                 self.git
                     .fetch(remote, &format!("+{}:{tracking}", self.target_ref()))?;
                 (tracking, format!("{remote}/{}", self.target()))
@@ -1285,9 +1282,7 @@ impl Promotion<'_> {
         let tmp_dir = self.repo.common_dir().join("loop").join("tmp");
         let tmp_prefix = format!("{}-", self.short());
         let target_tip = match self.remote() {
-            Some(remote) => self
-                .repo
-                .read_ref(&format!("refs/remotes/{remote}/{}", self.target()))?,
+            Some(remote) => self.repo.read_ref(&tracking_ref(remote, self.target()))?,
             None => self.repo.read_ref(&self.target_ref())?,
         };
         let branch_head = self.repo.read_ref(&branch_ref)?;
@@ -1759,10 +1754,6 @@ fn updated_task(updated: Updated) -> Task {
 
 fn policy_error(message: impl Into<String>) -> LoopError {
     LoopError::new(Class::Policy, message)
-}
-
-fn short(id: &str) -> &str {
-    id.get(..crate::ids::MIN_SHORT).unwrap_or(id)
 }
 
 fn one_line(s: &str) -> String {

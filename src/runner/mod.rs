@@ -6,6 +6,7 @@
 
 pub mod worker;
 
+use crate::ids::short;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -324,16 +325,12 @@ impl Runner<'_> {
                     .to_string(),
             ),
         }
-        let target = format!("refs/heads/{}", self.policy.loop_.target);
-        let tip_commit = match &self.policy.loop_.remote {
-            Some(remote) => repo
-                .read_ref(&format!(
-                    "refs/remotes/{remote}/{}",
-                    self.policy.loop_.target
-                ))?
-                .or(repo.read_ref(&target)?),
-            None => repo.read_ref(&target)?,
-        };
+        let tip_commit = repo
+            .last_seen_tip(
+                self.policy.loop_.remote.as_deref(),
+                &self.policy.loop_.target,
+            )?
+            .map(|(tip, _)| tip);
         let mut files = self.policy.runtime.manifest.clone();
         files.push(crate::policy::FILE.to_string());
         let fingerprint = match tip_commit {
@@ -794,10 +791,6 @@ fn next_timer(listed: &[crate::store::Listed], batch: Option<&str>) -> Option<Ti
         })
         .filter_map(|t| t.next_at)
         .min()
-}
-
-fn short(id: &str) -> &str {
-    id.get(..crate::ids::MIN_SHORT).unwrap_or(id)
 }
 
 /// Takes the runner lock; a second runner gets `busy` naming the holder.

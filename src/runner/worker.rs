@@ -2,6 +2,7 @@
 //! state change is a compare-and-swap on the task ref that checks the task is still ours; the
 //! lease is released in the transaction that moves the task on.
 
+use crate::ids::short;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -77,10 +78,6 @@ pub fn work(job: &Job) -> Result<String> {
     promote(job, &repo, &store)
 }
 
-fn short(id: &str) -> &str {
-    id.get(..crate::ids::MIN_SHORT).unwrap_or(id)
-}
-
 /// The task's worktree, made (or reused) on its branch.
 fn worktree(job: &Job, repo: &Repo, git: &Git, task: &Task) -> Result<PathBuf> {
     let path = repo
@@ -136,7 +133,7 @@ fn target_tip(job: &Job, repo: &Repo, git: &Git) -> Result<ObjectId> {
     let target = &job.policy.loop_.target;
     let name = match &job.policy.loop_.remote {
         Some(remote) => {
-            let tracking = format!("refs/remotes/{remote}/{target}");
+            let tracking = crate::git::tracking_ref(remote, target);
             if repo.read_ref(&tracking)?.is_none() {
                 git.fetch(remote, &format!("+refs/heads/{target}:{tracking}"))?;
             }

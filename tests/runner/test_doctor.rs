@@ -2,11 +2,12 @@
 //! processes — and doctor must name it, with its status and fix, in `--json` and exit code.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{Out, TestRepo};
+use crate::common::{Out, TestRepo, write_executable};
+use crate::test_start::wait_for;
 
 /// A loop whose programs exist everywhere: the agent and the gate are `true`.
 const POLICY: &str = "[loop]\ntarget = \"main\"\n\
@@ -88,15 +89,6 @@ fn fix_of(v: &Value, name: &str) -> String {
         .to_string()
 }
 
-fn chmod_x(path: &Path) {
-    let status = std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(path)
-        .status()
-        .expect("chmod");
-    assert!(status.success());
-}
-
 /// This machine's name, as git-loop records it in leases and heartbeats.
 fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -127,14 +119,6 @@ fn lease_doc(task: &str, host: &str, pid: u32, expires: &str) -> String {
          run = \"1\"\npurpose = \"agent\"\nacquired = \"2026-01-01T00:00:00Z\"\n\
          renewed = \"2026-01-01T00:00:00Z\"\nexpires = \"{expires}\"\n"
     )
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -183,8 +167,7 @@ fn an_untracked_agent_script_fails_in_the_original_and_passes_in_a_fresh_clone_o
     repo.git(&["add", "policy.toml", "loop/PROMPT.md"]);
     repo.git(&["commit", "-q", "-m", "set up git-loop"]);
     let remote = repo.add_bare_remote();
-    repo.write("agent.sh", "#!/bin/sh\necho LOOP_DONE\n");
-    chmod_x(&repo.path("agent.sh"));
+    write_executable(&repo.path("agent.sh"), "#!/bin/sh\necho LOOP_DONE\n");
 
     // The original has the script, so it runs here; a fresh clone would not have it.
     let (out, v) = doctor(&repo, &[]);
@@ -330,8 +313,7 @@ fn hooks_missing_outdated_foreign_and_clobbered_are_warnings_with_fixes() {
 
     // Another tool's hook where the shim should be.
     let pre_push = repo.path(".git/hooks/pre-push");
-    std::fs::write(&pre_push, "#!/bin/sh\n# lfs\nexit 0\n").expect("hook");
-    chmod_x(&pre_push);
+    write_executable(&pre_push, "#!/bin/sh\n# lfs\nexit 0\n");
     let (_, v) = doctor(&repo, &[]);
     assert_check(
         &v,
@@ -362,18 +344,17 @@ fn a_chained_hook_that_is_not_executable_is_a_warning() {
     let repo = setup();
     let pre_push = repo.path(".git/hooks/pre-push");
     std::fs::remove_file(&pre_push).expect("rm");
-    std::fs::write(&pre_push, "#!/bin/sh\nexit 0\n").expect("hook");
-    chmod_x(&pre_push);
+    write_executable(&pre_push, "#!/bin/sh\nexit 0\n");
     repo.ok(&["hooks", "install"]);
     let chained = repo.path(".git/hooks/pre-push.git-loop-chained");
     assert!(chained.exists());
     let (_, v) = doctor(&repo, &[]);
     assert_check(&v, "hooks", "ok", &[]);
-    std::process::Command::new("chmod")
-        .arg("-x")
-        .arg(&chained)
-        .status()
-        .expect("chmod");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&chained, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod -x");
+    }
     let (_, v) = doctor(&repo, &[]);
     assert_check(
         &v,
