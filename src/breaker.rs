@@ -240,8 +240,14 @@ pub fn on_path(program: &str) -> bool {
 }
 
 /// A fingerprint of what re-arms a `config` opening: the policy file and every runtime file as
-/// committed on the target, and the policy as it is in the working tree.
-pub fn fingerprint(repo: &Repo, policy_files: &[String], target_tip: ObjectId) -> Result<String> {
+/// committed on the target, the policy as it is in the working tree, and the runtime problems
+/// found (`missing`).
+pub fn fingerprint(
+    repo: &Repo,
+    policy_files: &[String],
+    target_tip: ObjectId,
+    missing: &[String],
+) -> Result<String> {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
         for b in bytes {
@@ -257,6 +263,9 @@ pub fn fingerprint(repo: &Repo, policy_files: &[String], target_tip: ObjectId) -
     }
     if let Some(w) = repo.workdir() {
         feed(&std::fs::read(w.join(crate::policy::FILE)).unwrap_or_default());
+    }
+    for problem in missing {
+        feed(problem.as_bytes());
     }
     Ok(format!("{h:016x}"))
 }

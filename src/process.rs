@@ -82,29 +82,37 @@ impl Signal {
 
 /// Sends `signal` to the process group `pgid`. A group that is already gone is not an error.
 pub fn signal_group(pgid: u32, signal: Signal) {
-    let _ = kill_group(pgid, signal.number());
+    let _ = kill(pgid, true, signal.number());
+}
+
+/// Sends `signal` to the process `pid` alone. One already gone is not an error.
+pub fn signal_process(pid: u32, signal: Signal) {
+    let _ = kill(pid, false, signal.number());
 }
 
 /// Whether any process of group `pgid` is still running.
 pub fn group_alive(pgid: u32) -> bool {
-    kill_group(pgid, 0)
+    kill(pgid, true, 0)
 }
 
-/// `kill(-pgid, sig)`; true if the call succeeded. Refuses group ids that would address
-/// something other than one group: 0 (the caller's own group) and 1 (with the minus, `-1`
-/// means every process the caller may signal), and ids beyond `pid_t`. The one `unsafe` call
-/// of the crate: the standard library has no way to signal a process group.
+/// `kill(-id, sig)` for a group, `kill(id, sig)` for a process; true if the call succeeded.
+/// Refuses ids that would address something other than one group or process: 0 (the
+/// caller's own group) and 1 (init, or with the minus, `-1`: every process the caller may
+/// signal), and ids beyond `pid_t`. The one `unsafe` call of the crate: the standard library
+/// has no way to signal a process group, nor a process it did not spawn.
 #[allow(unsafe_code)]
-fn kill_group(pgid: u32, sig: libc::c_int) -> bool {
-    let Ok(group) = libc::pid_t::try_from(pgid) else {
+fn kill(id: u32, group: bool, sig: libc::c_int) -> bool {
+    let Ok(id) = libc::pid_t::try_from(id) else {
         return false;
     };
-    if group <= 1 {
+    if id <= 1 {
         return false;
     }
+    let target = if group { -id } else { id };
     // SAFETY: kill(2) takes two plain integers, touches no memory of this process, and is
-    // async-signal-safe; a negative pid < -1 addresses exactly the process group `group`.
-    unsafe { libc::kill(-group, sig) == 0 }
+    // async-signal-safe; with id > 1, `-id` addresses exactly the process group `id` and
+    // `id` exactly the process `id`.
+    unsafe { libc::kill(target, sig) == 0 }
 }
 
 #[cfg(test)]

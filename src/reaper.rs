@@ -414,11 +414,11 @@ impl Reaper<'_> {
         let path = self.worktrees.join(name);
         if path.exists() && !worktree_link_valid(&path) {
             // Its git metadata is gone (a removal stopped half way): save the files as they are.
-            if let Some(rescue) = rescue_files(self.repo, &self.git, &path, task)? {
+            if let Some(rescue) = rescue_files(self.repo, &self.git, &path, task, None)? {
                 did.push(format!("saved its files in {rescue}"));
             }
         } else if path.join(".git").exists() {
-            let there = self.git.in_dir(&path);
+            let there = self.git.in_worktree(&path);
             if let Ok(head) = there.run(&["rev-parse", "--verify", "--quiet", "HEAD"])
                 && let Ok(head) = oid(head.trim())
                 && !self.reachable_from_a_branch(head)?

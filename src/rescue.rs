@@ -73,8 +73,15 @@ pub fn worktree_link_valid(path: &Path) -> bool {
 
 /// Saves every file under `path` that is not ignored, as a parentless commit in a new rescue
 /// ref, reading them through the repository's own git dir (for a directory whose worktree
-/// metadata is gone). `None` when there is no file to save.
-pub fn rescue_files(repo: &Repo, git: &Git, path: &Path, id: &str) -> Result<Option<String>> {
+/// metadata is gone). `None` when there is no file to save, or when every file left is as
+/// `base` has it (what a removal stopped half way leaves of a clean checkout of `base`).
+pub fn rescue_files(
+    repo: &Repo,
+    git: &Git,
+    path: &Path,
+    id: &str,
+    base: Option<ObjectId>,
+) -> Result<Option<String>> {
     let index = std::env::temp_dir().join(format!(
         "git-loop-rescue-{}-{:x}",
         std::process::id(),
@@ -93,6 +100,23 @@ pub fn rescue_files(repo: &Repo, git: &Git, path: &Path, id: &str) -> Result<Opt
             .run(&["ls-tree", &tree.to_string()])?
             .trim()
             .is_empty()
+        {
+            return Ok(None);
+        }
+        // Files the removal already deleted do not count: only added or changed ones.
+        if let Some(base) = base
+            && there
+                .run(&[
+                    "diff-tree",
+                    "-r",
+                    "--no-renames",
+                    "--name-only",
+                    "--diff-filter=AMT",
+                    &base.to_string(),
+                    &tree.to_string(),
+                ])?
+                .trim()
+                .is_empty()
         {
             return Ok(None);
         }

@@ -6,10 +6,13 @@ use anyhow::Result;
 
 use crate::cli::Ctx;
 use crate::error::{Class, LoopError};
-use crate::process::{alive, signal_group};
+use crate::process::{Signal, alive, signal_group, signal_process};
 use crate::runner::Heartbeat;
 
 /// Stop the runner: TERM its process group, KILL it after --timeout.
+///
+/// The group is signalled when the runner leads it (`--detach` makes sure it does); a runner
+/// sharing the group of whatever started it is signalled alone.
 ///
 /// On TERM the runner dispatches nothing more, ends its agents' process groups, requeues
 /// their tasks without counting an attempt, releases its leases, writes a final heartbeat and
@@ -44,8 +47,14 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         .with_hint(format!("run `git loop stop` on {}", h.host))
         .into());
     }
-    let group = h.pgid.unwrap_or(h.pid);
-    signal_group(group, crate::process::Signal::Term);
+    // Its whole process group when it leads one (`--detach`, or a shell's job); when it
+    // shares its starter's group (a script that ran it, `git` running `git-loop`), the
+    // runner alone: the group is not the runner's to end.
+    let signal = |signal| match h.pgid {
+        Some(group) if group == h.pid => signal_group(group, signal),
+        _ => signal_process(h.pid, signal),
+    };
+    signal(Signal::Term);
     let until = Instant::now() + Duration::from_secs(args.timeout);
     while alive(h.pid, h.pid_start.as_deref()) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(100));
@@ -55,7 +64,7 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         return Ok(());
     }
     // It did not stop in time: kill it, and take back what it held.
-    signal_group(group, crate::process::Signal::Kill);
+    signal(Signal::Kill);
     let until = Instant::now() + Duration::from_secs(5);
     while alive(h.pid, h.pid_start.as_deref()) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));

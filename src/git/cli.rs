@@ -96,6 +96,19 @@ impl Git {
         }
     }
 
+    /// The same git in the checkout at `path`, never reaching past it for a repository: a
+    /// checkout under `.git/loop/worktrees/` whose `.git` file is gone (a removal under way)
+    /// must fail, not fall through to the repository's own git dir.
+    pub fn in_worktree(&self, path: &Path) -> Git {
+        let git = self.in_dir(path);
+        match path.parent() {
+            Some(parent) if parent.is_absolute() && !parent.to_string_lossy().contains(':') => {
+                git.with_env("GIT_CEILING_DIRECTORIES", &parent.to_string_lossy())
+            }
+            _ => git,
+        }
+    }
+
     fn command<I, S>(&self, args: I) -> Command
     where
         I: IntoIterator<Item = S>,

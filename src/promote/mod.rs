@@ -24,7 +24,7 @@ use crate::gate;
 use crate::git::cli::{Git, MergeTree, PROMOTE_ENV, Push, PushedRef};
 use crate::git::{Cas, CasOutcome, Repo, oid, tracking_ref};
 use crate::policy::{PROTECTED_SECTIONS, Policy, Strategy};
-use crate::rescue::{rescue_worktree, save_rescue};
+use crate::rescue::{rescue_files, rescue_worktree, save_rescue, worktree_link_valid};
 use crate::store::{Edit, Store, Updated};
 use crate::task::{State, Task, reason};
 use crate::time::Timestamp;
@@ -1063,7 +1063,7 @@ impl Promotion<'_> {
                 }
             }
             Some(wt) => {
-                let there = self.git.in_dir(&wt.path);
+                let there = self.git.in_worktree(&wt.path);
                 if there.has_tracked_changes()? {
                     return Ok(Advance::LeftDirty(wt.path));
                 }
@@ -1290,6 +1290,7 @@ impl Promotion<'_> {
         // Whether worktree metadata may be left without its directory.
         let mut prune = worktrees.iter().any(|w| w.prunable || !w.path.exists());
         let mut checked_out = false;
+        let mut listed_ours = false;
         for wt in &worktrees {
             let is_main = main_worktree
                 .as_deref()
@@ -1305,42 +1306,36 @@ impl Promotion<'_> {
             if temp {
                 prune |= self.remove_worktree(&wt.path);
             } else if ours && wt.path.exists() {
-                if wt.path.join(".git").exists() {
-                    let there = self.git.in_dir(&wt.path);
-                    // Commits made on a detached HEAD are on no branch: save them first.
-                    if wt.branch.is_none()
-                        && let Ok(head) = there.run(&["rev-parse", "--verify", "-q", "HEAD"])
-                        && let Ok(head) = oid(&head)
-                    {
-                        let kept = target_tip
-                            .is_some_and(|t| self.repo.is_ancestor(head, t).unwrap_or(false))
-                            || branch_head
-                                .is_some_and(|b| self.repo.is_ancestor(head, b).unwrap_or(false));
-                        if !kept {
-                            let rescue = save_rescue(self.repo, &self.id, head)?;
-                            said.push(format!("saved the detached HEAD's commits in {rescue}"));
+                if worktree_link_valid(&wt.path) {
+                    match self.save_and_remove(
+                        &wt.path,
+                        wt.branch.is_none(),
+                        target_tip,
+                        branch_head,
+                    ) {
+                        Ok(done) => said.extend(done),
+                        // Its git link went while we looked: another process is removing it
+                        // (a killed promotion's `git worktree remove` still running). What it
+                        // leaves is handled below like any half-removed checkout.
+                        Err(e) if !worktree_link_valid(&wt.path) => {
+                            tracing::debug!("{} changed under us: {e:#}", wt.path.display());
                         }
-                    }
-                    // git removes a clean worktree only: then there is nothing to save.
-                    let clean_removed = self
-                        .git
-                        .run(&["worktree", "remove", &wt.path.to_string_lossy()])
-                        .is_ok();
-                    if !clean_removed
-                        && let Some(rescue) = rescue_worktree(self.repo, &there, &self.id)?
-                    {
-                        said.push(format!("saved uncommitted work in {rescue}"));
+                        Err(e) => return Err(e),
                     }
                 }
-                // Without its .git file a `git worktree remove` was killed half way, after
-                // the rescue above had already run.
                 if wt.path.exists() {
-                    prune |= self.remove_worktree(&wt.path);
+                    prune |= self.clear_leftover(&wt.path, branch_head, &mut said)?;
                 }
                 said.push(format!("removed the worktree {}", wt.path.display()));
+                listed_ours = true;
             } else if wt.branch.as_deref() == Some(branch_ref.as_str()) && !wt.prunable {
                 checked_out = true;
             }
+        }
+        // A directory git no longer knows as a worktree (its metadata went first).
+        if !listed_ours && loop_dir.exists() {
+            prune |= self.clear_leftover(&loop_dir, branch_head, &mut said)?;
+            said.push(format!("removed the directory {}", loop_dir.display()));
         }
         if let Ok(entries) = std::fs::read_dir(&tmp_dir) {
             for entry in entries.flatten() {
@@ -1391,6 +1386,69 @@ impl Promotion<'_> {
             said.join("; ")
         };
         self.checkpoint(Phase::Cleanup, &message, |_| {}, &[])
+    }
+
+    /// Saves what the task's worktree at `path` holds that is nowhere else — commits on a
+    /// detached HEAD, uncommitted and untracked files — then removes it. Says what it did.
+    fn save_and_remove(
+        &self,
+        path: &Path,
+        detached: bool,
+        target_tip: Option<ObjectId>,
+        branch_head: Option<ObjectId>,
+    ) -> Result<Vec<String>> {
+        let mut said = Vec::new();
+        let there = self.git.in_worktree(path);
+        // Commits made on a detached HEAD are on no branch: save them first.
+        if detached
+            && let Ok(head) = there.run(&["rev-parse", "--verify", "-q", "HEAD"])
+            && let Ok(head) = oid(&head)
+        {
+            let kept = target_tip.is_some_and(|t| self.repo.is_ancestor(head, t).unwrap_or(false))
+                || branch_head.is_some_and(|b| self.repo.is_ancestor(head, b).unwrap_or(false));
+            if !kept {
+                let rescue = save_rescue(self.repo, &self.id, head)?;
+                said.push(format!("saved the detached HEAD's commits in {rescue}"));
+            }
+        }
+        // git removes a clean worktree only: then there is nothing to save.
+        let clean_removed = self
+            .git
+            .run(&["worktree", "remove", &path.to_string_lossy()])
+            .is_ok();
+        if !clean_removed && let Some(rescue) = rescue_worktree(self.repo, &there, &self.id)? {
+            said.push(format!("saved uncommitted work in {rescue}"));
+        }
+        Ok(said)
+    }
+
+    /// Clears a checkout directory of the task that has lost its git link (a removal stopped
+    /// half way, or under way in another process): files that differ from the branch are
+    /// saved first. Returns whether `git worktree prune` should run.
+    fn clear_leftover(
+        &self,
+        path: &Path,
+        branch_head: Option<ObjectId>,
+        said: &mut Vec<String>,
+    ) -> Result<bool> {
+        if !worktree_link_valid(path) {
+            let saved = rescue_files(self.repo, &self.git, path, &self.id, branch_head);
+            match saved {
+                Ok(Some(rescue)) => said.push(format!("saved its files in {rescue}")),
+                Ok(None) => {}
+                // Gone meanwhile: removed by whoever was removing it.
+                Err(_) if !path.exists() => return Ok(true),
+                Err(e) => {
+                    return Err(LoopError::new(
+                        Class::Transient,
+                        format!("could not save the files of {}: {e:#}", path.display()),
+                    )
+                    .with_hint("another git process may be removing it; run the promotion again in a moment")
+                    .into());
+                }
+            }
+        }
+        Ok(path.exists() && self.remove_worktree(path))
     }
 
     /// Removes a worktree; if git cannot (a removal killed half way), removes its directory

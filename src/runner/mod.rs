@@ -331,14 +331,22 @@ impl Runner<'_> {
                 &self.policy.loop_.target,
             )?
             .map(|(tip, _)| tip);
-        let mut files = self.policy.runtime.manifest.clone();
+        // Everything the runtime needs from the target: the manifest and every program run
+        // from inside the repository, so committing either re-arms the breaker.
+        let mut files = breaker::runtime_files(&self.policy, repo.workdir());
         files.push(crate::policy::FILE.to_string());
         let fingerprint = match tip_commit {
             Some(t) => {
-                if problems.is_empty() {
-                    problems.extend(breaker::runtime_problems(repo, &self.policy, t)?);
-                }
-                breaker::fingerprint(repo, &files, t)?
+                // What is missing is part of the fingerprint too: a program installed on PATH
+                // since the opening re-arms it as a commit would.
+                let missing = if problems.is_empty() {
+                    breaker::runtime_problems(repo, &self.policy, t)?
+                } else {
+                    Vec::new()
+                };
+                let fingerprint = breaker::fingerprint(repo, &files, t, &missing)?;
+                problems.extend(missing);
+                fingerprint
             }
             None => {
                 problems.push(format!(

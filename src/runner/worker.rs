@@ -89,14 +89,15 @@ fn worktree(job: &Job, repo: &Repo, git: &Git, task: &Task) -> Result<PathBuf> {
     if crate::rescue::worktree_link_valid(&path) {
         return Ok(path);
     }
+    let branch_ref = format!("refs/heads/{}", task.branch);
+    let branch_head = repo.read_ref(&branch_ref)?;
     if path.exists() {
-        // A directory without working git metadata: a removal interrupted. Save what is in it,
-        // then start it again.
-        crate::rescue::rescue_files(repo, git, &path, &task.id)?;
+        // A directory without working git metadata: a removal interrupted. Save what differs
+        // from the branch, then start it again.
+        crate::rescue::rescue_files(repo, git, &path, &task.id, branch_head)?;
         std::fs::remove_dir_all(&path).with_context(|| format!("clearing {shown}"))?;
     }
-    let branch_ref = format!("refs/heads/{}", task.branch);
-    let args: Vec<String> = if repo.read_ref(&branch_ref)?.is_some() {
+    let args: Vec<String> = if branch_head.is_some() {
         ["worktree", "add", "--quiet", &shown, &task.branch]
             .map(str::to_string)
             .to_vec()
@@ -116,8 +117,14 @@ fn worktree(job: &Job, repo: &Repo, git: &Git, task: &Task) -> Result<PathBuf> {
     };
     if let Err(e) = git.run(&args) {
         // A worktree whose directory was deleted by hand is still registered (and still holds
-        // the branch): its metadata is stale, so prune it and try once more.
-        if !format!("{e:#}").contains("missing but already registered") {
+        // the branch): its metadata is stale, so prune it and try once more. (Asked of the
+        // metadata, not of git's message, which is translated.)
+        let ours = Path::new("loop").join("worktrees").join(short(&task.id));
+        let stale = repo
+            .worktrees()?
+            .iter()
+            .any(|w| w.path.ends_with(&ours) && !w.path.exists());
+        if !stale {
             return Err(e);
         }
         git.run(&["worktree", "prune"])?;

@@ -16,6 +16,9 @@ fn a_worktree_half_removed_by_a_kill_does_not_block_cleanup() {
     let out = f.promote();
     assert_eq!(out.code, 0, "{}", out.stderr);
     f.assert_converged();
+    // What is left is a clean checkout of the branch: nothing to save.
+    let rescues = f.repo.git(&["for-each-ref", "refs/loop/rescue/"]);
+    assert_eq!(rescues, "", "no rescue of clean files");
 }
 
 #[test]
@@ -296,5 +299,82 @@ fn squash_after_a_conflict_fix_converges() {
             .len(),
         2,
         "no new conflict task"
+    );
+}
+
+/// The real `git` behind a wrapper that, the first time a `git status` runs in one of
+/// git-loop's task worktrees, deletes that worktree's `.git` file first: what a `git worktree
+/// remove` still running from a killed promotion does while the next promotion looks.
+fn git_removing_dot_git_on_status(bin: &std::path::Path) -> String {
+    let real = std::process::Command::new("sh")
+        .args(["-c", "command -v git"])
+        .output()
+        .expect("find git");
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    let mark = bin.join("fired");
+    crate::common::write_executable(
+        &bin.join("git"),
+        &format!(
+            "#!/bin/sh\nprev=; dir=; st=\nfor a in \"$@\"; do\n  [ \"$prev\" = -C ] && dir=$a\n               [ \"$a\" = status ] && st=1\n  prev=$a\ndone\n\
+             case \"$dir\" in */loop/worktrees/*)\n  \
+             if [ -n \"$st\" ] && [ ! -e '{mark}' ]; then touch '{mark}'; rm -f \"$dir/.git\"; fi;;\nesac\n\
+             exec '{real}' \"$@\"\n",
+            mark = mark.display()
+        ),
+    );
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[test]
+fn a_worktree_losing_its_git_link_while_it_is_saved_is_saved_and_removed() {
+    let f = Fixture::new(Config {
+        dirty_worktree: true,
+        ..Config::default()
+    });
+    let bin = tempfile::tempdir().expect("tmp");
+    let path = git_removing_dot_git_on_status(bin.path());
+    let out = f.promote_env("PATH", &path);
+    assert!(bin.path().join("fired").exists(), "the wrapper ran");
+    // Before: `git status` there found the repository's own git dir above the checkout and
+    // failed with "this operation must be run in a work tree" (exit 1), at every re-run.
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    f.assert_converged();
+    let rescues = f
+        .repo
+        .git(&["for-each-ref", "--format=%(refname)", "refs/loop/rescue/"]);
+    let rescue = rescues.lines().next().expect("a rescue ref");
+    assert_eq!(
+        f.repo.git(&["show", &format!("{rescue}:feature.txt")]),
+        "uncommitted edit\n"
+    );
+    assert_eq!(
+        f.repo.git(&["show", &format!("{rescue}:notes.txt")]),
+        "untracked notes\n"
+    );
+}
+
+#[test]
+fn a_task_directory_git_no_longer_knows_is_saved_and_removed() {
+    let f = Fixture::new(Config::default());
+    let wt = f.repo.worktree_path(f.short());
+    std::fs::write(wt.join("notes.txt"), "untracked notes\n").expect("write");
+    // Its metadata went first (removed by hand, or pruned): git lists no such worktree.
+    std::fs::remove_dir_all(f.repo.path(&format!(".git/worktrees/{}", f.short())))
+        .expect("remove the metadata");
+    let out = f.promote();
+    // Before: the directory stayed (git did not list it), the untracked file unsaved.
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    f.assert_converged();
+    let rescues = f
+        .repo
+        .git(&["for-each-ref", "--format=%(refname)", "refs/loop/rescue/"]);
+    let rescue = rescues.lines().next().expect("a rescue ref");
+    assert_eq!(
+        f.repo.git(&["show", &format!("{rescue}:notes.txt")]),
+        "untracked notes\n"
     );
 }

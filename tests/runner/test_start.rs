@@ -221,6 +221,27 @@ echo LOOP_DONE",
     assert_eq!(l.repo.git(&["show", "main:seen.txt"]), "false\n0\n");
 }
 
+/// A task worktree whose directory was deleted by hand is still registered with git (and
+/// holds the branch): the next attempt prunes the stale registration, checks the branch out
+/// again and finishes the task.
+#[test]
+fn a_task_worktree_deleted_by_hand_is_made_again() {
+    let agent = format!(
+        "if [ \"$1\" = 1 ]; then here=$(pwd); cd /; rm -rf \"$here\"; echo 'gone'; exit 1; fi\n\
+         {COMMIT_AND_DONE}"
+    );
+    let l = setup(&agent, "", false);
+    let id = l.add("redo me");
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(l.show(&id)["state"], "done");
+    assert_eq!(l.agent_runs(&id).len(), 2, "two attempts");
+    assert_eq!(
+        l.repo.git(&["show", &format!("main:work-{id}.txt")]),
+        format!("{id}\n")
+    );
+}
+
 /// A lease in the runner's name that no worker holds — its release failed, or another git's
 /// `pack-refs --auto` brought it back after the release deleted it — is deleted, not renewed
 /// for ever.
@@ -817,6 +838,11 @@ fn status_says_why_each_task_waits_and_what_re_arms_it() {
 
 /// A repository whose agent is `./agent.sh`, listed in the runtime manifest but not committed.
 fn untracked_agent() -> (TestRepo, String) {
+    untracked_agent_in(&["policy.toml", "loop/PROMPT.md", "agent.sh"])
+}
+
+/// A repository whose agent is `./agent.sh`, not committed, with this runtime manifest.
+fn untracked_agent_in(manifest: &[&str]) -> (TestRepo, String) {
     let repo = TestRepo::new();
     repo.write("agent.sh", format!("#!/bin/sh\n{COMMIT_AND_DONE}\n"));
     std::process::Command::new("chmod")
@@ -825,10 +851,12 @@ fn untracked_agent() -> (TestRepo, String) {
         .expect("chmod");
     repo.write(
         "policy.toml",
-        "[loop]\ntarget = \"main\"\n[agent]\ncommand = [\"./agent.sh\"]\n\
-         [triage]\nmin_body_chars = 0\nrequire_acceptance = false\n\
-         [lease]\nheartbeat = \"1s\"\n\
-         [runtime]\nmanifest = [\"policy.toml\", \"loop/PROMPT.md\", \"agent.sh\"]\n",
+        format!(
+            "[loop]\ntarget = \"main\"\n[agent]\ncommand = [\"./agent.sh\"]\n\
+             [triage]\nmin_body_chars = 0\nrequire_acceptance = false\n\
+             [lease]\nheartbeat = \"1s\"\n\
+             [runtime]\nmanifest = {manifest:?}\n"
+        ),
     );
     repo.write("loop/PROMPT.md", PROMPT);
     repo.git(&["add", "policy.toml", "loop/PROMPT.md"]);
@@ -850,7 +878,17 @@ pub(crate) fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bo
 
 #[test]
 fn an_untracked_runtime_script_opens_the_breaker_at_once_and_its_commit_rearms_it() {
-    let (repo, id) = untracked_agent();
+    the_seeded_incident(untracked_agent());
+}
+
+/// The agent program lives in the repository but the manifest forgets it: it is a runtime
+/// file all the same, and committing it re-arms the breaker.
+#[test]
+fn an_untracked_agent_missing_from_the_manifest_rearms_the_breaker_when_committed() {
+    the_seeded_incident(untracked_agent_in(&["policy.toml", "loop/PROMPT.md"]));
+}
+
+fn the_seeded_incident((repo, id): (TestRepo, String)) {
     let mut runner = repo
         .cmd(&["start"])
         .stdin(Stdio::null())
@@ -978,6 +1016,57 @@ fn init_pins_the_finish_line() {
             && pin.contains("gate")
             && pin.contains("source = \"working tree\""),
         "{pin}"
+    );
+}
+
+/// A runner started by a script shares the script's process group: `stop` ends the runner,
+/// not the script that started it.
+#[test]
+fn stop_leaves_the_process_that_started_the_runner_alone() {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let l = setup("echo working; sleep 600", "", false);
+    l.add("long");
+    // The script leads a group of its own (so that a wrong signal stays in it), and runs the
+    // runner in that group, as a shell script or a service manager would.
+    let mut script = std::process::Command::new("sh");
+    script
+        .args([
+            "-c",
+            "\"$0\" start & runner=$!; wait $runner; echo \"runner exited $?\"",
+            crate::common::BIN,
+        ])
+        .current_dir(&l.repo.root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0);
+    crate::common::hermetic(&mut script, &l.repo.home);
+    let script = script.spawn().expect("the script");
+    let script_pid = script.id();
+    wait_for("the agent to start", Duration::from_secs(30), || {
+        !l.repo.refs("refs/loop/leases/").is_empty()
+    });
+    let runner = l.repo.run(&["status", "--json"]).json()["runners"][0]["pid"]
+        .as_u64()
+        .expect("the runner's pid");
+    assert_ne!(
+        u64::from(script_pid),
+        runner,
+        "the runner is the script's child"
+    );
+    let out = l.repo.run(&["stop", "--timeout", "20"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let done = script.wait_with_output().expect("the script ends");
+    // Before: stop sent TERM to the script's whole group, and the script died of it.
+    assert_eq!(done.status.signal(), None, "the script was not signalled");
+    let said = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        said.trim_end().ends_with("runner exited 0"),
+        "the runner stopped cleanly: {said}"
+    );
+    assert!(
+        l.repo.refs("refs/loop/leases/").is_empty(),
+        "leases released"
     );
 }
 
