@@ -414,7 +414,14 @@ impl Reaper<'_> {
         let path = self.worktrees.join(name);
         if path.exists() && !worktree_link_valid(&path) {
             // Its git metadata is gone (a removal stopped half way): save the files as they are.
-            if let Some(rescue) = rescue_files(self.repo, &self.git, &path, task, None)? {
+            // What equals the task branch is kept there already.
+            let base = match self.store.load(task) {
+                Ok(stored) => self
+                    .repo
+                    .read_ref(&format!("refs/heads/{}", stored.task.branch))?,
+                Err(_) => None,
+            };
+            if let Some(rescue) = rescue_files(self.repo, &self.git, &path, task, base)? {
                 did.push(format!("saved its files in {rescue}"));
             }
         } else if path.join(".git").exists() {

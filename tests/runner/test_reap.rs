@@ -500,6 +500,23 @@ fn a_worktree_whose_metadata_is_gone_is_saved_and_removed() {
 }
 
 #[test]
+fn a_half_removed_clean_checkout_is_removed_without_a_rescue() {
+    let repo = TestRepo::new();
+    let id = repo.add("half removed, clean", &[]);
+    let wt = repo.add_task_worktree(&id);
+    std::fs::remove_dir_all(repo.root.join(".git/worktrees").join(&id[..7])).expect("rm admin");
+    let report = reap(&repo, &[]);
+    assert_eq!(
+        reaped_tasks(&report, "worktree"),
+        vec![id.clone()],
+        "{report}"
+    );
+    assert!(!wt.exists());
+    // Every file left is as the task branch has it: nothing to save.
+    assert_eq!(rescues(&repo, &id), Vec::<String>::new());
+}
+
+#[test]
 fn two_reaps_of_worktrees_of_no_task_save_each_once() {
     let repo = TestRepo::new();
     for round in 0..4 {
