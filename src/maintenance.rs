@@ -40,10 +40,13 @@ pub fn quiet_git_env() -> Vec<(String, String)> {
 
 /// What git's automatic maintenance would have done after a promotion's fetches, merges and
 /// pushes, done safely: `git maintenance run --auto` in the background with ref packing off,
-/// when git's own estimate says there are too many loose objects; and a plain
+/// when git's own estimate says there are too many loose objects (unless the repository's
+/// configuration says `maintenance.auto=false`, as git would honour); and a plain
 /// `git pack-refs --all --prune` when git-loop's loose refs pass git's own threshold.
 pub fn after_promotion(repo: &Repo, git: &Git) {
-    if needs_gc(repo) {
+    // A person who turned git's automatic maintenance off (`maintenance.auto=false`) gets
+    // none from git-loop either.
+    if repo.config_bool("maintenance.auto") != Some(false) && needs_gc(repo) {
         let _ = git.output(&[
             "-c",
             "gc.packRefs=false",

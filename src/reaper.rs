@@ -169,7 +169,13 @@ impl Reaper<'_> {
     /// Tasks in `running` that no lease covers (a lease deleted by hand, or lost in transit).
     fn unleased_running(&mut self) -> Result<()> {
         let leased = self.leased()?;
-        for listed in self.store.list()? {
+        // A dry run writes nothing, not even the listing's cache.
+        let listed = if self.opts.dry_run {
+            self.store.list_read_only()?
+        } else {
+            self.store.list()?
+        };
+        for listed in listed {
             let Ok(task) = listed.task else { continue };
             if task.state != State::Running || leased.contains(&task.id) {
                 continue;

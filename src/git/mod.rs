@@ -274,6 +274,11 @@ impl Repo {
             .map(|v| v.to_str_lossy().into_owned())
     }
 
+    /// A boolean configuration value as git reads it (`true`/`yes`/`on`/`1`, …), if set.
+    pub fn config_bool(&self, key: &str) -> Option<bool> {
+        self.repo.config_snapshot().boolean(key)
+    }
+
     /// What the direct ref `name` points at, if it exists.
     pub fn read_ref(&self, name: &str) -> Result<Option<ObjectId>> {
         self.stable_read(|| self.read_ref_once(name))

@@ -378,3 +378,57 @@ fn a_task_directory_git_no_longer_knows_is_saved_and_removed() {
         "untracked notes\n"
     );
 }
+
+/// The real `git` behind a wrapper that logs each `git maintenance` call to `bin/calls` (and
+/// runs none).
+fn git_logging_maintenance(bin: &std::path::Path) -> String {
+    let real = std::process::Command::new("sh")
+        .args(["-c", "command -v git"])
+        .output()
+        .expect("find git");
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    crate::common::write_executable(
+        &bin.join("git"),
+        &format!(
+            "#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = maintenance ]; then\n    \
+             echo call >> '{}'\n    exit 0\n  fi\ndone\nexec '{real}' \"$@\"\n",
+            bin.join("calls").display()
+        ),
+    );
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// After a promotion git-loop does the maintenance git would have done — unless the person
+/// turned git's automatic maintenance off, which git-loop honours as git does.
+#[test]
+fn maintenance_after_a_promotion_honours_maintenance_auto_false() {
+    for off in [false, true] {
+        let f = Fixture::new(Config::default());
+        if off {
+            f.repo.git(&["config", "maintenance.auto", "false"]);
+        }
+        // Enough loose objects in git's sample directory for `gc --auto` to want to run.
+        let sample = f.repo.path(".git/objects/17");
+        std::fs::create_dir_all(&sample).expect("mkdir");
+        for i in 0..40 {
+            std::fs::write(sample.join(format!("{i:038x}")), "x").expect("write");
+        }
+        let bin = tempfile::tempdir().expect("tmp");
+        let path = git_logging_maintenance(bin.path());
+        let out = f.promote_env("PATH", &path);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let calls = std::fs::read_to_string(bin.path().join("calls"))
+            .unwrap_or_default()
+            .lines()
+            .count();
+        if off {
+            assert_eq!(calls, 0, "maintenance.auto=false: no maintenance");
+        } else {
+            assert_eq!(calls, 1, "one maintenance run after the promotion");
+        }
+    }
+}

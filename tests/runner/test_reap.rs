@@ -241,6 +241,8 @@ fn a_loop_worktree_without_a_lease_is_saved_then_removed() {
     let task_before = repo.task_tip(&id);
 
     let before = repo.refs("refs/");
+    // The task cache is absent: a listing that refreshed it would write it.
+    let _ = std::fs::remove_dir_all(repo.path(".git/loop/cache"));
     let report = reap(&repo, &["--dry-run"]);
     assert_eq!(
         reaped_tasks(&report, "worktree"),
@@ -249,6 +251,10 @@ fn a_loop_worktree_without_a_lease_is_saved_then_removed() {
     );
     assert_eq!(repo.refs("refs/"), before, "a dry run moves nothing");
     assert!(wt.join("notes.txt").exists());
+    assert!(
+        !repo.path(".git/loop/cache").exists(),
+        "a dry run writes no cache"
+    );
 
     let report = reap(&repo, &[]);
     assert_eq!(
