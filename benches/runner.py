@@ -7,8 +7,10 @@
    main to the remote, worktree remove), in the same run, alternating which goes first. Measured
    twice: with a local bare repository as the remote (the comparison the goal is set on), and
    with no remote at all (both sides then skip the push).
-2. Flatness: the runner's RSS and open file descriptors, sampled every 50 ms over M tasks
-   (default 1000); the first quartile of the run beside the last.
+2. Flatness: the runner's RSS (all, and anonymous: its heap) and open file descriptors, sampled
+   every 50 ms over M tasks (default 1000); the first quartile of the run beside the last.
+   BENCH_GIT_MAINTENANCE=1 runs both parts with git's automatic maintenance on (by default the
+   environment turns it off, for both sides).
 
 Usage: [BENCH_DIR=/tmp] benches/runner.py [GIT_LOOP_BINARY] [N] [ROUNDS] [M]
 """
@@ -30,6 +32,8 @@ env = dict(os.environ, GIT_CONFIG_GLOBAL="/dev/null", GIT_CONFIG_NOSYSTEM="1",
            GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@example.com",
            GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@example.com",
            GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="maintenance.auto", GIT_CONFIG_VALUE_0="false")
+if os.environ.get("BENCH_GIT_MAINTENANCE") == "1":
+    env["GIT_CONFIG_COUNT"] = "0"
 
 AGENT = """#!/bin/sh
 echo "$1" > "work-$1.txt"
@@ -132,10 +136,10 @@ with tempfile.TemporaryDirectory(dir=scratch) as c:
     while proc.poll() is None:
         try:
             with open(f"/proc/{proc.pid}/status") as f:
-                rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+                status = {l.split(":")[0]: l.split()[1] for l in f if l.startswith(("VmRSS:", "RssAnon:"))}
             fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
-            samples.append((rss, fds))
-        except (FileNotFoundError, StopIteration, ProcessLookupError):
+            samples.append((int(status["VmRSS"]), fds, int(status["RssAnon"])))
+        except (FileNotFoundError, KeyError, ProcessLookupError):
             pass
         time.sleep(0.05)
     q = max(1, len(samples) // 4)
@@ -146,9 +150,13 @@ with tempfile.TemporaryDirectory(dir=scratch) as c:
     print(f"| median RSS MiB | {statistics.median(s[0] for s in first) / 1024:.1f} | "
           f"{statistics.median(s[0] for s in last) / 1024:.1f} |")
     print(f"| max RSS MiB | {max(s[0] for s in first) / 1024:.1f} | {max(s[0] for s in last) / 1024:.1f} |")
+    print(f"| median anonymous RSS MiB (heap) | {statistics.median(s[2] for s in first) / 1024:.1f} | "
+          f"{statistics.median(s[2] for s in last) / 1024:.1f} |")
     print(f"| median open fds | {statistics.median(s[1] for s in first)} | {statistics.median(s[1] for s in last)} |")
     print(f"| max open fds | {max(s[1] for s in first)} | {max(s[1] for s in last)} |")
     tenth = max(1, len(samples) // 10)
     deciles = [samples[i * tenth:(i + 1) * tenth] for i in range(10)]
     print("\nMedian RSS MiB by tenth of the run: " + ", ".join(
         f"{statistics.median(s[0] for s in d) / 1024:.1f}" for d in deciles if d))
+    print("Median anonymous RSS MiB by tenth of the run: " + ", ".join(
+        f"{statistics.median(s[2] for s in d) / 1024:.1f}" for d in deciles if d))
