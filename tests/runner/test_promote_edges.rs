@@ -306,26 +306,16 @@ fn squash_after_a_conflict_fix_converges() {
 /// git-loop's task worktrees, deletes that worktree's `.git` file first: what a `git worktree
 /// remove` still running from a killed promotion does while the next promotion looks.
 fn git_removing_dot_git_on_status(bin: &std::path::Path) -> String {
-    let real = std::process::Command::new("sh")
-        .args(["-c", "command -v git"])
-        .output()
-        .expect("find git");
-    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
     let mark = bin.join("fired");
-    crate::common::write_executable(
-        &bin.join("git"),
+    crate::common::git_wrapper(
+        bin,
         &format!(
-            "#!/bin/sh\nprev=; dir=; st=\nfor a in \"$@\"; do\n  [ \"$prev\" = -C ] && dir=$a\n               [ \"$a\" = status ] && st=1\n  prev=$a\ndone\n\
+            "prev=; dir=; st=\nfor a in \"$@\"; do\n  [ \"$prev\" = -C ] && dir=$a\n  \
+             [ \"$a\" = status ] && st=1\n  prev=$a\ndone\n\
              case \"$dir\" in */loop/worktrees/*)\n  \
-             if [ -n \"$st\" ] && [ ! -e '{mark}' ]; then touch '{mark}'; rm -f \"$dir/.git\"; fi;;\nesac\n\
-             exec '{real}' \"$@\"\n",
+             if [ -n \"$st\" ] && [ ! -e '{mark}' ]; then touch '{mark}'; rm -f \"$dir/.git\"; fi;;\nesac",
             mark = mark.display()
         ),
-    );
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
     )
 }
 
@@ -343,18 +333,8 @@ fn a_worktree_losing_its_git_link_while_it_is_saved_is_saved_and_removed() {
     // failed with "this operation must be run in a work tree" (exit 1), at every re-run.
     assert_eq!(out.code, 0, "{}", out.stderr);
     f.assert_converged();
-    let rescues = f
-        .repo
-        .git(&["for-each-ref", "--format=%(refname)", "refs/loop/rescue/"]);
-    let rescue = rescues.lines().next().expect("a rescue ref");
-    assert_eq!(
-        f.repo.git(&["show", &format!("{rescue}:feature.txt")]),
-        "uncommitted edit\n"
-    );
-    assert_eq!(
-        f.repo.git(&["show", &format!("{rescue}:notes.txt")]),
-        "untracked notes\n"
-    );
+    assert_eq!(rescued(&f, "feature.txt"), "uncommitted edit\n");
+    assert_eq!(rescued(&f, "notes.txt"), "untracked notes\n");
 }
 
 #[test]
@@ -369,36 +349,28 @@ fn a_task_directory_git_no_longer_knows_is_saved_and_removed() {
     // Before: the directory stayed (git did not list it), the untracked file unsaved.
     assert_eq!(out.code, 0, "{}", out.stderr);
     f.assert_converged();
+    assert_eq!(rescued(&f, "notes.txt"), "untracked notes\n");
+}
+
+/// `file` as the task's first rescue ref holds it.
+fn rescued(f: &Fixture, file: &str) -> String {
     let rescues = f
         .repo
         .git(&["for-each-ref", "--format=%(refname)", "refs/loop/rescue/"]);
     let rescue = rescues.lines().next().expect("a rescue ref");
-    assert_eq!(
-        f.repo.git(&["show", &format!("{rescue}:notes.txt")]),
-        "untracked notes\n"
-    );
+    f.repo.git(&["show", &format!("{rescue}:{file}")])
 }
 
 /// The real `git` behind a wrapper that logs each `git maintenance` call to `bin/calls` (and
 /// runs none).
 fn git_logging_maintenance(bin: &std::path::Path) -> String {
-    let real = std::process::Command::new("sh")
-        .args(["-c", "command -v git"])
-        .output()
-        .expect("find git");
-    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
-    crate::common::write_executable(
-        &bin.join("git"),
+    crate::common::git_wrapper(
+        bin,
         &format!(
-            "#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = maintenance ]; then\n    \
-             echo call >> '{}'\n    exit 0\n  fi\ndone\nexec '{real}' \"$@\"\n",
+            "for a in \"$@\"; do\n  if [ \"$a\" = maintenance ]; then\n    \
+             echo call >> '{}'\n    exit 0\n  fi\ndone",
             bin.join("calls").display()
         ),
-    );
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
     )
 }
 

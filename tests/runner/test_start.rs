@@ -1166,25 +1166,14 @@ fn an_unclassified_promotion_failure_backs_off_and_opens_the_breaker() {
     let id = l.add("merge me");
     let bin = tempfile::tempdir().expect("tmp");
     let calls = bin.path().join("merge-tree-calls");
-    let real = std::process::Command::new("sh")
-        .args(["-c", "command -v git"])
-        .output()
-        .expect("find git");
-    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
-    let wrapper = bin.path().join("git");
-    write_executable(
-        &wrapper,
+    let path = crate::common::git_wrapper(
+        bin.path(),
         &format!(
-            "#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = merge-tree ]; then\n    \
+            "for a in \"$@\"; do\n  if [ \"$a\" = merge-tree ]; then\n    \
              echo call >> '{}'\n    echo 'fatal: simulated failure' >&2\n    exit 128\n  fi\n\
-             done\nexec '{real}' \"$@\"\n",
+             done",
             calls.display()
         ),
-    );
-    let path = format!(
-        "{}:{}",
-        bin.path().display(),
-        std::env::var("PATH").unwrap_or_default()
     );
     let detached = l
         .repo

@@ -49,6 +49,25 @@ pub fn write_executable(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
+/// Puts a `git` in `bin` that runs the shell `prelude` (which sees git's arguments as `$@`),
+/// then the real git. Returns a PATH with `bin` first.
+pub fn git_wrapper(bin: &Path, prelude: &str) -> String {
+    let real = Command::new("sh")
+        .args(["-c", "command -v git"])
+        .output()
+        .expect("find git");
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    write_executable(
+        &bin.join("git"),
+        &format!("#!/bin/sh\n{prelude}\nexec '{real}' \"$@\"\n"),
+    );
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 /// What a process did.
 #[derive(Debug)]
 pub struct Out {
