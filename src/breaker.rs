@@ -230,13 +230,26 @@ fn repo_relative(program: &str, workdir: Option<&std::path::Path>) -> Option<Str
 
 /// Whether an executable file `program` is in a directory of PATH.
 pub fn on_path(program: &str) -> bool {
+    which(program).is_some()
+}
+
+/// The executable file `name` in a directory of PATH.
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(name))
+        .find(|p| executable(p).is_ok())
+}
+
+/// `Ok` when `path` is an executable file; else why not.
+pub fn executable(path: &std::path::Path) -> std::result::Result<(), &'static str> {
     use std::os::unix::fs::PermissionsExt;
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| {
-            std::fs::metadata(dir.join(program))
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-    })
+    match std::fs::metadata(path) {
+        Err(_) => Err("does not exist"),
+        Ok(m) if !m.is_file() => Err("is not a file"),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => Err("is not executable"),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// A fingerprint of what re-arms a `config` opening: the policy file and every runtime file as

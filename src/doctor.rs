@@ -131,7 +131,12 @@ struct Target {
 }
 
 /// A check that needs the repository open.
-type CheckFn<'r> = fn(&Cx<'r>) -> Result<Check>;
+/// A check: on the repository alone, or on the valid policy too (without one it is reported
+/// as not checked).
+enum CheckFn<'r> {
+    Repo(fn(&Cx<'r>) -> Result<Check>),
+    Policy(fn(&Cx<'r>, &Policy) -> Result<Check>),
+}
 
 struct Cx<'r> {
     repo: &'r Repo,
@@ -185,24 +190,35 @@ impl<'r> Cx<'r> {
     /// Every check that needs the repository open, in order. A check that cannot finish fails
     /// with the error that stopped it.
     fn checks(&self) -> Vec<Check> {
+        use CheckFn::{Policy as P, Repo as R};
         let named: [(&'static str, Class, CheckFn<'r>); 13] = [
-            ("policy-committed", Class::Config, Self::policy_committed),
-            ("runtime-files", Class::Config, Self::runtime_files),
-            ("programs", Class::Config, Self::programs),
-            ("hooks", Class::Config, Self::hooks),
-            ("remote", Class::Config, Self::remote),
-            ("worktrees", Class::Transient, Self::worktrees),
-            ("branch-locks", Class::Transient, Self::branch_locks),
-            ("leases", Class::Transient, Self::leases),
-            ("runner", Class::Transient, Self::runner),
-            ("breaker", Class::Breaker, Self::breaker),
-            ("oracle-pin", Class::Config, Self::oracle_pin),
-            ("tasks", Class::Config, Self::tasks),
-            ("macos-privacy", Class::Config, Self::macos_privacy),
+            ("policy-committed", Class::Config, P(Self::policy_committed)),
+            ("runtime-files", Class::Config, P(Self::runtime_files)),
+            ("programs", Class::Config, P(Self::programs)),
+            ("hooks", Class::Config, R(Self::hooks)),
+            ("remote", Class::Config, P(Self::remote)),
+            ("worktrees", Class::Transient, R(Self::worktrees)),
+            ("branch-locks", Class::Transient, R(Self::branch_locks)),
+            ("leases", Class::Transient, R(Self::leases)),
+            ("runner", Class::Transient, R(Self::runner)),
+            ("breaker", Class::Breaker, R(Self::breaker)),
+            ("oracle-pin", Class::Config, P(Self::oracle_pin)),
+            ("tasks", Class::Config, R(Self::tasks)),
+            ("macos-privacy", Class::Config, R(Self::macos_privacy)),
         ];
         let mut out = vec![self.policy_check()];
         for (name, class, check) in named {
-            out.push(check(self).unwrap_or_else(|e| {
+            let checked = match (check, &self.policy) {
+                (R(check), _) => check(self),
+                (P(check), Ok(policy)) => check(self, policy),
+                (P(_), Err(_)) => Ok(Check::not_checked(
+                    name,
+                    class,
+                    "there is no valid policy.toml",
+                    "fix what the `policy` check reports first",
+                )),
+            };
+            out.push(checked.unwrap_or_else(|e| {
                 Check::fail(
                     name,
                     class,
@@ -212,18 +228,6 @@ impl<'r> Cx<'r> {
             }));
         }
         out
-    }
-
-    /// The valid policy, or the check `name` saying it could not run without one.
-    fn need_policy(&self, name: &'static str, class: Class) -> std::result::Result<&Policy, Check> {
-        self.policy.as_ref().map_err(|_| {
-            Check::not_checked(
-                name,
-                class,
-                "there is no valid policy.toml",
-                "fix what the `policy` check reports first",
-            )
-        })
     }
 
     fn policy_check(&self) -> Check {
@@ -271,12 +275,8 @@ impl<'r> Cx<'r> {
         Some(format!("git push {remote} {}", policy.loop_.target))
     }
 
-    fn policy_committed(&self) -> Result<Check> {
+    fn policy_committed(&self, policy: &Policy) -> Result<Check> {
         const NAME: &str = "policy-committed";
-        let policy = match self.need_policy(NAME, Class::Config) {
-            Ok(p) => p,
-            Err(check) => return Ok(check),
-        };
         let Some(target) = &self.target else {
             return Ok(Check::fail(
                 NAME,
@@ -345,12 +345,8 @@ impl<'r> Cx<'r> {
         ))
     }
 
-    fn runtime_files(&self) -> Result<Check> {
+    fn runtime_files(&self, policy: &Policy) -> Result<Check> {
         const NAME: &str = "runtime-files";
-        let policy = match self.need_policy(NAME, Class::Config) {
-            Ok(p) => p,
-            Err(check) => return Ok(check),
-        };
         let dir = self.workdir.as_deref().unwrap_or(Path::new("."));
         let mut files = breaker::runtime_files(policy, Some(dir));
         let prompt = policy.agent.prompt.trim_start_matches("./").to_string();
@@ -422,12 +418,8 @@ impl<'r> Cx<'r> {
         ))
     }
 
-    fn programs(&self) -> Result<Check> {
+    fn programs(&self, policy: &Policy) -> Result<Check> {
         const NAME: &str = "programs";
-        let policy = match self.need_policy(NAME, Class::Config) {
-            Ok(p) => p,
-            Err(check) => return Ok(check),
-        };
         let mut named: Vec<(String, &String)> = Vec::new();
         if let Some(p) = policy.agent.command.first() {
             named.push(("agent.command".into(), p));
@@ -456,7 +448,7 @@ impl<'r> Cx<'r> {
                         "{key}: {program} (a placeholder, resolved per task)"
                     ));
                 }
-                Program::OnPath(name) => match which(&name) {
+                Program::OnPath(name) => match breaker::which(&name) {
                     Some(path) => found.push(format!("{key}: {}", path.display())),
                     None => {
                         missing.push(format!("{key}: {name} is not on PATH"));
@@ -465,7 +457,7 @@ impl<'r> Cx<'r> {
                         ));
                     }
                 },
-                Program::InRepo(rel) => match executable(&dir.join(&rel)) {
+                Program::InRepo(rel) => match breaker::executable(&dir.join(&rel)) {
                     Ok(()) => found.push(format!("{key}: {rel} (in the repository)")),
                     Err(why) => {
                         missing.push(format!("{key}: {rel} {why}"));
@@ -474,7 +466,7 @@ impl<'r> Cx<'r> {
                         ));
                     }
                 },
-                Program::Absolute(path) => match executable(&path) {
+                Program::Absolute(path) => match breaker::executable(&path) {
                     Ok(()) => found.push(format!("{key}: {}", path.display())),
                     Err(why) => {
                         missing.push(format!("{key}: {} {why}", path.display()));
@@ -515,7 +507,7 @@ impl<'r> Cx<'r> {
         for st in hooks::status(&dir, &hooks::current_bin()?) {
             match st.state {
                 HookState::Installed => {
-                    if executable(&st.path).is_err() {
+                    if breaker::executable(&st.path).is_err() {
                         saw.push(format!(
                             "{}: the shim is not executable: git skips it",
                             st.name
@@ -555,7 +547,7 @@ impl<'r> Cx<'r> {
             }
             if let Some(chained) = &st.chained
                 && st.path.exists()
-                && executable(chained).is_err()
+                && breaker::executable(chained).is_err()
             {
                 saw.push(format!(
                     "{}: the chained hook {} is not executable: the shim skips it",
@@ -584,12 +576,8 @@ impl<'r> Cx<'r> {
         ))
     }
 
-    fn remote(&self) -> Result<Check> {
+    fn remote(&self, policy: &Policy) -> Result<Check> {
         const NAME: &str = "remote";
-        let policy = match self.need_policy(NAME, Class::Config) {
-            Ok(p) => p,
-            Err(check) => return Ok(check),
-        };
         let Some(remote) = &policy.loop_.remote else {
             return Ok(Check::ok(
                 NAME,
@@ -667,10 +655,7 @@ impl<'r> Cx<'r> {
                 wt.path.display()
             ));
         }
-        let leased: Vec<String> = crate::lease::all(self.repo)?
-            .into_iter()
-            .map(|(id, _, _)| id)
-            .collect();
+        let leased = crate::lease::ids(self.repo)?;
         let loop_dir = self.repo.common_dir().join("loop").join("worktrees");
         let mut loop_worktrees = 0;
         if let Ok(entries) = std::fs::read_dir(&loop_dir) {
@@ -880,12 +865,8 @@ impl<'r> Cx<'r> {
         ))
     }
 
-    fn oracle_pin(&self) -> Result<Check> {
+    fn oracle_pin(&self, policy: &Policy) -> Result<Check> {
         const NAME: &str = "oracle-pin";
-        let policy = match self.need_policy(NAME, Class::Config) {
-            Ok(p) => p,
-            Err(check) => return Ok(check),
-        };
         match crate::oracle::read_pin(self.repo)? {
             None => Ok(Check::warn(
                 NAME,
@@ -1165,25 +1146,6 @@ fn lock_held(common_dir: &Path) -> Option<bool> {
         Ok(()) => Some(false),
         Err(std::fs::TryLockError::WouldBlock) => Some(true),
         Err(std::fs::TryLockError::Error(_)) => None,
-    }
-}
-
-/// The executable file `name` in a directory of PATH.
-fn which(name: &str) -> Option<PathBuf> {
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .map(|dir| dir.join(name))
-        .find(|p| executable(p).is_ok())
-}
-
-/// `Ok` when `path` is an executable file; else why not.
-fn executable(path: &Path) -> std::result::Result<(), &'static str> {
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::metadata(path) {
-        Err(_) => Err("does not exist"),
-        Ok(m) if !m.is_file() => Err("is not a file"),
-        Ok(m) if m.permissions().mode() & 0o111 == 0 => Err("is not executable"),
-        Ok(_) => Ok(()),
     }
 }
 

@@ -127,6 +127,15 @@ pub fn all(repo: &Repo) -> Result<Vec<Listed>> {
     Ok(out)
 }
 
+/// The ids of the tasks that have a lease, read from the ref names alone.
+pub fn ids(repo: &Repo) -> Result<std::collections::HashSet<String>> {
+    Ok(repo
+        .refs_under(LEASE_REFS)?
+        .into_iter()
+        .map(|r| r.name[LEASE_REFS.len()..].to_string())
+        .collect())
+}
+
 /// Renews a lease held at `old` (compare-and-swap). `None` if it changed hands or vanished.
 pub fn renew(repo: &Repo, old: ObjectId, lease: &Lease, ttl: Duration) -> Result<Option<ObjectId>> {
     let mut renewed = lease.clone();

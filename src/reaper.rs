@@ -450,23 +450,9 @@ impl Reaper<'_> {
         Ok(())
     }
 
-    /// Removes a worktree; a directory git does not know as one (or half removed) goes too.
-    /// One already gone is not an error.
+    /// Removes a worktree (see [`crate::rescue::remove_worktree`]).
     fn remove(&self, path: &Path) -> Result<()> {
-        let removed = self
-            .git
-            .run(&["worktree", "remove", "--force", &path.to_string_lossy()]);
-        if removed.is_err() || path.exists() {
-            match std::fs::remove_dir_all(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(
-                        anyhow::Error::new(e).context(format!("removing {}", path.display()))
-                    );
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+        crate::rescue::remove_worktree(&self.git, path).map(|_| ())
     }
 
     /// Whether `commit` is in the history of a local branch (then removing a worktree whose
@@ -500,31 +486,21 @@ impl Reaper<'_> {
             self.repo.cas(&[delete])?;
             return Ok(None);
         }
-        let saved: Vec<&String> = did.iter().filter(|d| d.starts_with("saved")).collect();
-        let saved = if saved.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; {}",
-                saved
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
-        };
-        let task_ref = crate::store::task_ref(id);
+        let saved: String = did
+            .iter()
+            .filter(|d| d.starts_with("saved"))
+            .map(|d| format!("; {d}"))
+            .collect();
         if dead.is_none() && saved.is_empty() {
             // An orphaned worktree with nothing in it worth a word in the task's history;
             // the task must still be where it was seen, not running.
-            if let Some(tip) = self.repo.read_ref(&task_ref)?
-                && self.store.load(id)?.task.state != State::Running
-            {
+            let stored = self.store.load(id)?;
+            if stored.task.state != State::Running {
                 let outcome = self.repo.cas(&[
                     delete.clone(),
                     Cas::Verify {
-                        name: task_ref,
-                        old: tip,
+                        name: crate::store::task_ref(id),
+                        old: stored.commit,
                     },
                 ])?;
                 if outcome == CasOutcome::Applied {
@@ -563,12 +539,7 @@ impl Reaper<'_> {
     // ---- bookkeeping ----------------------------------------------------------------------
 
     fn leased(&self) -> Result<std::collections::HashSet<String>> {
-        Ok(self
-            .repo
-            .refs_under(lease::LEASE_REFS)?
-            .into_iter()
-            .map(|r| r.name[lease::LEASE_REFS.len()..].to_string())
-            .collect())
+        lease::ids(self.repo)
     }
 
     fn keep(&mut self, kind: &'static str, task: &str, why: String) {
@@ -607,15 +578,7 @@ impl Reaper<'_> {
 /// Dies by SIGKILL at `point` when `GIT_LOOP_CRASH_AT=reap:<point>`: how the tests prove that
 /// a reaper killed half way leaves nothing the next one cannot finish.
 fn crash_point(point: &str) {
-    if let Some(spec) = std::env::var_os(crate::promote::CRASH_ENV)
-        && spec.to_string_lossy() == format!("reap:{point}")
-    {
-        let pid = std::process::id().to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &pid])
-            .status();
-        std::process::abort();
-    }
+    crate::promote::crash_at(|| format!("reap:{point}"));
 }
 
 /// The names of the entries of `dir` (none if it does not exist).

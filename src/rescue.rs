@@ -136,6 +136,22 @@ pub fn rescue_files(
     }
 }
 
+/// Removes the worktree at `path` with `git worktree remove --force`; a directory git does not
+/// know as one (or a half-removed one) is deleted instead, and one already gone is not an
+/// error. Returns whether git could not remove it (then `git worktree prune` is due).
+pub fn remove_worktree(git: &Git, path: &Path) -> Result<bool> {
+    let removed = git.run(&["worktree", "remove", "--force", &path.to_string_lossy()]);
+    if removed.is_err() || path.exists() {
+        match std::fs::remove_dir_all(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(anyhow::Error::new(e).context(format!("removing {}", path.display())));
+            }
+            _ => {}
+        }
+    }
+    Ok(removed.is_err())
+}
+
 /// Points the next free `refs/loop/rescue/<id>/<n>` at `commit`.
 pub fn save_rescue(repo: &Repo, id: &str, commit: ObjectId) -> Result<String> {
     let prefix = format!("{RESCUE_REFS}{id}/");

@@ -1451,17 +1451,10 @@ impl Promotion<'_> {
         Ok(path.exists() && self.remove_worktree(path))
     }
 
-    /// Removes a worktree; if git cannot (a removal killed half way), removes its directory
-    /// and returns true: the caller runs `git worktree prune` then.
+    /// Removes a worktree (see [`crate::rescue::remove_worktree`]); true when `git worktree
+    /// prune` should run after it.
     fn remove_worktree(&self, path: &Path) -> bool {
-        let removed = self
-            .git
-            .run(&["worktree", "remove", "--force", &path.to_string_lossy()]);
-        if removed.is_err() {
-            let _ = std::fs::remove_dir_all(path);
-            return true;
-        }
-        false
+        crate::rescue::remove_worktree(&self.git, path).unwrap_or(true)
     }
 
     // ---- delete_remote_branch -------------------------------------------------------------
@@ -1793,13 +1786,15 @@ fn check_breaker(repo: &Repo) -> Result<()> {
 }
 
 fn crash_point(phase: Phase, when: &str) {
+    crash_at(|| format!("{}:{when}", phase.name()));
+}
+
+/// Dies by SIGKILL when [`CRASH_ENV`] names the point `point()` describes.
+pub fn crash_at(point: impl FnOnce() -> String) {
     if let Some(spec) = std::env::var_os(CRASH_ENV)
-        && spec.to_string_lossy() == format!("{}:{when}", phase.name())
+        && spec.to_string_lossy() == point()
     {
-        let pid = std::process::id().to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &pid])
-            .status();
+        crate::process::signal_process(std::process::id(), crate::process::Signal::Kill);
         std::process::abort();
     }
 }

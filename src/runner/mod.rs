@@ -463,10 +463,7 @@ impl Runner<'_> {
             .filter_map(|l| Some((l.id.as_str(), l.tip?)))
             .collect();
         let graph = Graph::new(tasks.iter().copied());
-        let leased: HashMap<String, ()> = lease::all(repo)?
-            .into_iter()
-            .map(|(id, _, _)| (id, ()))
-            .collect();
+        let leased = lease::ids(repo)?;
         let now = Timestamp::now();
         // Busy groups: this runner's active tasks, and tasks another holder is running.
         let mut busy_mutexes: Vec<String> = self
@@ -484,7 +481,7 @@ impl Runner<'_> {
             .iter()
             .copied()
             .filter(|t| self.opts.batch.as_ref().is_none_or(|b| &t.batch == b))
-            .filter(|t| !leased.contains_key(&t.id) && !self.active.contains_key(&t.id))
+            .filter(|t| !leased.contains(&t.id) && !self.active.contains_key(&t.id))
             .filter(|t| match t.state {
                 State::AwaitingJudge => true,
                 State::Promoting => t.next_at.is_none_or(|at| at <= now),

@@ -62,6 +62,18 @@ fn doctor(repo: &TestRepo, extra: &[&str]) -> (Out, Value) {
     doctor_at(repo, &repo.root, extra)
 }
 
+/// The report of `git loop doctor --json` in `dir`, which must exit `code`.
+fn doctor_exits_at(repo: &TestRepo, dir: &Path, extra: &[&str], code: i32) -> Value {
+    let (out, v) = doctor_at(repo, dir, extra);
+    assert_eq!(out.code, code, "{}\n{}", out.stdout, out.stderr);
+    v
+}
+
+/// The report of `git loop doctor --json` in the repository, which must exit `code`.
+fn doctor_exits(repo: &TestRepo, extra: &[&str], code: i32) -> Value {
+    doctor_exits_at(repo, &repo.root, extra, code)
+}
+
 /// The check named `name` in a report.
 fn check<'v>(v: &'v Value, name: &str) -> &'v Value {
     v["checks"]
@@ -124,8 +136,7 @@ fn lease_doc(task: &str, host: &str, pid: u32, expires: &str) -> String {
 #[test]
 fn a_clean_initialised_repository_passes_every_check() {
     let repo = setup();
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let v = doctor_exits(&repo, &[], 0);
     assert_eq!(v["ok"], true);
     let names: Vec<&str> = v["checks"]
         .as_array()
@@ -194,8 +205,7 @@ fn an_untracked_agent_script_fails_in_the_original_and_passes_in_a_fresh_clone_o
     let tmp = repo.root.parent().expect("tmp").to_path_buf();
     let shown = remote.to_string_lossy().into_owned();
     repo.git_at(&tmp, &["clone", "-q", &shown, "clone-before"]);
-    let (out, v) = doctor_at(&repo, &tmp.join("clone-before"), &[]);
-    assert_eq!(out.code, 3, "{}", out.stdout);
+    let v = doctor_exits_at(&repo, &tmp.join("clone-before"), &[], 3);
     assert_check(&v, "runtime-files", "fail", &["agent.sh is missing"]);
     assert_check(&v, "programs", "fail", &["agent.sh does not exist"]);
 
@@ -204,8 +214,7 @@ fn an_untracked_agent_script_fails_in_the_original_and_passes_in_a_fresh_clone_o
     repo.git(&["push", "-q", "origin", "main"]);
     repo.git_at(&tmp, &["clone", "-q", &shown, "clone-after"]);
     let clone = tmp.join("clone-after");
-    let (out, v) = doctor_at(&repo, &clone, &[]);
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let v = doctor_exits_at(&repo, &clone, &[], 0);
     assert_eq!(v["ok"], true);
     assert_check(&v, "runtime-files", "ok", &["agent.sh"]);
     assert_check(&v, "policy-committed", "ok", &["origin/main"]);
@@ -223,8 +232,7 @@ fn a_missing_manifest_file_fails_naming_it() {
     let repo = setup_with(&format!(
         "{POLICY}[runtime]\nmanifest = [\"policy.toml\", \"loop/PROMPT.md\", \"tools/setup.sh\"]\n"
     ));
-    let (out, v) = doctor(&repo, &["--offline"]);
-    assert_eq!(out.code, 3);
+    let v = doctor_exits(&repo, &["--offline"], 3);
     assert_check(&v, "runtime-files", "fail", &["tools/setup.sh is missing"]);
     assert!(fix_of(&v, "runtime-files").contains("create tools/setup.sh"));
     // Staged but not committed is still not on the target.
@@ -238,8 +246,7 @@ fn a_missing_manifest_file_fails_naming_it() {
         &["tools/setup.sh is in the index but not committed on main"],
     );
     repo.git(&["commit", "-q", "-m", "add the setup script"]);
-    let (out, v) = doctor(&repo, &["--offline"]);
-    assert_eq!(out.code, 0, "{}", out.stdout);
+    let v = doctor_exits(&repo, &["--offline"], 0);
     assert_check(&v, "runtime-files", "ok", &["tools/setup.sh"]);
     // Removed from the index (committed on main still): the next commit would drop it.
     repo.git(&["rm", "-q", "--cached", "tools/setup.sh"]);
@@ -254,8 +261,7 @@ fn a_gate_program_not_on_path_fails() {
          [gate]\ncommands = [[\"true\"], [\"no-such-gate-program-7f3a\", \"--check\"]]\n\
          [review]\ncommand = [\"/nonexistent/reviewer\"]\n",
     );
-    let (out, v) = doctor(&repo, &["--offline"]);
-    assert_eq!(out.code, 3);
+    let v = doctor_exits(&repo, &["--offline"], 3);
     assert_check(
         &v,
         "programs",
@@ -286,8 +292,7 @@ fn hooks_missing_outdated_foreign_and_clobbered_are_warnings_with_fixes() {
     let mut text = std::fs::read_to_string(&post).expect("shim");
     text.push_str("echo edited by hand\n");
     std::fs::write(&post, text).expect("edit");
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 0, "a warning does not fail doctor");
+    let v = doctor_exits(&repo, &[], 0);
     assert_check(
         &v,
         "hooks",
@@ -370,8 +375,7 @@ fn a_worktree_deleted_by_hand_is_stale_and_locks_its_branch() {
     let wt = repo.root.parent().expect("tmp").join("feature-wt");
     let shown = wt.to_string_lossy().into_owned();
     repo.git(&["worktree", "add", "-q", "-b", "feature", &shown]);
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 0, "{}", out.stdout);
+    let v = doctor_exits(&repo, &[], 0);
     assert_check(&v, "worktrees", "ok", &["2 worktrees, none stale"]);
     assert_check(&v, "branch-locks", "ok", &[]);
 
@@ -413,8 +417,7 @@ fn a_loop_worktree_without_a_lease_is_a_warning_until_one_holds_it() {
     let wt = repo.worktree_path("abcdef0");
     let shown = wt.to_string_lossy().into_owned();
     repo.git(&["worktree", "add", "-q", "-b", "loop/abcdef0", &shown]);
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 0);
+    let v = doctor_exits(&repo, &[], 0);
     assert_check(
         &v,
         "worktrees",
@@ -454,8 +457,7 @@ fn expired_leases_and_leases_of_dead_processes_are_warnings() {
         "lease.toml",
         &lease_doc(&late, "another-host.example", 4242, "2020-01-01T00:00:00Z"),
     );
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 0, "{}", out.stdout);
+    let v = doctor_exits(&repo, &[], 0);
     assert_check(
         &v,
         "leases",
@@ -493,8 +495,7 @@ fn a_live_runner_is_seen_by_its_lock_and_its_heartbeat_goes_stale_when_it_is_kil
 
     runner.kill().expect("SIGKILL the runner");
     runner.wait().expect("reap it");
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 0, "{}", out.stdout);
+    let v = doctor_exits(&repo, &[], 0);
     assert_check(
         &v,
         "runner",
@@ -534,8 +535,7 @@ fn an_old_heartbeat_from_another_host_is_stale() {
 fn a_paused_breaker_is_reported_with_its_reason() {
     let repo = setup();
     repo.ok(&["pause", "--reason", "disk full on the build host"]);
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 0);
+    let v = doctor_exits(&repo, &[], 0);
     assert_check(
         &v,
         "breaker",
@@ -557,8 +557,7 @@ fn a_gate_changed_on_the_target_without_a_repin_fails_with_the_diff() {
         POLICY.replace("[[\"true\"]]", "[[\"true\", \"--lenient\"]]"),
     );
     repo.git(&["commit", "-q", "-am", "loosen the gate"]);
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 3, "{}", out.stdout);
+    let v = doctor_exits(&repo, &[], 3);
     assert_check(
         &v,
         "oracle-pin",
@@ -572,8 +571,7 @@ fn a_gate_changed_on_the_target_without_a_repin_fails_with_the_diff() {
     );
     assert!(fix_of(&v, "oracle-pin").contains("git loop init --repin"));
     repo.ok(&["init", "--repin"]);
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 0, "{}", out.stdout);
+    let v = doctor_exits(&repo, &[], 0);
     assert_check(&v, "oracle-pin", "ok", &[]);
     // No pin at all: a warning that says how to pin.
     repo.git(&["update-ref", "-d", "refs/loop/oracle"]);
@@ -589,8 +587,7 @@ fn a_corrupt_task_ref_fails() {
     let head = repo.git(&["rev-parse", "HEAD"]);
     let name = format!("refs/loop/tasks/{}", "c0ffee".repeat(5) + "00");
     repo.git(&["update-ref", &name, head.trim()]);
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 3);
+    let v = doctor_exits(&repo, &[], 3);
     assert_check(&v, "tasks", "fail", &[&name, "holds no task.toml"]);
     assert!(fix_of(&v, "tasks").contains(&format!("git update-ref -d {name}")));
 }
@@ -605,8 +602,7 @@ fn a_dangling_dependency_and_a_cycle_fail() {
 
     // A cycle, made behind git-loop's back: a after b, b after a.
     repo.poke(&a, "after", &format!("[\"{b}\"]"));
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 3);
+    let v = doctor_exits(&repo, &[], 3);
     assert_check(
         &v,
         "tasks",
@@ -616,8 +612,7 @@ fn a_dangling_dependency_and_a_cycle_fail() {
 
     // A dependency whose task is gone.
     repo.git(&["update-ref", "-d", &format!("refs/loop/tasks/{a}")]);
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 3);
+    let v = doctor_exits(&repo, &[], 3);
     assert_check(
         &v,
         "tasks",
@@ -634,8 +629,7 @@ fn a_dangling_dependency_and_a_cycle_fail() {
 #[test]
 fn a_reftable_repository_is_reported_not_crashed_on() {
     let repo = TestRepo::with_init(&["init", "-q", "-b", "main", "--ref-format=reftable"]);
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    let v = doctor_exits(&repo, &[], 3);
     assert_eq!(v["ok"], false);
     assert_check(&v, "git-version", "ok", &[]);
     assert_check(&v, "ref-storage", "fail", &["reftable"]);
@@ -645,15 +639,13 @@ fn a_reftable_repository_is_reported_not_crashed_on() {
 #[test]
 fn outside_a_repository_and_in_a_bare_one_the_repository_check_fails() {
     let repo = TestRepo::new();
-    let (out, v) = doctor_at(&repo, &repo.home, &[]);
-    assert_eq!(out.code, 3);
+    let v = doctor_exits_at(&repo, &repo.home, &[], 3);
     assert_check(&v, "repository", "fail", &["not a git repository"]);
 
     let bare = repo.root.parent().expect("tmp").join("bare.git");
     let shown = bare.to_string_lossy().into_owned();
     repo.git(&["clone", "-q", "--bare", ".", &shown]);
-    let (out, v) = doctor_at(&repo, &bare, &["--offline"]);
-    assert_eq!(out.code, 3);
+    let v = doctor_exits_at(&repo, &bare, &["--offline"], 3);
     assert_check(&v, "repository", "fail", &["bare repository"]);
     assert_check(&v, "policy", "fail", &["no work tree"]);
 }
@@ -662,8 +654,7 @@ fn outside_a_repository_and_in_a_bare_one_the_repository_check_fails() {
 fn a_detached_head_and_a_merge_in_progress_are_warnings() {
     let repo = setup();
     repo.git(&["checkout", "-q", "--detach"]);
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 0);
+    let v = doctor_exits(&repo, &[], 0);
     assert_check(&v, "repository", "warn", &["HEAD is detached at"]);
 
     repo.git(&["checkout", "-q", "-b", "other", "main"]);
@@ -685,8 +676,7 @@ fn a_detached_head_and_a_merge_in_progress_are_warnings() {
 #[test]
 fn a_remote_named_but_not_configured_fails() {
     let repo = setup_with(&POLICY.replace("[loop]\n", "[loop]\nremote = \"upstream\"\n"));
-    let (out, v) = doctor(&repo, &["--offline"]);
-    assert_eq!(out.code, 3);
+    let v = doctor_exits(&repo, &["--offline"], 3);
     assert_check(
         &v,
         "remote",
@@ -702,14 +692,12 @@ fn an_unreachable_remote_fails_as_transient_unless_offline() {
     let repo = setup_with(&POLICY.replace("[loop]\n", "[loop]\nremote = \"origin\"\n"));
     let nowhere = repo.root.parent().expect("tmp").join("no-such-remote.git");
     repo.git(&["remote", "add", "origin", &nowhere.to_string_lossy()]);
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 3, "{}", out.stdout);
+    let v = doctor_exits(&repo, &[], 3);
     assert_check(&v, "remote", "fail", &["cannot reach the remote origin"]);
     assert_eq!(check(&v, "remote")["class"], "transient");
     assert!(fix_of(&v, "remote").contains("--offline"));
 
-    let (out, v) = doctor(&repo, &["--offline"]);
-    assert_eq!(out.code, 0, "{}", out.stdout);
+    let v = doctor_exits(&repo, &["--offline"], 0);
     assert_check(&v, "remote", "ok", &["not contacted (--offline)"]);
 }
 
@@ -717,8 +705,7 @@ fn an_unreachable_remote_fails_as_transient_unless_offline() {
 fn policy_edits_not_committed_on_the_target_and_parse_errors_are_reported() {
     let repo = setup();
     repo.write("policy.toml", format!("{POLICY}# tuned by hand\n"));
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 0, "a warning: {}", out.stdout);
+    let v = doctor_exits(&repo, &[], 0);
     assert_check(
         &v,
         "policy-committed",
@@ -727,16 +714,14 @@ fn policy_edits_not_committed_on_the_target_and_parse_errors_are_reported() {
     );
 
     repo.write("policy.toml", "[loop\ntarget = \"main\"\n");
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 3);
+    let v = doctor_exits(&repo, &[], 3);
     assert_check(&v, "policy", "fail", &["policy.toml:1"]);
     assert_check(&v, "runtime-files", "warn", &["not checked"]);
 
     // A policy that exists only in the work tree: the target has none.
     let fresh = TestRepo::new();
     fresh.write("policy.toml", POLICY);
-    let (out, v) = doctor(&fresh, &[]);
-    assert_eq!(out.code, 3);
+    let v = doctor_exits(&fresh, &[], 3);
     assert_check(&v, "policy", "ok", &[]);
     assert_check(
         &v,
@@ -819,8 +804,7 @@ fn doctor_changes_nothing_in_a_repository_full_of_problems() {
     let refs_before = repo.git(&["for-each-ref", "--format=%(refname) %(objectname)"]);
     let files_before = snapshot_files(&repo.root);
     std::thread::sleep(Duration::from_millis(20));
-    let (out, v) = doctor(&repo, &[]);
-    assert_eq!(out.code, 3, "{}", out.stdout);
+    let v = doctor_exits(&repo, &[], 3);
     for (name, status) in [
         ("worktrees", "warn"),
         ("branch-locks", "warn"),

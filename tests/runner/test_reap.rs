@@ -80,9 +80,13 @@ fn two_reaps_at_once(repo: &TestRepo) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The rescue refs of task `id`.
+/// The names of the rescue refs of task `id`.
 fn rescues(repo: &TestRepo, id: &str) -> Vec<String> {
     repo.refs(&format!("refs/loop/rescue/{id}/"))
+        .iter()
+        .filter_map(|line| line.split(' ').next())
+        .map(str::to_string)
+        .collect()
 }
 
 /// What a reclaimed task must look like: group gone, work saved, worktree gone, requeued.
@@ -266,8 +270,7 @@ fn a_loop_worktree_without_a_lease_is_saved_then_removed() {
     let saved = rescues(&repo, &id);
     assert_eq!(saved.len(), 2, "{saved:?}");
     let holds = |rev: &str| {
-        saved.iter().any(|line| {
-            let name = line.split(' ').next().expect("name");
+        saved.iter().any(|name| {
             repo.git_out(&["merge-base", "--is-ancestor", rev, name])
                 .code
                 == 0
@@ -279,7 +282,6 @@ fn a_loop_worktree_without_a_lease_is_saved_then_removed() {
     );
     let with_notes = saved
         .iter()
-        .map(|l| l.split(' ').next().expect("name"))
         .find(|name| {
             repo.git_out(&["cat-file", "-e", &format!("{name}:notes.txt")])
                 .code
@@ -497,7 +499,7 @@ fn a_worktree_whose_metadata_is_gone_is_saved_and_removed() {
     assert!(!wt.exists());
     let saved = rescues(&repo, &id);
     assert_eq!(saved.len(), 1, "{saved:?}");
-    let name = saved[0].split(' ').next().expect("name");
+    let name = &saved[0];
     assert_eq!(
         repo.git(&["show", &format!("{name}:unsaved.txt")]),
         "still here\n"
@@ -537,7 +539,7 @@ fn two_reaps_of_worktrees_of_no_task_save_each_once() {
             assert!(!repo.root.join(".git/loop/worktrees").join(name).exists());
             let saved = rescues(&repo, name);
             assert_eq!(saved.len(), 1, "saved once: {saved:?}");
-            let rescue = saved[0].split(' ').next().expect("name");
+            let rescue = &saved[0];
             assert_eq!(
                 repo.git(&["show", &format!("{rescue}:left.txt")]),
                 format!("{name}\n")
