@@ -170,7 +170,7 @@ pub fn run_at(
         &commit.to_string(),
     ])?;
     let results = run_all(commands, &path, timeout, started);
-    let removed = git.run(&["worktree", "remove", "--force", &shown]);
+    let removed = repo.remove_worktree(&path, true);
     let results = results?;
     removed?;
     Ok(results)

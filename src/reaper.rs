@@ -276,6 +276,19 @@ impl Reaper<'_> {
 
     /// `git worktree prune`: metadata of worktrees whose directory is gone.
     fn prune(&mut self) -> Result<()> {
+        for path in self.repo.interrupted_adds(!self.opts.dry_run)? {
+            let verb = if self.opts.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            };
+            self.report.reaped.push(Reaped {
+                kind: "prune",
+                task: None,
+                why: "its add was interrupted".to_string(),
+                did: vec![format!("{verb} the half-made worktree {}", path.display())],
+            });
+        }
         let args: &[&str] = if self.opts.dry_run {
             &["worktree", "prune", "--dry-run", "--verbose"]
         } else {
@@ -452,7 +465,7 @@ impl Reaper<'_> {
 
     /// Removes a worktree (see [`crate::rescue::remove_worktree`]).
     fn remove(&self, path: &Path) -> Result<()> {
-        crate::rescue::remove_worktree(&self.git, path).map(|_| ())
+        crate::rescue::remove_worktree(self.repo, path).map(|_| ())
     }
 
     /// Whether `commit` is in the history of a local branch (then removing a worktree whose

@@ -136,11 +136,12 @@ pub fn rescue_files(
     }
 }
 
-/// Removes the worktree at `path` with `git worktree remove --force`; a directory git does not
-/// know as one (or a half-removed one) is deleted instead, and one already gone is not an
-/// error. Returns whether git could not remove it (then `git worktree prune` is due).
-pub fn remove_worktree(git: &Git, path: &Path) -> Result<bool> {
-    let removed = git.run(&["worktree", "remove", "--force", &path.to_string_lossy()]);
+/// Removes the worktree at `path` as `git worktree remove --force` does; a directory git does
+/// not know as one (or a half-removed one) is deleted instead, and one already gone is not an
+/// error. Returns whether it could not be removed as a worktree (then `git worktree prune` is
+/// due).
+pub fn remove_worktree(repo: &Repo, path: &Path) -> Result<bool> {
+    let removed = repo.remove_worktree(path, true);
     if removed.is_err() || path.exists() {
         match std::fs::remove_dir_all(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

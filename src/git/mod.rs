@@ -699,6 +699,115 @@ impl Repo {
         Ok(out)
     }
 
+    /// Adds the linked worktree at `path` on the existing local branch `branch` (without
+    /// `refs/heads/`), as `git worktree add <path> <branch>` does: in-process (a checkout
+    /// without three git processes), or through `git` when git would run a `post-checkout`
+    /// hook there, so that it still runs. Every worktree change by git-loop is serialized by
+    /// the worktrees lock (see [`Repo::interrupted_adds`]).
+    ///
+    /// Only a branch: an add in-process writes its worktree's HEAD once, as a symbolic ref to
+    /// a branch that exists, where a detached one would be the null id until the checkout is
+    /// done — and every `git fetch` in the repository fails on that ("bad object") while it
+    /// lasts, for ever if the process is killed then. Detached worktrees go through git.
+    pub fn add_worktree(&self, git: &cli::Git, path: &Path, branch: &str) -> Result<()> {
+        let shown = path.to_string_lossy();
+        if self.post_checkout_hook() {
+            let git = git.clone().locking_worktrees(self.common_dir());
+            return git
+                .run(&["worktree", "add", "--quiet", &shown, branch])
+                .map(|_| ());
+        }
+        let head = gix::worktree::add::Head::Attached(
+            format!("refs/heads/{branch}")
+                .try_into()
+                .with_context(|| format!("invalid branch name {branch:?}"))?,
+        );
+        // The new HEAD's reflog needs an identity: a missing one never fails a write.
+        let mut repo = self.repo.clone();
+        if repo.committer().is_none() {
+            repo.committer_or_set_fallback(FALLBACK_NAME, FALLBACK_EMAIL)
+                .context("setting a fallback identity")?;
+        }
+        let _held = self.worktrees_lock()?;
+        let interrupt = std::sync::atomic::AtomicBool::new(false);
+        repo.add_worktree(path, head, gix::progress::Discard, &interrupt)
+            .map_err(|e| anyhow::anyhow!("git worktree add {shown}: {e}"))?;
+        Ok(())
+    }
+
+    /// Removes the linked worktree at `path` and its metadata, as `git worktree remove` does:
+    /// one with changes, untracked files or an initialized submodule is refused unless
+    /// `discard` (`--force`); a locked one is always refused.
+    pub fn remove_worktree(&self, path: &Path, discard: bool) -> Result<()> {
+        use gix::worktree::remove::Force;
+        let force = if discard {
+            Force::DiscardChanges
+        } else {
+            Force::Never
+        };
+        let _held = self.worktrees_lock()?;
+        self.repo
+            .remove_worktree(path, force, gix::progress::Discard)
+            .map_err(|e| anyhow::anyhow!("git worktree remove {}: {e}", path.display()))
+    }
+
+    /// The worktrees under `<git-common-dir>/loop/` whose add was cut short, and with `clear`
+    /// their checkout directories and metadata removed. An add marks the worktree `locked`
+    /// ("initializing") until its checkout and index are complete, as git does, and git never
+    /// prunes a locked worktree; holding the worktrees lock, no git-loop process is adding one,
+    /// so such a mark was left by a process killed mid-add. Nothing in such a checkout was
+    /// ever handed to an agent or a gate, and an add only ever fills an empty directory.
+    pub fn interrupted_adds(&self, clear: bool) -> Result<Vec<PathBuf>> {
+        let _held = self.worktrees_lock()?;
+        let mut found = Vec::new();
+        let Ok(ours) = std::fs::canonicalize(self.common_dir().join("loop")) else {
+            return Ok(found);
+        };
+        let Ok(entries) = std::fs::read_dir(self.common_dir().join("worktrees")) else {
+            return Ok(found);
+        };
+        for entry in entries.flatten() {
+            let meta = entry.path();
+            let marked = std::fs::read_to_string(meta.join("locked"))
+                .is_ok_and(|mark| mark.trim() == "initializing");
+            let Ok(link) = std::fs::read_to_string(meta.join("gitdir")) else {
+                continue;
+            };
+            let Some(checkout) = meta.join(link.trim()).parent().map(Path::to_path_buf) else {
+                continue;
+            };
+            if !marked || !checkout.starts_with(&ours) {
+                continue;
+            }
+            if clear {
+                for dir in [&checkout, &meta] {
+                    match std::fs::remove_dir_all(dir) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(anyhow::Error::new(e)
+                                .context(format!("removing {}", dir.display())));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            found.push(checkout);
+        }
+        Ok(found)
+    }
+
+    fn worktrees_lock(&self) -> Result<std::fs::File> {
+        crate::lockfile::wait(&crate::lockfile::path(self.common_dir(), "worktrees"))
+    }
+
+    /// Whether git would run (or warn about) a `post-checkout` hook on `git worktree add`:
+    /// there is one in the repository's hooks directory, or `core.hooksPath` names another
+    /// directory (resolved by git relative to the new worktree, so asked of git itself).
+    fn post_checkout_hook(&self) -> bool {
+        self.config_string("core.hooksPath").is_some()
+            || std::fs::symlink_metadata(self.common_dir().join("hooks").join("post-checkout"))
+                .is_ok()
+    }
+
     /// The commit HEAD points at, if HEAD is born.
     pub fn head_commit(&self) -> Result<Option<ObjectId>> {
         match self.repo.head_id() {

@@ -1274,7 +1274,10 @@ impl Promotion<'_> {
             .join("loop")
             .join("worktrees")
             .join(self.short());
-        let mut said = Vec::new();
+        let mut said: Vec<String> = (self.repo.interrupted_adds(true)?)
+            .iter()
+            .map(|p| format!("removed the half-made worktree {}", p.display()))
+            .collect();
         let main_worktree = self.repo.workdir().map(Path::to_path_buf);
         // One look at the worktrees: the task's own (saved, then removed), temporary checkouts
         // for gates and verify that a killed promotion left behind (removed), and any other
@@ -1411,11 +1414,8 @@ impl Promotion<'_> {
                 said.push(format!("saved the detached HEAD's commits in {rescue}"));
             }
         }
-        // git removes a clean worktree only: then there is nothing to save.
-        let clean_removed = self
-            .git
-            .run(&["worktree", "remove", &path.to_string_lossy()])
-            .is_ok();
+        // Only a clean worktree is removed so: then there is nothing to save.
+        let clean_removed = self.repo.remove_worktree(path, false).is_ok();
         if !clean_removed && let Some(rescue) = rescue_worktree(self.repo, &there, &self.id)? {
             said.push(format!("saved uncommitted work in {rescue}"));
         }
@@ -1454,7 +1454,7 @@ impl Promotion<'_> {
     /// Removes a worktree (see [`crate::rescue::remove_worktree`]); true when `git worktree
     /// prune` should run after it.
     fn remove_worktree(&self, path: &Path) -> bool {
-        crate::rescue::remove_worktree(&self.git, path).unwrap_or(true)
+        crate::rescue::remove_worktree(self.repo, path).unwrap_or(true)
     }
 
     // ---- delete_remote_branch -------------------------------------------------------------

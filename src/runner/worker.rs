@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::agent;
 use crate::error::{Class, LoopError};
 use crate::git::cli::Git;
-use crate::git::{Cas, Repo};
+use crate::git::{Cas, CasOutcome, Repo};
 use crate::lease::{self, lease_ref};
 use crate::policy::Policy;
 use crate::retry;
@@ -86,6 +86,7 @@ fn worktree(job: &Job, repo: &Repo, git: &Git, task: &Task) -> Result<PathBuf> {
         .join("worktrees")
         .join(short(&task.id));
     let shown = path.to_string_lossy().into_owned();
+    repo.interrupted_adds(true)?;
     if crate::rescue::worktree_link_valid(&path) {
         return Ok(path);
     }
@@ -97,28 +98,28 @@ fn worktree(job: &Job, repo: &Repo, git: &Git, task: &Task) -> Result<PathBuf> {
         crate::rescue::rescue_files(repo, git, &path, &task.id, branch_head)?;
         std::fs::remove_dir_all(&path).with_context(|| format!("clearing {shown}"))?;
     }
-    let args: Vec<String> = if branch_head.is_some() {
-        ["worktree", "add", "--quiet", &shown, &task.branch]
-            .map(str::to_string)
-            .to_vec()
-    } else {
-        let start = target_tip(job, repo, git)?.to_string();
-        [
-            "worktree",
-            "add",
-            "--quiet",
-            "-b",
-            &task.branch,
-            &shown,
-            &start,
-        ]
-        .map(str::to_string)
-        .to_vec()
-    };
-    if let Err(e) = git.run(&args) {
+    if branch_head.is_none() {
+        let start = target_tip(job, repo, git)?;
+        let created = repo.cas(&[Cas::Create {
+            name: branch_ref.clone(),
+            new: start,
+        }])?;
+        if created != CasOutcome::Applied {
+            return Err(LoopError::new(
+                Class::Transient,
+                format!(
+                    "the branch {} could not be made (it appeared meanwhile, or is locked)",
+                    task.branch
+                ),
+            )
+            .into());
+        }
+    }
+    let add = || repo.add_worktree(git, &path, &task.branch);
+    if let Err(e) = add() {
         // A worktree whose directory was deleted by hand is still registered (and still holds
         // the branch): its metadata is stale, so prune it and try once more. (Asked of the
-        // metadata, not of git's message, which is translated.)
+        // metadata, not of the error's wording.)
         let ours = Path::new("loop").join("worktrees").join(short(&task.id));
         let stale = repo
             .worktrees()?
@@ -128,7 +129,7 @@ fn worktree(job: &Job, repo: &Repo, git: &Git, task: &Task) -> Result<PathBuf> {
             return Err(e);
         }
         git.run(&["worktree", "prune"])?;
-        git.run(&args)?;
+        add()?;
     }
     Ok(path)
 }

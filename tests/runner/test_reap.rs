@@ -524,6 +524,37 @@ fn a_half_removed_clean_checkout_is_removed_without_a_rescue() {
     assert_eq!(rescues(&repo, &id), Vec::<String>::new());
 }
 
+/// A worktree add cut short leaves the worktree marked `locked` ("initializing"), which git
+/// never prunes: the reaper removes it (after saying so in a dry run), and nothing of it stays
+/// registered.
+#[test]
+fn a_worktree_whose_add_was_cut_short_is_removed() {
+    let repo = TestRepo::new();
+    let id = repo.add("half made", &[]);
+    let wt = repo.half_made_task_worktree(&id);
+    let shown = wt.display().to_string();
+
+    let report = reap(&repo, &["--dry-run"]);
+    assert!(
+        report
+            .to_string()
+            .contains(&format!("would remove the half-made worktree {shown}")),
+        "{report}"
+    );
+    assert!(wt.exists());
+    assert_eq!(repo.worktree_list().len(), 2);
+
+    let report = reap(&repo, &[]);
+    assert!(
+        report
+            .to_string()
+            .contains(&format!("removed the half-made worktree {shown}")),
+        "{report}"
+    );
+    assert!(!wt.exists());
+    assert_eq!(repo.worktree_list(), vec![repo.root.display().to_string()]);
+}
+
 #[test]
 fn two_reaps_of_worktrees_of_no_task_save_each_once() {
     let repo = TestRepo::new();

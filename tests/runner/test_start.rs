@@ -242,6 +242,96 @@ fn a_task_worktree_deleted_by_hand_is_made_again() {
     );
 }
 
+/// The task's worktree is a complete checkout of its branch: every tracked file (executable
+/// bits kept), an index that matches them, HEAD on `loop/<short>`.
+#[test]
+fn a_task_worktree_is_a_complete_checkout_on_its_branch() {
+    let l = setup(
+        "status=$(git status --porcelain)
+{ echo \"status:$status\"
+git symbolic-ref HEAD
+test -x agent.sh && echo executable
+head -n 1 loop/PROMPT.md
+git rev-parse --show-toplevel
+} > seen.txt 2>&1
+git add seen.txt && git commit -q -m seen
+echo LOOP_DONE",
+        "",
+        false,
+    );
+    let id = l.add("look around");
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let seen = l.repo.git(&["show", "main:seen.txt"]);
+    let lines: Vec<&str> = seen.lines().collect();
+    let short = &id[..7];
+    assert_eq!(lines.len(), 5, "{seen}");
+    assert_eq!(
+        lines[..4],
+        [
+            "status:",
+            format!("refs/heads/loop/{short}").as_str(),
+            "executable",
+            "Task {id}: {title}",
+        ],
+        "{seen}"
+    );
+    assert!(
+        lines[4].ends_with(&format!(".git/loop/worktrees/{short}")),
+        "{seen}"
+    );
+}
+
+/// A repository's `post-checkout` hook runs when a task's worktree is made, as with
+/// `git worktree add`.
+#[test]
+fn a_post_checkout_hook_runs_in_each_new_task_worktree() {
+    let l = setup(COMMIT_AND_DONE, "", false);
+    let log = l.repo.root.join("post-checkout.log");
+    std::fs::create_dir_all(l.repo.root.join(".git/hooks")).expect("hooks dir");
+    write_executable(
+        &l.repo.root.join(".git/hooks/post-checkout"),
+        &format!(
+            "#!/bin/sh
+echo \"$(pwd) $3\" >> '{}'\n",
+            log.display()
+        ),
+    );
+    let a = l.add("first");
+    let b = l.add("second");
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = std::fs::read_to_string(&log).expect("the hook ran");
+    for id in [&a, &b] {
+        let line = format!("{} 1", l.repo.worktree_path(&id[..7]).display());
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+}
+
+/// A task worktree whose add was cut short (the runner killed mid-checkout: marked
+/// `locked` "initializing", part of its files, no index) is never handed to the agent: it is
+/// cleared and made again, and the task's commit changes only what the agent changed.
+#[test]
+fn a_task_worktree_whose_add_was_cut_short_is_made_again() {
+    let l = setup(COMMIT_AND_DONE, "", false);
+    let id = l.add("finish me");
+    l.repo.half_made_task_worktree(&id);
+    let before = l.repo.git(&["ls-tree", "-r", "--name-only", "main"]);
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(l.show(&id)["state"], "done");
+    let after = l.repo.git(&["ls-tree", "-r", "--name-only", "main"]);
+    let mut expected: Vec<&str> = before.lines().collect();
+    let work = format!("work-{id}.txt");
+    expected.push(&work);
+    expected.sort();
+    assert_eq!(after.lines().collect::<Vec<_>>(), expected);
+    assert_eq!(
+        l.repo.worktree_list(),
+        vec![l.repo.root.display().to_string()]
+    );
+}
+
 /// A lease in the runner's name that no worker holds — its release failed, or another git's
 /// `pack-refs --auto` brought it back after the release deleted it — is deleted, not renewed
 /// for ever.

@@ -316,6 +316,26 @@ impl TestRepo {
         wt
     }
 
+    /// Makes the runner's worktree of task `id` as an add cut short by a kill leaves it: still
+    /// marked `locked` ("initializing"), with no index and only part of its files.
+    pub fn half_made_task_worktree(&self, id: &str) -> PathBuf {
+        let wt = self.add_task_worktree(id);
+        let admin = self.root.join(".git/worktrees").join(&id[..7]);
+        std::fs::write(admin.join("locked"), "initializing\n").expect("lock");
+        std::fs::remove_file(admin.join("index")).expect("rm index");
+        std::fs::remove_file(wt.join("README")).expect("rm README");
+        wt
+    }
+
+    /// The paths of the repository's worktrees, as `git worktree list` gives them.
+    pub fn worktree_list(&self) -> Vec<String> {
+        self.git(&["worktree", "list", "--porcelain"])
+            .lines()
+            .filter_map(|l| l.strip_prefix("worktree "))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Sets a task's state with plain git, as a promotion would have.
     pub fn set_state(&self, id: &str, state: &str) {
         self.poke(id, "state", &format!("\"{state}\""));
