@@ -10,7 +10,8 @@
 2. Flatness: the runner's RSS (all, and anonymous: its heap) and open file descriptors, sampled
    every 50 ms over M tasks (default 1000); the first quartile of the run beside the last.
    BENCH_GIT_MAINTENANCE=1 runs both parts with git's automatic maintenance on (by default the
-   environment turns it off, for both sides).
+   environment turns it off, for both sides). BENCH_SAME_FILE=1 makes the agent rewrite one
+   file instead of adding one per task, so that the tree checked out stays the same size.
 
 Usage: [BENCH_DIR=/tmp] benches/runner.py [GIT_LOOP_BINARY] [N] [ROUNDS] [M]
 """
@@ -40,6 +41,8 @@ echo "$1" > "work-$1.txt"
 git add "work-$1.txt" && git commit -q -m "work $1"
 echo LOOP_DONE
 """
+if os.environ.get("BENCH_SAME_FILE") == "1":
+    AGENT = AGENT.replace('"work-$1.txt"', "work.txt")
 BASH_LOOP = """set -e
 i=0
 while [ $i -lt "$N" ]; do

@@ -90,6 +90,7 @@ impl Ctx<'_> {
 
 /// Parses the command line, runs the command and returns its exit code.
 pub fn main() -> ExitCode {
+    crate::process::limit_malloc_arenas();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let cwd = match &cli.directory {
