@@ -274,26 +274,29 @@ impl Reaper<'_> {
         Ok(())
     }
 
+    /// Worktrees whose add was cut short (see [`Repo::interrupted_adds`]), then
     /// `git worktree prune`: metadata of worktrees whose directory is gone.
     fn prune(&mut self) -> Result<()> {
+        let (args, removed, pruned): (&[&str], _, _) = if self.opts.dry_run {
+            (
+                &["worktree", "prune", "--dry-run", "--verbose"],
+                "would remove",
+                "would prune",
+            )
+        } else {
+            (&["worktree", "prune", "--verbose"], "removed", "pruned")
+        };
         for path in self.repo.interrupted_adds(!self.opts.dry_run)? {
-            let verb = if self.opts.dry_run {
-                "would remove"
-            } else {
-                "removed"
-            };
             self.report.reaped.push(Reaped {
                 kind: "prune",
                 task: None,
                 why: "its add was interrupted".to_string(),
-                did: vec![format!("{verb} the half-made worktree {}", path.display())],
+                did: vec![format!(
+                    "{removed} the half-made worktree {}",
+                    path.display()
+                )],
             });
         }
-        let args: &[&str] = if self.opts.dry_run {
-            &["worktree", "prune", "--dry-run", "--verbose"]
-        } else {
-            &["worktree", "prune", "--verbose"]
-        };
         let out = self.git.output(args)?;
         if !out.status.success() {
             anyhow::bail!(
@@ -309,16 +312,11 @@ impl Reaper<'_> {
         for line in text.lines().filter(|l| l.starts_with("Removing ")) {
             let line = line.trim_start_matches("Removing ");
             let (what, why) = line.split_once(": ").unwrap_or((line, "stale"));
-            let verb = if self.opts.dry_run {
-                "would prune"
-            } else {
-                "pruned"
-            };
             self.report.reaped.push(Reaped {
                 kind: "prune",
                 task: None,
                 why: why.to_string(),
-                did: vec![format!("{verb} the metadata of {what}")],
+                did: vec![format!("{pruned} the metadata of {what}")],
             });
         }
         Ok(())

@@ -17,8 +17,9 @@ use crate::reaper::{self, Options, Report};
 /// reason. Loop worktrees that no lease covers are saved and removed the same way; runs left
 /// awaiting a judge by a dead judge are handed back to the runner, their gates' process groups
 /// killed and their temporary gate checkouts removed (unsaved: what is there is a gate's
-/// output); `git worktree prune` runs. A worktree whose task a `git loop promote` is promoting
-/// right now is left to it.
+/// output); a loop worktree whose add was cut short (still marked locked "initializing") is
+/// removed, and `git worktree prune` runs. A worktree whose task a `git loop promote` is
+/// promoting right now is left to it.
 ///
 /// A lease whose holder is alive and within its expiry is never touched. A holder on another
 /// host cannot be proven dead from here: its lease is taken back once expired, and its
