@@ -722,12 +722,8 @@ impl Repo {
                 .try_into()
                 .with_context(|| format!("invalid branch name {branch:?}"))?,
         );
-        // The new HEAD's reflog needs an identity: a missing one never fails a write.
-        let mut repo = self.repo.clone();
-        if repo.committer().is_none() {
-            repo.committer_or_set_fallback(FALLBACK_NAME, FALLBACK_EMAIL)
-                .context("setting a fallback identity")?;
-        }
+        // The new HEAD's reflog needs an identity.
+        let repo = self.with_identity()?;
         let _held = self.worktrees_lock()?;
         let started = std::time::Instant::now();
         let interrupt = std::sync::atomic::AtomicBool::new(false);
@@ -805,6 +801,17 @@ impl Repo {
             found.push(checkout);
         }
         Ok(found)
+    }
+
+    /// The repository with the fixed fallback identity when it configures none, for gix
+    /// writes that record a committer (reflogs, notes): a missing identity never fails a write.
+    fn with_identity(&self) -> Result<gix::Repository> {
+        let mut repo = self.repo.clone();
+        if repo.committer().is_none() {
+            repo.committer_or_set_fallback(FALLBACK_NAME, FALLBACK_EMAIL)
+                .context("setting a fallback identity")?;
+        }
+        Ok(repo)
     }
 
     fn worktrees_lock(&self) -> Result<std::fs::File> {
@@ -954,11 +961,7 @@ impl Repo {
     /// Sets the note of `object` in `notes_ref` to `text` (replacing any), by compare-and-swap
     /// on the notes ref; a lost race is retried.
     pub fn set_note(&self, notes_ref: &str, object: ObjectId, text: &str) -> Result<()> {
-        let mut repo = self.repo.clone();
-        if repo.committer().is_none() {
-            repo.committer_or_set_fallback(FALLBACK_NAME, FALLBACK_EMAIL)
-                .context("setting a fallback identity")?;
-        }
+        let repo = self.with_identity()?;
         let name: gix::refs::FullName = notes_ref
             .try_into()
             .with_context(|| format!("invalid notes ref {notes_ref:?}"))?;

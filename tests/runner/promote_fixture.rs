@@ -175,7 +175,7 @@ impl Fixture {
         let expected = if self.strategy == "ff-only" { 0 } else { 1 };
         assert_eq!(trailers, expected, "merges of the task in {target}");
         // No lost commit: the work is in the target.
-        let feature = repo.git(&["show", &format!("{target}:feature.txt")]);
+        let feature = repo.show(&target, "feature.txt");
         assert_eq!(feature, "the feature, second line\nmore\n");
         let show = repo.run(&["task", "show", id, "--json"]).json();
         assert_eq!(show["state"], "done", "{show}");

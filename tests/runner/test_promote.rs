@@ -34,14 +34,8 @@ fn promotes_with_each_strategy_locally_and_to_a_remote() {
             f.assert_converged();
             // The worktree's uncommitted and untracked files were saved before it was removed.
             let rescue = format!("refs/loop/rescue/{}/1", f.id);
-            assert_eq!(
-                f.repo.git(&["show", &format!("{rescue}:feature.txt")]),
-                "uncommitted edit\n"
-            );
-            assert_eq!(
-                f.repo.git(&["show", &format!("{rescue}:notes.txt")]),
-                "untracked notes\n"
-            );
+            assert_eq!(f.repo.show(&rescue, "feature.txt"), "uncommitted edit\n");
+            assert_eq!(f.repo.show(&rescue, "notes.txt"), "untracked notes\n");
         }
     }
 }

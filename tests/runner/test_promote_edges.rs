@@ -358,7 +358,7 @@ fn rescued(f: &Fixture, file: &str) -> String {
         .repo
         .git(&["for-each-ref", "--format=%(refname)", "refs/loop/rescue/"]);
     let rescue = rescues.lines().next().expect("a rescue ref");
-    f.repo.git(&["show", &format!("{rescue}:{file}")])
+    f.repo.show(rescue, file)
 }
 
 /// The real `git` behind a wrapper that logs each `git maintenance` call to `bin/calls` (and

@@ -45,6 +45,17 @@ fn reap(repo: &TestRepo, args: &[&str]) -> serde_json::Value {
     out.json()
 }
 
+/// Reaps; the worktree `wt` of task `id` must be the one reclaimed, and gone.
+fn reap_worktree_of(repo: &TestRepo, id: &str, wt: &std::path::Path) {
+    let report = reap(repo, &[]);
+    assert_eq!(
+        reaped_tasks(&report, "worktree"),
+        vec![id.to_string()],
+        "{report}"
+    );
+    assert!(!wt.exists());
+}
+
 fn reaped_tasks(report: &serde_json::Value, kind: &str) -> Vec<String> {
     report["reaped"]
         .as_array()
@@ -96,14 +107,8 @@ fn assert_reclaimed(l: &Loop, id: &str, pgid: &str) {
         "the agent's group (grandchild too) was killed"
     );
     let rescue = format!("refs/loop/rescue/{id}/1");
-    assert_eq!(
-        l.repo.git(&["show", &format!("{rescue}:dirty.txt")]),
-        "dirty\n"
-    );
-    assert_eq!(
-        l.repo.git(&["show", &format!("{rescue}:sub/new.txt")]),
-        "untracked\n"
-    );
+    assert_eq!(l.repo.show(&rescue, "dirty.txt"), "dirty\n");
+    assert_eq!(l.repo.show(&rescue, "sub/new.txt"), "untracked\n");
     assert_eq!(rescues(&l.repo, id).len(), 1, "saved once");
     let wt = l.repo.worktree_path(&id[..7]);
     assert!(!wt.exists(), "the worktree was removed");
@@ -260,13 +265,7 @@ fn a_loop_worktree_without_a_lease_is_saved_then_removed() {
         "a dry run writes no cache"
     );
 
-    let report = reap(&repo, &[]);
-    assert_eq!(
-        reaped_tasks(&report, "worktree"),
-        vec![id.clone()],
-        "{report}"
-    );
-    assert!(!wt.exists());
+    reap_worktree_of(&repo, &id, &wt);
     let saved = rescues(&repo, &id);
     assert_eq!(saved.len(), 2, "{saved:?}");
     let holds = |rev: &str| {
@@ -288,10 +287,7 @@ fn a_loop_worktree_without_a_lease_is_saved_then_removed() {
                 == 0
         })
         .expect("a rescue ref holds notes.txt");
-    assert_eq!(
-        repo.git(&["show", &format!("{with_notes}:notes.txt")]),
-        "not yet committed\n"
-    );
+    assert_eq!(repo.show(with_notes, "notes.txt"), "not yet committed\n");
     assert!(repo.refs("refs/loop/leases/").is_empty());
     assert_ne!(
         repo.task_tip(&id),
@@ -490,20 +486,11 @@ fn a_worktree_whose_metadata_is_gone_is_saved_and_removed() {
     // What a `git worktree remove` stopped half way leaves: the admin dir gone, the files not.
     std::fs::remove_dir_all(repo.root.join(".git/worktrees").join(&id[..7])).expect("rm admin");
 
-    let report = reap(&repo, &[]);
-    assert_eq!(
-        reaped_tasks(&report, "worktree"),
-        vec![id.clone()],
-        "{report}"
-    );
-    assert!(!wt.exists());
+    reap_worktree_of(&repo, &id, &wt);
     let saved = rescues(&repo, &id);
     assert_eq!(saved.len(), 1, "{saved:?}");
     let name = &saved[0];
-    assert_eq!(
-        repo.git(&["show", &format!("{name}:unsaved.txt")]),
-        "still here\n"
-    );
+    assert_eq!(repo.show(name, "unsaved.txt"), "still here\n");
     assert!(repo.refs("refs/loop/leases/").is_empty());
 }
 
@@ -513,13 +500,7 @@ fn a_half_removed_clean_checkout_is_removed_without_a_rescue() {
     let id = repo.add("half removed, clean", &[]);
     let wt = repo.add_task_worktree(&id);
     std::fs::remove_dir_all(repo.root.join(".git/worktrees").join(&id[..7])).expect("rm admin");
-    let report = reap(&repo, &[]);
-    assert_eq!(
-        reaped_tasks(&report, "worktree"),
-        vec![id.clone()],
-        "{report}"
-    );
-    assert!(!wt.exists());
+    reap_worktree_of(&repo, &id, &wt);
     // Every file left is as the task branch has it: nothing to save.
     assert_eq!(rescues(&repo, &id), Vec::<String>::new());
 }
@@ -571,10 +552,7 @@ fn two_reaps_of_worktrees_of_no_task_save_each_once() {
             let saved = rescues(&repo, name);
             assert_eq!(saved.len(), 1, "saved once: {saved:?}");
             let rescue = &saved[0];
-            assert_eq!(
-                repo.git(&["show", &format!("{rescue}:left.txt")]),
-                format!("{name}\n")
-            );
+            assert_eq!(repo.show(rescue, "left.txt"), format!("{name}\n"));
         }
     }
 }

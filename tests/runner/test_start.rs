@@ -237,7 +237,7 @@ fn a_task_worktree_deleted_by_hand_is_made_again() {
     assert_eq!(l.show(&id)["state"], "done");
     assert_eq!(l.agent_runs(&id).len(), 2, "two attempts");
     assert_eq!(
-        l.repo.git(&["show", &format!("main:work-{id}.txt")]),
+        l.repo.show("main", &format!("work-{id}.txt")),
         format!("{id}\n")
     );
 }
@@ -818,7 +818,7 @@ fn a_runner_killed_mid_run_is_recovered_and_nothing_is_lost() {
     assert_eq!(l.show(&id)["state"], "done");
     let rescued = l
         .repo
-        .git(&["show", &format!("refs/loop/rescue/{id}/1:partial.txt")]);
+        .show(&format!("refs/loop/rescue/{id}/1"), "partial.txt");
     assert_eq!(rescued, "partial\n", "the uncommitted work was saved");
     assert!(
         l.history(&id).iter().any(|h| h.contains("died")),

@@ -153,6 +153,11 @@ impl TestRepo {
         out.stdout
     }
 
+    /// The file at `path` in `rev` (`git show <rev>:<path>`).
+    pub fn show(&self, rev: &str, path: &str) -> String {
+        self.git(&["show", &format!("{rev}:{path}")])
+    }
+
     pub fn git_out(&self, args: &[&str]) -> Out {
         let mut cmd = Command::new("git");
         cmd.args(args).current_dir(&self.root);
