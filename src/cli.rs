@@ -152,12 +152,18 @@ fn init_logging(verbose: u8) {
         2 => LevelFilter::DEBUG,
         _ => LevelFilter::TRACE,
     });
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .try_init();
+        .with_target(false);
+    // Debug logs say when, from the start of the process, so that slowness can be read off them.
+    let _ = if level >= LevelFilter::DEBUG {
+        builder
+            .with_timer(tracing_subscriber::fmt::time::Uptime::default())
+            .try_init()
+    } else {
+        builder.without_time().try_init()
+    };
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

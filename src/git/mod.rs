@@ -24,6 +24,13 @@ pub const FALLBACK_NAME: &str = "git-loop";
 pub const FALLBACK_EMAIL: &str = "git-loop@localhost";
 
 /// An open repository.
+/// How two commits relate, as [`Repo::near_ancestry`] finds it.
+enum Near {
+    Same,
+    FirstIsAncestor,
+    SecondIsAncestor,
+}
+
 pub struct Repo {
     repo: gix::Repository,
     /// The identity of the packed-refs file gix's buffer was last refreshed from.
@@ -874,6 +881,13 @@ impl Repo {
 
     /// The best common ancestor of two commits, if they share history.
     pub fn merge_base(&self, a: ObjectId, b: ObjectId) -> Result<Option<ObjectId>> {
+        // Mostly asked of a branch and the target it forked from, or of a target and a branch
+        // merged into it: one is a near ancestor of the other, and that is the answer.
+        match self.near_ancestry(a, b)? {
+            Some(Near::Same | Near::FirstIsAncestor) => return Ok(Some(a)),
+            Some(Near::SecondIsAncestor) => return Ok(Some(b)),
+            None => {}
+        }
         Ok(self
             .repo
             .merge_base(a, b)
@@ -883,26 +897,75 @@ impl Repo {
 
     /// Whether commit `a` is `b` or one of its ancestors.
     pub fn is_ancestor(&self, a: ObjectId, b: ObjectId) -> Result<bool> {
-        if a == b {
-            return Ok(true);
-        }
-        // Often asked of a parent of `b` (a branch just merged into it): answered from `b`
-        // alone. The merge-base computation, which decides the rest, can go through the whole
-        // history when commits share a date (a burst of commits within one second).
-        let parent = self
-            .repo
-            .find_commit(b)
-            .map_err(|e| anyhow::anyhow!("reading the commit {b}: {e}"))?
-            .parent_ids()
-            .any(|p| p.detach() == a);
-        if parent {
-            return Ok(true);
+        match self.near_ancestry(a, b)? {
+            Some(Near::Same | Near::FirstIsAncestor) => return Ok(true),
+            // `a` descends from `b`: in a history without cycles it is not among its ancestors.
+            Some(Near::SecondIsAncestor) => return Ok(false),
+            None => {}
         }
         let base = self
             .repo
             .merge_base(a, b)
             .map_err(|e| anyhow::anyhow!("finding the merge base of {a} and {b}: {e}"))?;
         Ok(base.is_some_and(|base| base.detach() == a))
+    }
+
+    /// How `a` and `b` relate when one is among the other's nearest ancestors: both histories
+    /// are walked back breadth first, a step of each in turn, up to `NEAR` commits each. The
+    /// questions git-loop asks are mostly answered so — a task branch is a few commits on the
+    /// target, a target a merge or two past a branch — and cheaply: a merge-base computation
+    /// can go through the whole history when commits share a date (a burst of commits within
+    /// one second, as a fast loop makes), so it only decides the rest (`None`).
+    fn near_ancestry(&self, a: ObjectId, b: ObjectId) -> Result<Option<Near>> {
+        const NEAR: usize = 64;
+        if a == b {
+            return Ok(Some(Near::Same));
+        }
+        struct Walk {
+            start: ObjectId,
+            seen: std::collections::HashSet<ObjectId>,
+            queue: std::collections::VecDeque<ObjectId>,
+        }
+        let mut walks = [a, b].map(|start| Walk {
+            start,
+            seen: std::collections::HashSet::from([start]),
+            queue: std::collections::VecDeque::from([start]),
+        });
+        loop {
+            let mut moved = false;
+            for (side, walk) in walks.iter_mut().enumerate() {
+                if walk.seen.len() > NEAR {
+                    continue;
+                }
+                let Some(id) = walk.queue.pop_front() else {
+                    continue;
+                };
+                moved = true;
+                let commit = match self.repo.find_commit(id) {
+                    Ok(c) => c,
+                    // A parent beyond a shallow clone's boundary: the merge base decides.
+                    Err(_) if id != walk.start => continue,
+                    Err(e) => anyhow::bail!("reading the commit {id}: {e}"),
+                };
+                let other = if side == 0 { b } else { a };
+                for parent in commit.parent_ids() {
+                    let parent = parent.detach();
+                    if parent == other {
+                        return Ok(Some(if side == 0 {
+                            Near::SecondIsAncestor
+                        } else {
+                            Near::FirstIsAncestor
+                        }));
+                    }
+                    if walk.seen.insert(parent) {
+                        walk.queue.push_back(parent);
+                    }
+                }
+            }
+            if !moved {
+                return Ok(None);
+            }
+        }
     }
 
     /// Which of `commits` are `tip` or its ancestors: one walk back from `tip`, which ends as
@@ -1076,4 +1139,107 @@ fn is_lock_failure(e: &gix::Error) -> bool {
     // gix-lock raises a retryable error around the `AlreadyExists` of the lock file.
     e.downcast_any_ref::<std::io::Error>()
         .is_some_and(|io| io.kind() == std::io::ErrorKind::AlreadyExists)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs git in `dir`, hermetic, every commit at one and the same second (as a fast loop
+    /// makes them, the case where a date-ordered walk cannot stop early).
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+            .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+            .output()
+            .expect("running git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn ancestry_answers_agree_with_git_near_and_far() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        git(d, &["init", "-q", "-b", "main"]);
+        let commit = |msg: &str| {
+            git(d, &["commit", "-q", "--allow-empty", "-m", msg]);
+            git(d, &["rev-parse", "HEAD"])
+        };
+        let mut points = vec![commit("root")];
+        // A side branch forked at the root, 3 commits long.
+        git(d, &["checkout", "-q", "-b", "side"]);
+        for i in 0..3 {
+            points.push(commit(&format!("side {i}")));
+        }
+        git(d, &["checkout", "-q", "main"]);
+        // The target runs 100 commits ahead, then the side branch is merged into it: the fork
+        // point is further back than any near walk goes, from either side.
+        for i in 0..100 {
+            let c = commit(&format!("main {i}"));
+            if i % 33 == 0 {
+                points.push(c);
+            }
+        }
+        git(d, &["merge", "-q", "--no-ff", "-m", "merge side", "side"]);
+        points.push(git(d, &["rev-parse", "HEAD"]));
+        // A branch on the merge, and a commit unrelated to all of it.
+        git(d, &["checkout", "-q", "-b", "task"]);
+        points.push(commit("task"));
+        git(d, &["checkout", "-q", "--orphan", "lone"]);
+        points.push(commit("lone"));
+
+        let repo = Repo::open(d).expect("opening the repository");
+        let id = |hex: &str| ObjectId::from_hex(hex.as_bytes()).expect("an id");
+        let mut far = 0;
+        for a in &points {
+            for b in &points {
+                let want = std::process::Command::new("git")
+                    .args(["merge-base", "--is-ancestor", a, b])
+                    .current_dir(d)
+                    .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                    .status()
+                    .expect("git merge-base")
+                    .success();
+                assert_eq!(
+                    repo.is_ancestor(id(a), id(b)).expect("is_ancestor"),
+                    want,
+                    "is {a} an ancestor of {b}?"
+                );
+                let base = std::process::Command::new("git")
+                    .args(["merge-base", a, b])
+                    .current_dir(d)
+                    .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                    .output()
+                    .expect("git merge-base");
+                let want = String::from_utf8_lossy(&base.stdout).trim().to_string();
+                let got = repo.merge_base(id(a), id(b)).expect("merge_base");
+                assert_eq!(
+                    got.map(|g| g.to_string()).unwrap_or_default(),
+                    want,
+                    "the merge base of {a} and {b}"
+                );
+                if repo.near_ancestry(id(a), id(b)).expect("near").is_none() {
+                    far += 1;
+                }
+            }
+        }
+        assert!(
+            far > 0,
+            "some pairs are beyond a near walk, so the fallback is tested too"
+        );
+    }
 }
