@@ -6,7 +6,9 @@
    doing the same git steps per task (worktree add, run the agent, merge --no-ff into main, push
    main to the remote, worktree remove), in the same run, alternating which goes first. Measured
    twice: with a local bare repository as the remote (the comparison the goal is set on), and
-   with no remote at all (both sides then skip the push).
+   with no remote at all (both sides then skip the push). With the remote, a second bash loop
+   does the git steps SPEC §7 asks of a promotion: the task branch pushed before the merge,
+   then the target and the remote branch's deletion in one atomic push.
 2. Flatness: the runner's RSS (all, and anonymous: its heap) and open file descriptors, sampled
    every 50 ms over M tasks (default 1000); the first quartile of the run beside the last.
    BENCH_GIT_MAINTENANCE=1 runs both parts with git's automatic maintenance on (by default the
@@ -49,9 +51,12 @@ while [ $i -lt "$N" ]; do
   i=$((i + 1))
   git worktree add -q -b "task-$i" "../wt-$i" main
   (cd "../wt-$i" && "$AGENT" "$i")
+  if [ -n "$CONTRACT" ]; then git push -q origin "task-$i"; fi
   git merge -q --no-ff --no-edit "task-$i"
-  if [ -n "$PUSH" ]; then git push -q origin main; fi
+  if [ -n "$CONTRACT" ]; then git push -q --atomic origin main ":task-$i"
+  elif [ -n "$PUSH" ]; then git push -q origin main; fi
   git worktree remove "../wt-$i"
+  if [ -n "$CONTRACT" ]; then git branch -q -d "task-$i"; fi
 done
 """
 
@@ -97,11 +102,12 @@ def time_loop(repo):
     return time.perf_counter() - start
 
 
-def time_bash(repo, agent, push):
+def time_bash(repo, agent, push, contract=False):
     start = time.perf_counter()
     subprocess.run(
         ["sh", "-c", BASH_LOOP], cwd=repo,
-        env=dict(env, N=str(n), AGENT=agent, PUSH="1" if push else ""), check=True,
+        env=dict(env, N=str(n), AGENT=agent, PUSH="1" if push else "",
+                 CONTRACT="1" if contract else ""), check=True,
         capture_output=True)
     return time.perf_counter() - start
 
@@ -111,23 +117,35 @@ print(f"Per-task overhead: {n} tasks, no-op agent, no gates, one worker; {rounds
 print("| | bash loop median s | git loop median s | bash ms/task | git loop ms/task | ratio |")
 print("|---|---:|---:|---:|---:|---:|")
 for remote in (True, False):
-    loop_s, bash_s = [], []
+    loop_s, bash_s, contract_s = [], [], []
     for r in range(rounds):
         with tempfile.TemporaryDirectory(dir=scratch) as a, \
-                tempfile.TemporaryDirectory(dir=scratch) as b:
+                tempfile.TemporaryDirectory(dir=scratch) as b, \
+                tempfile.TemporaryDirectory(dir=scratch) as c:
             repo_a, _ = make(a, n, "loop", remote)
             repo_b, agent_b = make(b, 0, "bash", remote)
             pair = [("loop", lambda: time_loop(repo_a)),
                     ("bash", lambda: time_bash(repo_b, agent_b, remote))]
+            if remote:
+                repo_c, agent_c = make(c, 0, "bash", remote)
+                pair.append(("contract", lambda: time_bash(repo_c, agent_c, remote, True)))
             if r % 2:
                 pair.reverse()
             got = {name: f() for name, f in pair}
             loop_s.append(got["loop"])
             bash_s.append(got["bash"])
+            contract_s.append(got.get("contract"))
     lm, bm = statistics.median(loop_s), statistics.median(bash_s)
     label = "local bare remote (bash: merge + push)" if remote else "no remote (bash: merge)"
     print(f"| {label} | {bm:.2f} | {lm:.2f} | {bm / n * 1000:.1f} | {lm / n * 1000:.1f} | "
           f"{lm / bm:.2f} |")
+    if remote:
+        # The same git steps as SPEC §7 asks of a promotion: the task branch pushed before the
+        # merge, then the target and the remote branch's deletion in one atomic push, and the
+        # local task branch deleted.
+        cm = statistics.median(contract_s)
+        print(f"| local bare remote (bash: push branch, merge, push target + delete branch) | "
+              f"{cm:.2f} | {lm:.2f} | {cm / n * 1000:.1f} | {lm / n * 1000:.1f} | {lm / cm:.2f} |")
 print()
 
 # Flatness over m tasks.
