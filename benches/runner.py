@@ -8,7 +8,8 @@
    twice: with a local bare repository as the remote (the comparison the goal is set on), and
    with no remote at all (both sides then skip the push). With the remote, a second bash loop
    does the git steps SPEC §7 asks of a promotion: the task branch pushed before the merge,
-   then the target and the remote branch's deletion in one atomic push.
+   then the target and the remote branch's deletion in one atomic push, then the local task
+   branch deleted.
 2. Flatness: the runner's RSS (all, and anonymous: its heap) and open file descriptors, sampled
    every 50 ms over M tasks (default 1000); the first quartile of the run beside the last.
    BENCH_GIT_MAINTENANCE=1 runs both parts with git's automatic maintenance on (by default the
@@ -124,14 +125,14 @@ for remote in (True, False):
                 tempfile.TemporaryDirectory(dir=scratch) as c:
             repo_a, _ = make(a, n, "loop", remote)
             repo_b, agent_b = make(b, 0, "bash", remote)
-            pair = [("loop", lambda: time_loop(repo_a)),
+            runs = [("loop", lambda: time_loop(repo_a)),
                     ("bash", lambda: time_bash(repo_b, agent_b, remote))]
             if remote:
                 repo_c, agent_c = make(c, 0, "bash", remote)
-                pair.append(("contract", lambda: time_bash(repo_c, agent_c, remote, True)))
+                runs.append(("contract", lambda: time_bash(repo_c, agent_c, remote, True)))
             if r % 2:
-                pair.reverse()
-            got = {name: f() for name, f in pair}
+                runs.reverse()
+            got = {name: f() for name, f in runs}
             loop_s.append(got["loop"])
             bash_s.append(got["bash"])
             contract_s.append(got.get("contract"))

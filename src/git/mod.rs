@@ -23,7 +23,6 @@ const STALE_LOCK: std::time::Duration = std::time::Duration::from_secs(1);
 pub const FALLBACK_NAME: &str = "git-loop";
 pub const FALLBACK_EMAIL: &str = "git-loop@localhost";
 
-/// An open repository.
 /// How two commits relate, as [`Repo::near_ancestry`] finds it.
 enum Near {
     Same,
@@ -31,6 +30,7 @@ enum Near {
     SecondIsAncestor,
 }
 
+/// An open repository.
 pub struct Repo {
     repo: gix::Repository,
     /// The identity of the packed-refs file gix's buffer was last refreshed from.
@@ -1204,27 +1204,27 @@ mod tests {
 
         let repo = Repo::open(d).expect("opening the repository");
         let id = |hex: &str| ObjectId::from_hex(hex.as_bytes()).expect("an id");
+        // git's answers (exit 1 means no: unrelated, or not an ancestor).
+        let plain = |args: &[&str]| {
+            std::process::Command::new("git")
+                .args(args)
+                .current_dir(d)
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .output()
+                .expect("running git merge-base")
+        };
         let mut far = 0;
         for a in &points {
             for b in &points {
-                let want = std::process::Command::new("git")
-                    .args(["merge-base", "--is-ancestor", a, b])
-                    .current_dir(d)
-                    .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                    .status()
-                    .expect("git merge-base")
+                let want = plain(&["merge-base", "--is-ancestor", a, b])
+                    .status
                     .success();
                 assert_eq!(
                     repo.is_ancestor(id(a), id(b)).expect("is_ancestor"),
                     want,
                     "is {a} an ancestor of {b}?"
                 );
-                let base = std::process::Command::new("git")
-                    .args(["merge-base", a, b])
-                    .current_dir(d)
-                    .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                    .output()
-                    .expect("git merge-base");
+                let base = plain(&["merge-base", a, b]);
                 let want = String::from_utf8_lossy(&base.stdout).trim().to_string();
                 let got = repo.merge_base(id(a), id(b)).expect("merge_base");
                 assert_eq!(
