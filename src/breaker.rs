@@ -144,7 +144,7 @@ pub fn runtime_problems(repo: &Repo, policy: &Policy, target_tip: ObjectId) -> R
             Program::Absolute(path) if !path.exists() => {
                 problems.push(format!("the program {program} does not exist"));
             }
-            Program::OnPath(name) if !on_path(&name) => {
+            Program::OnPath(name) if crate::process::which(&name).is_none() => {
                 problems.push(format!("the program {program} is not on PATH"));
             }
             _ => {}
@@ -226,30 +226,6 @@ fn repo_relative(program: &str, workdir: Option<&std::path::Path>) -> Option<Str
     let parent = path.parent()?.canonicalize().ok()?;
     let rel = parent.strip_prefix(&root).ok()?.join(path.file_name()?);
     Some(rel.to_string_lossy().into_owned())
-}
-
-/// Whether an executable file `program` is in a directory of PATH.
-pub fn on_path(program: &str) -> bool {
-    which(program).is_some()
-}
-
-/// The executable file `name` in a directory of PATH.
-pub fn which(name: &str) -> Option<std::path::PathBuf> {
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .map(|dir| dir.join(name))
-        .find(|p| executable(p).is_ok())
-}
-
-/// `Ok` when `path` is an executable file; else why not.
-pub fn executable(path: &std::path::Path) -> std::result::Result<(), &'static str> {
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::metadata(path) {
-        Err(_) => Err("does not exist"),
-        Ok(m) if !m.is_file() => Err("is not a file"),
-        Ok(m) if m.permissions().mode() & 0o111 == 0 => Err("is not executable"),
-        Ok(_) => Ok(()),
-    }
 }
 
 /// A fingerprint of what re-arms a `config` opening: the policy file and every runtime file as

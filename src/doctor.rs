@@ -448,7 +448,7 @@ impl<'r> Cx<'r> {
                         "{key}: {program} (a placeholder, resolved per task)"
                     ));
                 }
-                Program::OnPath(name) => match breaker::which(&name) {
+                Program::OnPath(name) => match crate::process::which(&name) {
                     Some(path) => found.push(format!("{key}: {}", path.display())),
                     None => {
                         missing.push(format!("{key}: {name} is not on PATH"));
@@ -457,7 +457,7 @@ impl<'r> Cx<'r> {
                         ));
                     }
                 },
-                Program::InRepo(rel) => match breaker::executable(&dir.join(&rel)) {
+                Program::InRepo(rel) => match crate::process::executable(&dir.join(&rel)) {
                     Ok(()) => found.push(format!("{key}: {rel} (in the repository)")),
                     Err(why) => {
                         missing.push(format!("{key}: {rel} {why}"));
@@ -466,7 +466,7 @@ impl<'r> Cx<'r> {
                         ));
                     }
                 },
-                Program::Absolute(path) => match breaker::executable(&path) {
+                Program::Absolute(path) => match crate::process::executable(&path) {
                     Ok(()) => found.push(format!("{key}: {}", path.display())),
                     Err(why) => {
                         missing.push(format!("{key}: {} {why}", path.display()));
@@ -507,7 +507,7 @@ impl<'r> Cx<'r> {
         for st in hooks::status(&dir, &hooks::current_bin()?) {
             match st.state {
                 HookState::Installed => {
-                    if breaker::executable(&st.path).is_err() {
+                    if crate::process::executable(&st.path).is_err() {
                         saw.push(format!(
                             "{}: the shim is not executable: git skips it",
                             st.name
@@ -547,7 +547,7 @@ impl<'r> Cx<'r> {
             }
             if let Some(chained) = &st.chained
                 && st.path.exists()
-                && breaker::executable(chained).is_err()
+                && crate::process::executable(chained).is_err()
             {
                 saw.push(format!(
                     "{}: the chained hook {} is not executable: the shim skips it",

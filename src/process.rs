@@ -23,6 +23,25 @@ pub fn limit_malloc_arenas() {
     }
 }
 
+/// The executable file `name` in a directory of PATH.
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(name))
+        .find(|p| executable(p).is_ok())
+}
+
+/// `Ok` when `path` is an executable file; else why not.
+pub fn executable(path: &std::path::Path) -> std::result::Result<(), &'static str> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Err(_) => Err("does not exist"),
+        Ok(m) if !m.is_file() => Err("is not a file"),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => Err("is not executable"),
+        Ok(_) => Ok(()),
+    }
+}
+
 /// This machine's name.
 pub fn host() -> String {
     for path in ["/proc/sys/kernel/hostname", "/etc/hostname"] {

@@ -827,7 +827,8 @@ impl Repo {
 
     /// Whether git would run (or warn about) a `post-checkout` hook on `git worktree add`:
     /// there is one in the repository's hooks directory, or `core.hooksPath` names another
-    /// directory (resolved by git relative to the new worktree, so asked of git itself).
+    /// directory (which git resolves relative to the new worktree, so such an add is left to
+    /// git whatever the directory holds).
     fn post_checkout_hook(&self) -> bool {
         self.config_string("core.hooksPath").is_some()
             || std::fs::symlink_metadata(self.common_dir().join("hooks").join("post-checkout"))
