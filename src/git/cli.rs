@@ -415,6 +415,153 @@ impl Git {
     }
 }
 
+/// A `git update-ref --stdin` kept running, to which ref transactions are handed one after
+/// another (`start`, the edits, `prepare`, `commit`): git's own locking of every ref and of
+/// `packed-refs`, without a process per transaction. git reads `packed-refs` afresh under its
+/// lock for each transaction, so a long-lived process sees what a new one would.
+///
+/// git ends the process when a transaction fails (a lost compare-and-swap, a held lock): its
+/// message is returned, and the next transaction starts a new process. The process runs in a
+/// process group of its own, so that a signal meant for git-loop's group (`git loop stop`,
+/// Ctrl-C) does not end it in the middle of a transaction; it ends when git-loop does, at the
+/// end of its input.
+pub struct RefTransactions {
+    git: Git,
+    running: Option<Running>,
+}
+
+struct Running {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// git's stderr: an unlinked file, read from where it stood when a transaction began.
+    stderr: std::fs::File,
+}
+
+/// What became of one transaction.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transaction {
+    Committed,
+    /// git refused it and said why (its whole message, `fatal:` included).
+    Failed(String),
+}
+
+/// The most a pipe takes in one write that no other write can split (POSIX's `PIPE_BUF`).
+const PIPE_BUF: usize = 4096;
+
+impl RefTransactions {
+    /// Transactions in the repository whose git dir `git` runs in (set `GIT_DIR` and the
+    /// locale in `git`: the messages are classified by their words).
+    pub fn new(git: Git) -> RefTransactions {
+        RefTransactions {
+            git: git.in_own_process_group(),
+            running: None,
+        }
+    }
+
+    /// The running process's id, if one runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.running.as_ref().map(|r| r.child.id())
+    }
+
+    fn start(&self) -> Result<Running> {
+        let stderr = tempfile::tempfile().context("making a file for git's messages")?;
+        let mut cmd = self.git.command(["update-ref", "--stdin"]);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr.try_clone().context("sharing git's message file")?);
+        tracing::debug!(
+            "running git update-ref --stdin in {}",
+            self.git.dir.display()
+        );
+        let mut child = cmd.spawn().map_err(|e| -> anyhow::Error {
+            LoopError::new(Class::Config, format!("cannot run git: {e}"))
+                .with_hint("install git and make sure it is on PATH")
+                .into()
+        })?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            anyhow::bail!("git update-ref --stdin started without its pipes");
+        };
+        Ok(Running {
+            child,
+            stdin,
+            stdout: std::io::BufReader::new(stdout),
+            stderr,
+        })
+    }
+
+    /// Runs one transaction: `edits` is `update-ref --stdin` lines (`delete <ref> <old>`, ...),
+    /// each ending in a newline.
+    pub fn run(&mut self, edits: &str) -> Result<Transaction> {
+        use std::io::{BufRead, Read, Seek, Write};
+        let text = format!("start\n{edits}prepare\ncommit\n");
+        if text.len() > PIPE_BUF {
+            // Written in pieces, a transaction cut short by a kill of git-loop would reach git
+            // half written, and git commits what it has at the end of its input: a process of
+            // its own, which is given the whole text before anything else can happen, is safe.
+            let out = self
+                .git
+                .output_stdin(&["update-ref", "--stdin"], text.as_bytes())?;
+            return Ok(if out.status.success() {
+                Transaction::Committed
+            } else {
+                Transaction::Failed(String::from_utf8_lossy(&out.stderr).trim().to_string())
+            });
+        }
+        // A process that ended since the last transaction (killed from outside) is found out
+        // before it is given anything: it is started again, and nothing was lost.
+        for fresh in [false, true] {
+            let mut running = match self.running.take() {
+                Some(running) => running,
+                None => self.start()?,
+            };
+            let from = running.stderr.metadata().map(|m| m.len()).unwrap_or(0);
+            if running.stdin.write_all(text.as_bytes()).is_err() {
+                let _ = running.child.kill();
+                let _ = running.child.wait();
+                if fresh {
+                    anyhow::bail!("git update-ref --stdin ended before it read a transaction");
+                }
+                continue;
+            }
+            let mut answered = Vec::new();
+            let mut line = String::new();
+            for _ in 0..3 {
+                line.clear();
+                match running.stdout.read_line(&mut line) {
+                    Ok(n) if n > 0 => answered.push(line.trim().to_string()),
+                    _ => break,
+                }
+            }
+            if answered == ["start: ok", "prepare: ok", "commit: ok"] {
+                self.running = Some(running);
+                return Ok(Transaction::Committed);
+            }
+            // git ended: it says why on stderr.
+            drop(running.stdin);
+            let status = running.child.wait().context("waiting for git update-ref")?;
+            let mut message = String::new();
+            if running.stderr.seek(std::io::SeekFrom::Start(from)).is_ok() {
+                let _ = running.stderr.read_to_string(&mut message);
+            }
+            let message = message.trim().to_string();
+            if !message.is_empty() {
+                return Ok(Transaction::Failed(message));
+            }
+            // Ended without a word (a signal) before it got as far as `prepare`: nothing was
+            // locked or changed, so the transaction is given to a new process.
+            if !fresh && !answered.iter().any(|a| a == "prepare: ok") {
+                continue;
+            }
+            anyhow::bail!(
+                "git update-ref --stdin ended ({status}) after {:?}; whether the transaction was committed is unknown",
+                answered
+            );
+        }
+        anyhow::bail!("git update-ref --stdin could not be started")
+    }
+}
+
 /// The object id `git ls-remote` printed for `refname`, if it did.
 fn listed_id(stdout: &[u8], refname: &str) -> Option<String> {
     String::from_utf8_lossy(stdout)
@@ -577,6 +724,114 @@ mod tests {
             "{}",
             found.message
         );
+    }
+
+    /// A repository with refs `refs/x/a` .. `refs/x/e` at one commit, and a `Git` for it
+    /// that runs hermetically.
+    fn repo_with_refs(dir: &Path) -> (Git, String) {
+        let git = Git::new(dir, false)
+            .with_env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .with_env("GIT_CONFIG_NOSYSTEM", "1")
+            .with_env("GIT_AUTHOR_NAME", "t")
+            .with_env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .with_env("GIT_COMMITTER_NAME", "t")
+            .with_env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .with_env("LC_ALL", "C");
+        git.run(&["init", "-q"]).expect("init");
+        git.run(&["commit", "-q", "--allow-empty", "-m", "x"])
+            .expect("commit");
+        let head = git
+            .run(&["rev-parse", "HEAD"])
+            .expect("head")
+            .trim()
+            .to_string();
+        for name in ["a", "b", "c", "d", "e"] {
+            git.run(&["update-ref", &format!("refs/x/{name}"), &head])
+                .expect("ref");
+        }
+        (git, head)
+    }
+
+    fn refs_left(git: &Git) -> String {
+        git.run(&["for-each-ref", "--format=%(refname)", "refs/x/"])
+            .expect("for-each-ref")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn ref_transactions_run_one_after_another_in_one_git() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (git, head) = repo_with_refs(dir.path());
+        let mut tx = RefTransactions::new(git.clone());
+        assert_eq!(
+            tx.run(&format!("delete refs/x/a {head}\n")).expect("a"),
+            Transaction::Committed
+        );
+        let first = tx.pid().expect("running");
+        assert_eq!(
+            tx.run(&format!("delete refs/x/b {head}\nverify refs/x/c {head}\n"))
+                .expect("b"),
+            Transaction::Committed
+        );
+        assert_eq!(tx.pid(), Some(first), "the same process took both");
+        assert_eq!(refs_left(&git), "refs/x/c refs/x/d refs/x/e");
+
+        // A lost compare-and-swap: git says why and ends; nothing of it is applied.
+        let lost = tx
+            .run(&format!("delete refs/x/c {head}\ndelete refs/x/a {head}\n"))
+            .expect("answered");
+        match lost {
+            Transaction::Failed(why) => assert!(why.contains("cannot lock ref"), "{why}"),
+            Transaction::Committed => panic!("a deleted ref was deleted again"),
+        }
+        assert_eq!(tx.pid(), None);
+        assert_eq!(refs_left(&git), "refs/x/c refs/x/d refs/x/e");
+
+        // A held lock is reported as git words it.
+        std::fs::write(dir.path().join(".git/refs/x/d.lock"), "").expect("lock");
+        match tx
+            .run(&format!("delete refs/x/d {head}\n"))
+            .expect("answered")
+        {
+            Transaction::Failed(why) => assert!(why.contains("File exists"), "{why}"),
+            Transaction::Committed => panic!("deleted under another's lock"),
+        }
+        std::fs::remove_file(dir.path().join(".git/refs/x/d.lock")).expect("unlock");
+
+        // The next transaction gets a new process.
+        assert_eq!(
+            tx.run(&format!("delete refs/x/c {head}\n")).expect("c"),
+            Transaction::Committed
+        );
+        assert_ne!(tx.pid(), Some(first));
+        assert_eq!(refs_left(&git), "refs/x/d refs/x/e");
+    }
+
+    #[test]
+    fn ref_transactions_survive_their_git_being_killed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (git, head) = repo_with_refs(dir.path());
+        let mut tx = RefTransactions::new(git.clone());
+        assert_eq!(
+            tx.run(&format!("delete refs/x/a {head}\n")).expect("a"),
+            Transaction::Committed
+        );
+        let pid = tx.pid().expect("running");
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        // Whether the end is seen when writing or when reading, the transaction is given to a
+        // new process and applied once.
+        assert_eq!(
+            tx.run(&format!("delete refs/x/b {head}\n")).expect("b"),
+            Transaction::Committed
+        );
+        assert_ne!(tx.pid(), Some(pid));
+        assert_eq!(refs_left(&git), "refs/x/c refs/x/d refs/x/e");
     }
 
     #[test]

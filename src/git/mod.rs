@@ -19,6 +19,55 @@ use crate::error::{Class, LoopError};
 /// milliseconds.
 const STALE_LOCK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The `git update-ref --stdin` process of each repository (by common dir) this process has
+/// deleted refs in.
+static REF_TRANSACTIONS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<PathBuf, cli::RefTransactions>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Files read by [`Repo::file_at`] from the last few commits asked about. A commit's id names
+/// its tree, so what a path holds in it never changes, in any repository: the runner's
+/// breaker, preflight and pin checks ask for the same few files of the target's tip in turn.
+mod files_at {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use gix::ObjectId;
+
+    /// How many commits are remembered, and the largest file kept.
+    const COMMITS: usize = 4;
+    const LARGEST: usize = 64 * 1024;
+
+    type Files = HashMap<String, Option<Vec<u8>>>;
+    static MEMO: Mutex<Vec<(ObjectId, Files)>> = Mutex::new(Vec::new());
+
+    pub(super) fn get(commit: ObjectId, path: &str) -> Option<Option<Vec<u8>>> {
+        let memo = MEMO.lock().ok()?;
+        memo.iter()
+            .find(|(c, _)| *c == commit)
+            .and_then(|(_, files)| files.get(path).cloned())
+    }
+
+    pub(super) fn put(commit: ObjectId, path: &str, found: &Option<Vec<u8>>) {
+        if found.as_ref().is_some_and(|f| f.len() > LARGEST) {
+            return;
+        }
+        let Ok(mut memo) = MEMO.lock() else {
+            return;
+        };
+        // The most recently asked commit last.
+        let mut files = match memo.iter().position(|(c, _)| *c == commit) {
+            Some(i) => memo.remove(i).1,
+            None => Files::new(),
+        };
+        files.insert(path.to_string(), found.clone());
+        memo.push((commit, files));
+        if memo.len() > COMMITS {
+            memo.remove(0);
+        }
+    }
+}
+
 /// Name and e-mail used when the repository configures no identity.
 pub const FALLBACK_NAME: &str = "git-loop";
 pub const FALLBACK_EMAIL: &str = "git-loop@localhost";
@@ -151,6 +200,15 @@ impl Repo {
             })?
             .to_thread_local();
         Repo::checked(repo)
+    }
+
+    /// Another handle on this repository, sharing its object store and configuration: cheaper
+    /// than opening it again.
+    pub fn another_handle(&self) -> Repo {
+        Repo {
+            repo: self.repo.clone(),
+            packed: std::sync::Mutex::new(None),
+        }
     }
 
     /// Opens the repository at `dir` exactly (a `.git` dir, a bare repository or a work tree).
@@ -470,19 +528,16 @@ impl Repo {
                 Cas::Verify { name, old } => writeln!(input, "verify {name} {old}"),
             };
         }
-        let git = cli::Git::new(self.common_dir(), false)
-            .with_env("GIT_DIR", &self.common_dir().to_string_lossy())
-            // Its messages are read below.
-            .with_env("LC_ALL", "C");
         let deadline =
             std::time::Instant::now() + STALE_LOCK + std::time::Duration::from_millis(500);
         loop {
-            let out = git.output_stdin(&["update-ref", "--stdin"], input.as_bytes())?;
-            if out.status.success() {
-                trace_edits(edits, "applied");
-                return Ok(CasOutcome::Applied);
-            }
-            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stderr = match self.ref_transaction(&input)? {
+                cli::Transaction::Committed => {
+                    trace_edits(edits, "applied");
+                    return Ok(CasOutcome::Applied);
+                }
+                cli::Transaction::Failed(stderr) => stderr,
+            };
             if stderr.contains("File exists") {
                 // A lock is held: a ref's (a live writer's for an instant, or a killed one's
                 // for ever), or packed-refs' for longer than git waits for it.
@@ -502,6 +557,24 @@ impl Repo {
                 anyhow::bail!("git update-ref failed: {}", stderr.trim());
             }
         }
+    }
+
+    /// Runs one `git update-ref --stdin` transaction through this repository's long-lived
+    /// process (see [`cli::RefTransactions`]), one transaction at a time across threads.
+    fn ref_transaction(&self, input: &str) -> Result<cli::Transaction> {
+        let mut all = REF_TRANSACTIONS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let common = self.common_dir().to_path_buf();
+        let transactions = all.entry(common.clone()).or_insert_with(|| {
+            cli::RefTransactions::new(
+                cli::Git::new(&common, false)
+                    .with_env("GIT_DIR", &common.to_string_lossy())
+                    // Its messages are classified by their words.
+                    .with_env("LC_ALL", "C"),
+            )
+        });
+        transactions.run(input)
     }
 
     /// Removes the lock file of ref `name` if it is older than `age` (its writer is gone: ref
@@ -1004,6 +1077,15 @@ impl Repo {
 
     /// The bytes of the file at `path` (`/`-separated) in commit `commit`, if it is a blob there.
     pub fn file_at(&self, commit: ObjectId, path: &str) -> Result<Option<Vec<u8>>> {
+        if let Some(known) = files_at::get(commit, path) {
+            return Ok(known);
+        }
+        let found = self.read_file_at(commit, path)?;
+        files_at::put(commit, path, &found);
+        Ok(found)
+    }
+
+    fn read_file_at(&self, commit: ObjectId, path: &str) -> Result<Option<Vec<u8>>> {
         let tree = self
             .repo
             .find_commit(commit)

@@ -1693,16 +1693,25 @@ enum Advance {
 pub fn rearm_waiting(store: &Store<'_>, done_id: &str) -> Result<Vec<String>> {
     let listed = store.list()?;
     let tasks: Vec<&Task> = listed.iter().filter_map(|l| l.task.as_ref().ok()).collect();
+    let waiting: Vec<&Task> = tasks
+        .iter()
+        .copied()
+        .filter(|t| {
+            t.state == State::Blocked
+                && matches!(
+                    t.reason.as_deref(),
+                    Some(reason::CONFLICT | reason::VERIFY_FAILED)
+                )
+                && t.after.iter().any(|d| d == done_id)
+        })
+        .collect();
+    if waiting.is_empty() {
+        return Ok(Vec::new());
+    }
     let graph = crate::graph::Graph::new(tasks.iter().copied());
     let mut rearmed = Vec::new();
-    for t in &tasks {
-        let waiting = t.state == State::Blocked
-            && matches!(
-                t.reason.as_deref(),
-                Some(reason::CONFLICT | reason::VERIFY_FAILED)
-            )
-            && t.after.iter().any(|d| d == done_id);
-        if !waiting || !graph.pending_deps(t).is_empty() {
+    for t in waiting {
+        if !graph.pending_deps(t).is_empty() {
             continue;
         }
         let done = done_id.to_string();

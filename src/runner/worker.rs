@@ -228,7 +228,7 @@ fn run_agent(job: &Job, repo: &Repo, store: &Store<'_>, git: &Git) -> Result<Tas
     };
     let started = Timestamp::now();
     let branch_ref = format!("refs/heads/{}", task.branch);
-    let progress_repo = Repo::discover(&job.workdir)?;
+    let progress_repo = repo.another_handle();
     let outcome = agent::run(
         &spec,
         || {
