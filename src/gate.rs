@@ -160,15 +160,7 @@ pub fn run_at(
     let dir = repo.common_dir().join("loop").join("tmp");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{tag}-{:08x}", crate::rand::u64() as u32));
-    let shown = path.to_string_lossy().into_owned();
-    git.run(&[
-        "worktree",
-        "add",
-        "--detach",
-        "--quiet",
-        &shown,
-        &commit.to_string(),
-    ])?;
+    git.worktree_add(&["--detach", "--quiet"], &path, &commit.to_string())?;
     let results = run_all(commands, &path, timeout, started);
     let removed = repo.remove_worktree(&path, true);
     let results = results?;

@@ -207,6 +207,41 @@ impl Git {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `git worktree add <options> <path> <commitish>`, the worktree marked `locked`
+    /// ("initializing") until the add is complete, whatever the locale. git marks every
+    /// worktree it adds so, but in the user's language, and git-loop recognises an add cut
+    /// short by that mark (see `Repo::interrupted_adds`); with `--lock --reason` the mark is
+    /// the same in every language, and it is lifted here once git has finished (its
+    /// `post-checkout` hook too), under the same worktrees lock.
+    pub fn worktree_add(&self, options: &[&str], path: &Path, commitish: &str) -> Result<()> {
+        let _held = match &self.worktree_lock {
+            Some(lock) => Some(crate::lockfile::wait(lock)?),
+            None => None,
+        };
+        let unlocked = Git {
+            worktree_lock: None,
+            ..self.clone()
+        };
+        let shown = path.to_string_lossy();
+        let mut args = vec!["worktree", "add", "--lock", "--reason", "initializing"];
+        args.extend_from_slice(options);
+        args.extend([shown.as_ref(), commitish]);
+        unlocked.run(&args)?;
+        let path = self.dir.join(path);
+        let link = std::fs::read_to_string(path.join(".git"))
+            .with_context(|| format!("reading {}/.git", path.display()))?;
+        let admin = link
+            .trim()
+            .strip_prefix("gitdir:")
+            .map(|d| path.join(d.trim()))
+            .with_context(|| format!("{}/.git names no git dir", path.display()))?;
+        match std::fs::remove_file(admin.join("locked")) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("unlocking the worktree {}", path.display())),
+        }
+    }
+
     /// Merges `theirs` into `ours` without touching any index or work tree.
     pub fn merge_tree(&self, ours: &str, theirs: &str) -> Result<MergeTree> {
         let out = self.output(&[

@@ -793,9 +793,7 @@ impl Repo {
         let shown = path.to_string_lossy();
         if self.post_checkout_hook() {
             let git = git.clone().locking_worktrees(self.common_dir());
-            return git
-                .run(&["worktree", "add", "--quiet", &shown, branch])
-                .map(|_| ());
+            return git.worktree_add(&["--quiet"], path, branch);
         }
         let head = gix::worktree::add::Head::Attached(
             format!("refs/heads/{branch}")

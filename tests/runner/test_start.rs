@@ -286,7 +286,16 @@ echo LOOP_DONE",
 /// `git worktree add`.
 #[test]
 fn a_post_checkout_hook_runs_in_each_new_task_worktree() {
-    let l = setup(COMMIT_AND_DONE, "", false);
+    // The agent says whether its worktree is still marked locked, as git marks one it is
+    // adding.
+    let marks = tempfile::tempdir().expect("a directory for marks");
+    let agent = format!(
+        "if [ -e \"$(git rev-parse --git-dir)/locked\" ]; then m=locked; else m=unlocked; fi
+echo $m > {dir}/$GIT_LOOP_TASK
+{COMMIT_AND_DONE}",
+        dir = marks.path().display()
+    );
+    let l = setup(&agent, "", false);
     let log = l.repo.root.join("post-checkout.log");
     std::fs::create_dir_all(l.repo.root.join(".git/hooks")).expect("hooks dir");
     write_executable(
@@ -305,6 +314,8 @@ echo \"$(pwd) $3\" >> '{}'\n",
     for id in [&a, &b] {
         let line = format!("{} 1", l.repo.worktree_path(&id[..7]).display());
         assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        let mark = std::fs::read_to_string(marks.path().join(id.as_str())).expect("the agent ran");
+        assert_eq!(mark.trim(), "unlocked", "task {id}");
     }
 }
 
