@@ -667,7 +667,8 @@ impl<'r> Cx<'r> {
             names.sort();
             for name in names {
                 loop_worktrees += 1;
-                if !leased.iter().any(|id| id.starts_with(&name)) {
+                // A task's worktree is named by its short id exactly, as reap reads it.
+                if !leased.iter().any(|id| crate::ids::short(id) == name) {
                     saw.push(format!(
                         "{}: a loop worktree with no lease: nothing is working in it",
                         loop_dir.join(&name).display()

@@ -438,6 +438,22 @@ fn a_loop_worktree_without_a_lease_is_a_warning_until_one_holds_it() {
     let (_, v) = doctor(&repo, &[]);
     assert_check(&v, "worktrees", "ok", &["1 loop worktree, each leased"]);
     assert_check(&v, "leases", "ok", &["1 lease, each held"]);
+
+    // A directory named by only the start of that short id is no task's worktree: `reap`
+    // removes it, and doctor says so.
+    std::fs::create_dir_all(repo.worktree_path("abc")).expect("a directory made by hand");
+    let (_, v) = doctor(&repo, &[]);
+    assert_check(
+        &v,
+        "worktrees",
+        "warn",
+        &["worktrees/abc: a loop worktree with no lease"],
+    );
+    let saw = check(&v, "worktrees")["saw"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!saw.contains("abcdef0"), "{saw}");
 }
 
 #[test]
@@ -834,7 +850,9 @@ fn help_and_the_manual_page_name_every_check() {
     let help = repo.ok(&["doctor", "--help"]);
     for name in NAMES {
         assert!(
-            help.lines().any(|l| l.trim_start().starts_with(name)),
+            // The whole first word: "policy-committed" does not stand for "policy".
+            help.lines()
+                .any(|l| l.split_whitespace().next() == Some(name)),
             "{name} missing from --help:\n{help}"
         );
     }
