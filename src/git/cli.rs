@@ -452,14 +452,20 @@ impl Git {
 
 /// A `git update-ref --stdin` kept running, to which ref transactions are handed one after
 /// another (`start`, the edits, `prepare`, `commit`): git's own locking of every ref and of
-/// `packed-refs`, without a process per transaction. git reads `packed-refs` afresh under its
-/// lock for each transaction, so a long-lived process sees what a new one would.
+/// `packed-refs`, without a process per transaction.
+///
+/// git checks a ref that has no loose file against the copy of `packed-refs` it read last,
+/// trusting it while the file's inode, size and times in whole seconds are unchanged. A new
+/// process reads the file afresh; so a process is used again only while `packed-refs` is the
+/// very file it was when the process started (identity to the nanosecond, see
+/// [`super::file_identity`]), and is replaced by a new one otherwise.
 ///
 /// git ends the process when a transaction fails (a lost compare-and-swap, a held lock): its
-/// message is returned, and the next transaction starts a new process. The process runs in a
-/// process group of its own, so that a signal meant for git-loop's group (`git loop stop`,
-/// Ctrl-C) does not end it in the middle of a transaction; it ends when git-loop does, at the
-/// end of its input.
+/// message is returned, and the next transaction starts a new process. After `start`, git
+/// aborts a transaction its input ends in the middle of, so a kill of git-loop while it writes
+/// one changes nothing. The process runs in a process group of its own, so that a signal meant
+/// for git-loop's group (`git loop stop`, Ctrl-C) does not end it in the middle of a
+/// transaction; it ends when git-loop does, at the end of its input.
 pub struct RefTransactions {
     git: Git,
     running: Option<Running>,
@@ -471,25 +477,30 @@ struct Running {
     stdout: std::io::BufReader<std::process::ChildStdout>,
     /// git's stderr: an unlinked file, read from where it stood when a transaction began.
     stderr: std::fs::File,
+    /// `packed-refs` as it was before the process started.
+    packed: Option<super::FileIdentity>,
 }
 
 /// What became of one transaction.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Transaction {
     Committed,
-    /// git refused it and said why (its whole message, `fatal:` included).
+    /// git refused it and said why (its whole message, `fatal:` included); nothing changed.
     Failed(String),
 }
 
-/// The most a pipe takes in one write that no other write can split (POSIX's `PIPE_BUF`).
-const PIPE_BUF: usize = 4096;
-
 impl RefTransactions {
-    /// Transactions in the repository whose git dir `git` runs in (set `GIT_DIR` and the
-    /// locale in `git`: the messages are classified by their words).
-    pub fn new(git: Git) -> RefTransactions {
+    /// Transactions in the repository whose (common) git dir is `git_dir`, by `git` with its
+    /// environment.
+    pub fn new(git: &Git, git_dir: &Path) -> RefTransactions {
+        let shown = git_dir.to_string_lossy();
         RefTransactions {
-            git: git.in_own_process_group(),
+            git: git
+                .in_dir(git_dir)
+                .with_env("GIT_DIR", &shown)
+                // Its messages are classified by their words.
+                .with_env("LC_ALL", "C")
+                .in_own_process_group(),
             running: None,
         }
     }
@@ -499,7 +510,12 @@ impl RefTransactions {
         self.running.as_ref().map(|r| r.child.id())
     }
 
+    fn packed_refs(&self) -> Option<super::FileIdentity> {
+        super::file_identity(&self.git.dir.join("packed-refs"))
+    }
+
     fn start(&self) -> Result<Running> {
+        let packed = self.packed_refs();
         let stderr = tempfile::tempfile().context("making a file for git's messages")?;
         let mut cmd = self.git.command(["update-ref", "--stdin"]);
         cmd.stdin(Stdio::piped())
@@ -522,32 +538,32 @@ impl RefTransactions {
             stdin,
             stdout: std::io::BufReader::new(stdout),
             stderr,
+            packed,
         })
+    }
+
+    /// Ends the process (it may be mid-nothing: between transactions git holds no lock).
+    fn end(mut running: Running) {
+        drop(running.stdin);
+        let _ = running.child.wait();
     }
 
     /// Runs one transaction: `edits` is `update-ref --stdin` lines (`delete <ref> <old>`, ...),
     /// each ending in a newline.
     pub fn run(&mut self, edits: &str) -> Result<Transaction> {
         use std::io::{BufRead, Read, Seek, Write};
+        use std::os::unix::process::ExitStatusExt;
         let text = format!("start\n{edits}prepare\ncommit\n");
-        if text.len() > PIPE_BUF {
-            // Written in pieces, a transaction cut short by a kill of git-loop would reach git
-            // half written, and git commits what it has at the end of its input: a process of
-            // its own, which is given the whole text before anything else can happen, is safe.
-            let out = self
-                .git
-                .output_stdin(&["update-ref", "--stdin"], text.as_bytes())?;
-            return Ok(if out.status.success() {
-                Transaction::Committed
-            } else {
-                Transaction::Failed(String::from_utf8_lossy(&out.stderr).trim().to_string())
-            });
-        }
-        // A process that ended since the last transaction (killed from outside) is found out
-        // before it is given anything: it is started again, and nothing was lost.
+        // A process killed from outside since the last transaction is found out before it is
+        // given anything, or having read it without getting as far as `prepare`: either way
+        // nothing changed, and the transaction goes to a new process.
         for fresh in [false, true] {
             let mut running = match self.running.take() {
-                Some(running) => running,
+                Some(running) if running.packed == self.packed_refs() => running,
+                Some(stale) => {
+                    Self::end(stale);
+                    self.start()?
+                }
                 None => self.start()?,
             };
             let from = running.stderr.metadata().map(|m| m.len()).unwrap_or(0);
@@ -575,22 +591,23 @@ impl RefTransactions {
             // git ended: it says why on stderr.
             drop(running.stdin);
             let status = running.child.wait().context("waiting for git update-ref")?;
-            let mut message = String::new();
+            let mut bytes = Vec::new();
             if running.stderr.seek(std::io::SeekFrom::Start(from)).is_ok() {
-                let _ = running.stderr.read_to_string(&mut message);
+                let _ = running.stderr.read_to_end(&mut bytes);
             }
-            let message = message.trim().to_string();
-            if !message.is_empty() {
+            let message = String::from_utf8_lossy(&bytes).trim().to_string();
+            let prepared = answered.iter().any(|a| a == "prepare: ok");
+            let killed = status.signal().is_some();
+            if !killed && !prepared && !message.is_empty() {
                 return Ok(Transaction::Failed(message));
             }
-            // Ended without a word (a signal) before it got as far as `prepare`: nothing was
-            // locked or changed, so the transaction is given to a new process.
-            if !fresh && !answered.iter().any(|a| a == "prepare: ok") {
+            // Killed before `prepare` was done: no ref changed (a lock it left is found by the
+            // next try, as any held lock is).
+            if killed && !prepared && !fresh {
                 continue;
             }
             anyhow::bail!(
-                "git update-ref --stdin ended ({status}) after {:?}; whether the transaction was committed is unknown",
-                answered
+                "git update-ref --stdin ended ({status}) after {answered:?}; whether the transaction was committed is unknown: {message}"
             );
         }
         anyhow::bail!("git update-ref --stdin could not be started")
@@ -799,7 +816,7 @@ mod tests {
     fn ref_transactions_run_one_after_another_in_one_git() {
         let dir = tempfile::tempdir().expect("tmp");
         let (git, head) = repo_with_refs(dir.path());
-        let mut tx = RefTransactions::new(git.clone());
+        let mut tx = RefTransactions::new(&git, &dir.path().join(".git"));
         assert_eq!(
             tx.run(&format!("delete refs/x/a {head}\n")).expect("a"),
             Transaction::Committed
@@ -844,11 +861,48 @@ mod tests {
         assert_eq!(refs_left(&git), "refs/x/d refs/x/e");
     }
 
+    /// git trusts its copy of `packed-refs` while the file's size and times in whole seconds
+    /// look the same (`core.checkStat=minimal`: nothing else): a process kept from before a
+    /// `git pack-refs` must not decide from it.
+    #[test]
+    fn ref_transactions_see_packed_refs_rewritten_since_the_last_one() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (git, a) = repo_with_refs(dir.path());
+        git.run(&["config", "core.checkStat", "minimal"])
+            .expect("config");
+        git.run(&["commit", "-q", "--allow-empty", "-m", "y"])
+            .expect("commit");
+        let b = git
+            .run(&["rev-parse", "HEAD"])
+            .expect("head")
+            .trim()
+            .to_string();
+        git.run(&["pack-refs", "--all"]).expect("pack");
+        let mut tx = RefTransactions::new(&git, &dir.path().join(".git"));
+        // The process reads packed-refs: refs/x/c is at a there.
+        assert_eq!(
+            tx.run(&format!("verify refs/x/c {a}\n")).expect("verify"),
+            Transaction::Committed
+        );
+        // Moved to b and packed again: a file of the same size, most likely in the same second.
+        git.run(&["update-ref", "refs/x/c", &b]).expect("move");
+        git.run(&["pack-refs", "--all"]).expect("pack");
+        match tx.run(&format!("delete refs/x/c {a}\n")).expect("answered") {
+            Transaction::Failed(why) => assert!(why.contains("cannot lock ref"), "{why}"),
+            Transaction::Committed => panic!("refs/x/c was deleted though it was no longer at {a}"),
+        }
+        assert_eq!(
+            git.run(&["rev-parse", "refs/x/c"]).expect("c").trim(),
+            b,
+            "refs/x/c kept its value"
+        );
+    }
+
     #[test]
     fn ref_transactions_survive_their_git_being_killed() {
         let dir = tempfile::tempdir().expect("tmp");
         let (git, head) = repo_with_refs(dir.path());
-        let mut tx = RefTransactions::new(git.clone());
+        let mut tx = RefTransactions::new(&git, &dir.path().join(".git"));
         assert_eq!(
             tx.run(&format!("delete refs/x/a {head}\n")).expect("a"),
             Transaction::Committed

@@ -25,11 +25,13 @@ static REF_TRANSACTIONS: std::sync::LazyLock<
     std::sync::Mutex<std::collections::HashMap<PathBuf, cli::RefTransactions>>,
 > = std::sync::LazyLock::new(Default::default);
 
-/// Files read by [`Repo::file_at`] from the last few commits asked about. A commit's id names
-/// its tree, so what a path holds in it never changes, in any repository: the runner's
-/// breaker, preflight and pin checks ask for the same few files of the target's tip in turn.
+/// Files read by [`Repo::file_at`] from the last few commits asked about, by repository. What
+/// a path holds in a commit never changes (short of `git replace`, which a process that
+/// already read the commit does not see): the runner's breaker, preflight and pin checks ask
+/// for the same few files of the target's tip in turn.
 mod files_at {
     use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
     use std::sync::Mutex;
 
     use gix::ObjectId;
@@ -39,16 +41,16 @@ mod files_at {
     const LARGEST: usize = 64 * 1024;
 
     type Files = HashMap<String, Option<Vec<u8>>>;
-    static MEMO: Mutex<Vec<(ObjectId, Files)>> = Mutex::new(Vec::new());
+    static MEMO: Mutex<Vec<(PathBuf, ObjectId, Files)>> = Mutex::new(Vec::new());
 
-    pub(super) fn get(commit: ObjectId, path: &str) -> Option<Option<Vec<u8>>> {
+    pub(super) fn get(repo: &Path, commit: ObjectId, path: &str) -> Option<Option<Vec<u8>>> {
         let memo = MEMO.lock().ok()?;
         memo.iter()
-            .find(|(c, _)| *c == commit)
-            .and_then(|(_, files)| files.get(path).cloned())
+            .find(|(r, c, _)| *c == commit && r == repo)
+            .and_then(|(_, _, files)| files.get(path).cloned())
     }
 
-    pub(super) fn put(commit: ObjectId, path: &str, found: &Option<Vec<u8>>) {
+    pub(super) fn put(repo: &Path, commit: ObjectId, path: &str, found: &Option<Vec<u8>>) {
         if found.as_ref().is_some_and(|f| f.len() > LARGEST) {
             return;
         }
@@ -56,12 +58,12 @@ mod files_at {
             return;
         };
         // The most recently asked commit last.
-        let mut files = match memo.iter().position(|(c, _)| *c == commit) {
-            Some(i) => memo.remove(i).1,
+        let mut files = match memo.iter().position(|(r, c, _)| *c == commit && r == repo) {
+            Some(i) => memo.remove(i).2,
             None => Files::new(),
         };
         files.insert(path.to_string(), found.clone());
-        memo.push((commit, files));
+        memo.push((repo.to_path_buf(), commit, files));
         if memo.len() > COMMITS {
             memo.remove(0);
         }
@@ -86,10 +88,27 @@ pub struct Repo {
     packed: std::sync::Mutex<Option<FileIdentity>>,
 }
 
-/// What tells one version of a file from the next: device, inode, size and modification time.
-/// `git pack-refs` writes a new file and renames it into place, so the inode alone changes
-/// every time, even within one tick of the file system's clock.
-type FileIdentity = (u64, u64, u64, i64, i64);
+/// What tells one version of a file from the next: device, inode, size, modification and
+/// status-change times. `git pack-refs` writes a new file and renames it into place, so the
+/// inode alone changes every time, even within one tick of the file system's clock (unless a
+/// file system hands a freed inode number out again at once: then the times tell).
+type FileIdentity = (u64, u64, u64, i64, i64, i64, i64);
+
+/// The identity of the file at `path`, if there is one.
+fn file_identity(path: &Path) -> Option<FileIdentity> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| {
+        (
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        )
+    })
+}
 
 /// One edit of a compare-and-swap transaction. All edits of a transaction succeed or none does.
 #[derive(Clone, Debug)]
@@ -271,10 +290,7 @@ impl Repo {
     }
 
     fn packed_identity(&self) -> Option<FileIdentity> {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(self.repo.common_dir().join("packed-refs"))
-            .ok()
-            .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+        file_identity(&self.repo.common_dir().join("packed-refs"))
     }
 
     /// Runs a read of refs until packed-refs stayed the same file throughout it: a pack-refs
@@ -566,14 +582,9 @@ impl Repo {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let common = self.common_dir().to_path_buf();
-        let transactions = all.entry(common.clone()).or_insert_with(|| {
-            cli::RefTransactions::new(
-                cli::Git::new(&common, false)
-                    .with_env("GIT_DIR", &common.to_string_lossy())
-                    // Its messages are classified by their words.
-                    .with_env("LC_ALL", "C"),
-            )
-        });
+        let transactions = all
+            .entry(common.clone())
+            .or_insert_with(|| cli::RefTransactions::new(&cli::Git::new(&common, false), &common));
         transactions.run(input)
     }
 
@@ -1075,11 +1086,11 @@ impl Repo {
 
     /// The bytes of the file at `path` (`/`-separated) in commit `commit`, if it is a blob there.
     pub fn file_at(&self, commit: ObjectId, path: &str) -> Result<Option<Vec<u8>>> {
-        if let Some(known) = files_at::get(commit, path) {
+        if let Some(known) = files_at::get(self.common_dir(), commit, path) {
             return Ok(known);
         }
         let found = self.read_file_at(commit, path)?;
-        files_at::put(commit, path, &found);
+        files_at::put(self.common_dir(), commit, path, &found);
         Ok(found)
     }
 
