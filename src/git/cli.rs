@@ -812,51 +812,54 @@ mod tests {
             .join(" ")
     }
 
+    /// Runs a transaction that must commit.
+    fn commits(tx: &mut RefTransactions, edits: &str) {
+        assert_eq!(
+            tx.run(edits).expect(edits),
+            Transaction::Committed,
+            "{edits}"
+        );
+    }
+
+    /// Runs a transaction that git must refuse; returns what git said.
+    fn refused(tx: &mut RefTransactions, edits: &str) -> String {
+        match tx.run(edits).expect(edits) {
+            Transaction::Failed(why) => why,
+            Transaction::Committed => panic!("committed: {edits}"),
+        }
+    }
+
     #[test]
     fn ref_transactions_run_one_after_another_in_one_git() {
         let dir = tempfile::tempdir().expect("tmp");
         let (git, head) = repo_with_refs(dir.path());
         let mut tx = RefTransactions::new(&git, &dir.path().join(".git"));
-        assert_eq!(
-            tx.run(&format!("delete refs/x/a {head}\n")).expect("a"),
-            Transaction::Committed
-        );
+        commits(&mut tx, &format!("delete refs/x/a {head}\n"));
         let first = tx.pid().expect("running");
-        assert_eq!(
-            tx.run(&format!("delete refs/x/b {head}\nverify refs/x/c {head}\n"))
-                .expect("b"),
-            Transaction::Committed
+        commits(
+            &mut tx,
+            &format!("delete refs/x/b {head}\nverify refs/x/c {head}\n"),
         );
         assert_eq!(tx.pid(), Some(first), "the same process took both");
         assert_eq!(refs_left(&git), "refs/x/c refs/x/d refs/x/e");
 
         // A lost compare-and-swap: git says why and ends; nothing of it is applied.
-        let lost = tx
-            .run(&format!("delete refs/x/c {head}\ndelete refs/x/a {head}\n"))
-            .expect("answered");
-        match lost {
-            Transaction::Failed(why) => assert!(why.contains("cannot lock ref"), "{why}"),
-            Transaction::Committed => panic!("a deleted ref was deleted again"),
-        }
+        let why = refused(
+            &mut tx,
+            &format!("delete refs/x/c {head}\ndelete refs/x/a {head}\n"),
+        );
+        assert!(why.contains("cannot lock ref"), "{why}");
         assert_eq!(tx.pid(), None);
         assert_eq!(refs_left(&git), "refs/x/c refs/x/d refs/x/e");
 
         // A held lock is reported as git words it.
         std::fs::write(dir.path().join(".git/refs/x/d.lock"), "").expect("lock");
-        match tx
-            .run(&format!("delete refs/x/d {head}\n"))
-            .expect("answered")
-        {
-            Transaction::Failed(why) => assert!(why.contains("File exists"), "{why}"),
-            Transaction::Committed => panic!("deleted under another's lock"),
-        }
+        let why = refused(&mut tx, &format!("delete refs/x/d {head}\n"));
+        assert!(why.contains("File exists"), "{why}");
         std::fs::remove_file(dir.path().join(".git/refs/x/d.lock")).expect("unlock");
 
         // The next transaction gets a new process.
-        assert_eq!(
-            tx.run(&format!("delete refs/x/c {head}\n")).expect("c"),
-            Transaction::Committed
-        );
+        commits(&mut tx, &format!("delete refs/x/c {head}\n"));
         assert_ne!(tx.pid(), Some(first));
         assert_eq!(refs_left(&git), "refs/x/d refs/x/e");
     }
@@ -880,17 +883,12 @@ mod tests {
         git.run(&["pack-refs", "--all"]).expect("pack");
         let mut tx = RefTransactions::new(&git, &dir.path().join(".git"));
         // The process reads packed-refs: refs/x/c is at a there.
-        assert_eq!(
-            tx.run(&format!("verify refs/x/c {a}\n")).expect("verify"),
-            Transaction::Committed
-        );
+        commits(&mut tx, &format!("verify refs/x/c {a}\n"));
         // Moved to b and packed again: a file of the same size, most likely in the same second.
         git.run(&["update-ref", "refs/x/c", &b]).expect("move");
         git.run(&["pack-refs", "--all"]).expect("pack");
-        match tx.run(&format!("delete refs/x/c {a}\n")).expect("answered") {
-            Transaction::Failed(why) => assert!(why.contains("cannot lock ref"), "{why}"),
-            Transaction::Committed => panic!("refs/x/c was deleted though it was no longer at {a}"),
-        }
+        let why = refused(&mut tx, &format!("delete refs/x/c {a}\n"));
+        assert!(why.contains("cannot lock ref"), "{why}");
         assert_eq!(
             git.run(&["rev-parse", "refs/x/c"]).expect("c").trim(),
             b,
@@ -903,10 +901,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let (git, head) = repo_with_refs(dir.path());
         let mut tx = RefTransactions::new(&git, &dir.path().join(".git"));
-        assert_eq!(
-            tx.run(&format!("delete refs/x/a {head}\n")).expect("a"),
-            Transaction::Committed
-        );
+        commits(&mut tx, &format!("delete refs/x/a {head}\n"));
         let pid = tx.pid().expect("running");
         let killed = std::process::Command::new("kill")
             .args(["-KILL", &pid.to_string()])
@@ -915,10 +910,7 @@ mod tests {
         assert!(killed.success());
         // Whether the end is seen when writing or when reading, the transaction is given to a
         // new process and applied once.
-        assert_eq!(
-            tx.run(&format!("delete refs/x/b {head}\n")).expect("b"),
-            Transaction::Committed
-        );
+        commits(&mut tx, &format!("delete refs/x/b {head}\n"));
         assert_ne!(tx.pid(), Some(pid));
         assert_eq!(refs_left(&git), "refs/x/c refs/x/d refs/x/e");
     }
