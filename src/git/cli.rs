@@ -790,18 +790,22 @@ mod tests {
             .with_env("GIT_COMMITTER_EMAIL", "t@example.com")
             .with_env("LC_ALL", "C");
         git.run(&["init", "-q"]).expect("init");
-        git.run(&["commit", "-q", "--allow-empty", "-m", "x"])
-            .expect("commit");
-        let head = git
-            .run(&["rev-parse", "HEAD"])
-            .expect("head")
-            .trim()
-            .to_string();
+        let head = empty_commit(&git, "x");
         for name in ["a", "b", "c", "d", "e"] {
             git.run(&["update-ref", &format!("refs/x/{name}"), &head])
                 .expect("ref");
         }
         (git, head)
+    }
+
+    /// Commits nothing with `message`; returns the new commit's id.
+    fn empty_commit(git: &Git, message: &str) -> String {
+        git.run(&["commit", "-q", "--allow-empty", "-m", message])
+            .expect("commit");
+        git.run(&["rev-parse", "HEAD"])
+            .expect("head")
+            .trim()
+            .to_string()
     }
 
     fn refs_left(git: &Git) -> String {
@@ -873,13 +877,7 @@ mod tests {
         let (git, a) = repo_with_refs(dir.path());
         git.run(&["config", "core.checkStat", "minimal"])
             .expect("config");
-        git.run(&["commit", "-q", "--allow-empty", "-m", "y"])
-            .expect("commit");
-        let b = git
-            .run(&["rev-parse", "HEAD"])
-            .expect("head")
-            .trim()
-            .to_string();
+        let b = empty_commit(&git, "y");
         git.run(&["pack-refs", "--all"]).expect("pack");
         let mut tx = RefTransactions::new(&git, &dir.path().join(".git"));
         // The process reads packed-refs: refs/x/c is at a there.
