@@ -45,6 +45,19 @@ pub enum Ended {
     EndedAfterToken,
     /// The runner is stopping: its group was stopped.
     Stopped,
+    /// The task was taken from the run (a person cancelled or gated it, or its lease changed
+    /// hands): its group was stopped.
+    Withdrawn,
+}
+
+/// What the watch loop learns when it asks about the run now and then.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// The run is still wanted; a mark of its progress (e.g. the branch head), whose change
+    /// counts as activity.
+    Progress(Option<String>),
+    /// The task is no longer the run's: end it.
+    Withdrawn,
 }
 
 #[derive(Debug)]
@@ -63,11 +76,12 @@ struct Seen {
     token: bool,
 }
 
-/// Runs the agent to its end. `progress` is asked now and then for a mark of progress (e.g. the
-/// branch head); a change counts as activity. `started` learns the process group at once.
+/// Runs the agent to its end. `watch` is asked now and then whether the run is still wanted,
+/// and for a mark of its progress; a change of the mark counts as activity. `started` learns
+/// the process group at once.
 pub fn run(
     spec: &Spec,
-    mut progress: impl FnMut() -> Option<String>,
+    mut watch: impl FnMut() -> Watch,
     started: impl FnOnce(u32),
 ) -> Result<Outcome> {
     if let Some(dir) = spec.log.parent() {
@@ -142,7 +156,14 @@ pub fn run(
     };
 
     let began = Instant::now();
-    let mut last_progress = progress();
+    let mut withdrawn = false;
+    let mut last_progress = match watch() {
+        Watch::Progress(mark) => mark,
+        Watch::Withdrawn => {
+            withdrawn = true;
+            None
+        }
+    };
     let mut last_activity = Instant::now();
     let mut token_at: Option<Instant> = None;
     let mut next_probe = Instant::now() + Duration::from_millis(500);
@@ -163,17 +184,22 @@ pub fn run(
             last_activity = at;
         }
         if Instant::now() >= next_probe {
-            let now = progress();
-            if now != last_progress {
-                last_progress = now;
-                last_activity = Instant::now();
+            match watch() {
+                Watch::Progress(now) if now != last_progress => {
+                    last_progress = now;
+                    last_activity = Instant::now();
+                }
+                Watch::Progress(_) => {}
+                Watch::Withdrawn => withdrawn = true,
             }
             next_probe = Instant::now() + Duration::from_millis(500);
         }
         if token && token_at.is_none() {
             token_at = Some(Instant::now());
         }
-        let stop = if spec.stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let stop = if withdrawn {
+            Some(Ended::Withdrawn)
+        } else if spec.stop.load(std::sync::atomic::Ordering::SeqCst) {
             Some(Ended::Stopped)
         } else if token_at.is_some_and(|t| t.elapsed() >= spec.exit_grace) {
             Some(Ended::EndedAfterToken)
@@ -333,12 +359,12 @@ pub fn render(template: &str, values: &[(&str, &str)], what: &str) -> Result<Str
     Ok(out)
 }
 
-/// Where the agent's log of a run goes.
-pub fn log_path(common_dir: &Path, id: &str, attempt: u32) -> PathBuf {
+/// Where the agent's log of a run goes (by run, so that no later run overwrites it).
+pub fn log_path(common_dir: &Path, id: &str, run: &str) -> PathBuf {
     common_dir
         .join("loop")
         .join("logs")
-        .join(format!("{id}-{attempt}.log"))
+        .join(format!("{id}-{run}.log"))
 }
 
 #[cfg(test)]

@@ -1,26 +1,73 @@
 //! The circuit breaker (SPEC §5), `refs/loop/breaker`: while it is open, nothing new is
-//! dispatched. It opens at once on a `config` failure (re-armed by a commit that changes the
-//! policy or a runtime file), after `breaker.failures` consecutive infrastructure failures (for
-//! `breaker.open_for`, then half-open: `breaker.probes` successes close it), or when a person
-//! pauses the loop (until they resume it).
+//! dispatched and no promotion runs. It opens at once on a `config` failure (re-armed by a
+//! commit that changes the policy or a runtime file), after `breaker.failures` consecutive
+//! infrastructure failures (for `breaker.open_for`, then half-open: `breaker.probes` successes
+//! close it), or when a person pauses the loop (until they resume it). Its transitions are
+//! [`Breaker::next`], a pure function of what the runner observed; [`read`] is the one way
+//! every command reads it.
 
 use anyhow::Result;
 use gix::ObjectId;
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Class, LoopError};
 use crate::git::{Cas, CasOutcome, Repo};
-use crate::policy::Policy;
+use crate::policy::{BreakerSection, Policy};
+use crate::refs;
 use crate::time::Timestamp;
 
-pub const BREAKER_REF: &str = "refs/loop/breaker";
 const RECORD: &str = "breaker.toml";
+
+/// The breaker's states (SPEC §5 and its appendix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Closed,
+    Open,
+    /// Probing: one task at a time runs; `breaker.probes` successes close it, a failure opens it.
+    HalfOpen,
+    /// Held open by a person (`git loop pause`) until `git loop resume`.
+    Paused,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+            State::Paused => "paused",
+        }
+    }
+}
+
+/// Why an open breaker opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The configuration is broken: re-armed by a change of the policy or a runtime file.
+    Config,
+    /// Infrastructure failures in a row: half-open after `breaker.open_for`.
+    Transient,
+    /// `refs/loop/breaker` cannot be read: open until a person resumes (never written).
+    Unreadable,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Config => "config",
+            Cause::Transient => "transient",
+            Cause::Unreadable => "unreadable",
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Breaker {
-    /// closed, open, half_open or paused
-    pub state: String,
+    pub state: State,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub class: Option<String>,
+    pub class: Option<Cause>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
     #[serde(default)]
@@ -39,10 +86,24 @@ pub struct Breaker {
     pub probes_passed: u32,
 }
 
+/// What the runner saw since its last look at the breaker.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    /// Configuration problems found now (the policy, runtime files, the pin, a worker's
+    /// `config` failure); none when everything is in order.
+    pub problems: Vec<String>,
+    /// The fingerprint of what re-arms a `config` opening ([`fingerprint`]).
+    pub fingerprint: String,
+    /// Promotion and infrastructure failures since the last look.
+    pub failures: u32,
+    /// Tasks carried through without such a failure since the last look.
+    pub successes: u32,
+}
+
 impl Breaker {
     pub fn closed() -> Breaker {
         Breaker {
-            state: "closed".into(),
+            state: State::Closed,
             class: None,
             signature: None,
             failures: 0,
@@ -54,58 +115,156 @@ impl Breaker {
         }
     }
 
+    /// Held open by a person until they resume.
+    pub fn paused(reason: &str, now: Timestamp) -> Breaker {
+        Breaker {
+            state: State::Paused,
+            reason: reason.to_string(),
+            since: Some(now),
+            ..Breaker::closed()
+        }
+    }
+
+    /// What a breaker ref that cannot be read counts as: open, until a person resumes.
+    fn unreadable(why: String) -> Breaker {
+        Breaker {
+            state: State::Open,
+            class: Some(Cause::Unreadable),
+            reason: format!("refs/loop/breaker is unreadable: {why}"),
+            ..Breaker::closed()
+        }
+    }
+
     pub fn is_closed(&self) -> bool {
-        self.state == "closed"
+        self.state == State::Closed
     }
 
     /// Whether work may be dispatched: closed, or half-open (a probe).
     pub fn admits(&self) -> bool {
-        matches!(self.state.as_str(), "closed" | "half_open")
+        matches!(self.state, State::Closed | State::HalfOpen)
+    }
+
+    /// The next breaker, from what the runner observed (SPEC §5). Pure. A paused or
+    /// unreadable breaker is a person's to release: nothing observed changes it.
+    pub fn next(&self, seen: &Observed, policy: &BreakerSection, now: Timestamp) -> Breaker {
+        let mut b = self.clone();
+        if b.state == State::Paused || b.class == Some(Cause::Unreadable) {
+            return b;
+        }
+        if !seen.problems.is_empty() {
+            let reason = seen.problems.join("; ");
+            let same =
+                b.state == State::Open && b.class == Some(Cause::Config) && b.reason == reason;
+            if !same {
+                b = Breaker {
+                    state: State::Open,
+                    class: Some(Cause::Config),
+                    reason,
+                    since: Some(now),
+                    fingerprint: Some(seen.fingerprint.clone()),
+                    ..Breaker::closed()
+                };
+            }
+            return b;
+        }
+        if b.state == State::Open {
+            let rearmed = match b.class {
+                Some(Cause::Config) => b.fingerprint.as_deref() != Some(seen.fingerprint.as_str()),
+                _ => b.open_until.is_none_or(|at| at <= now),
+            };
+            if rearmed {
+                b.state = State::HalfOpen;
+                b.probes_passed = 0;
+                b.reason = match b.class {
+                    Some(Cause::Config) => {
+                        "the policy or a runtime file changed; probing".to_string()
+                    }
+                    _ => format!("{}; probing", b.reason),
+                };
+            }
+        }
+        if seen.failures > 0 {
+            b.failures = b.failures.saturating_add(seen.failures);
+            if b.state == State::HalfOpen || b.failures >= policy.failures {
+                b = Breaker {
+                    state: State::Open,
+                    class: Some(Cause::Transient),
+                    failures: b.failures,
+                    reason: format!("{} consecutive infrastructure failures", b.failures),
+                    since: Some(now),
+                    open_until: Some(now.plus(policy.open_for)),
+                    ..Breaker::closed()
+                };
+            }
+        } else if seen.successes > 0 {
+            b.failures = 0;
+            if b.state == State::HalfOpen {
+                b.probes_passed = b.probes_passed.saturating_add(seen.successes);
+                if b.probes_passed >= policy.probes {
+                    b = Breaker::closed();
+                }
+            }
+        }
+        b
     }
 
     /// One line for people: `open (config) since …: reason; re-armed by …`.
     pub fn describe(&self) -> String {
-        match self.state.as_str() {
-            "closed" => "closed".into(),
-            "paused" => format!(
+        match self.state {
+            State::Closed => "closed".into(),
+            State::Paused => format!(
                 "paused by a person: {}; `git loop resume` releases it",
-                self.reason
+                crate::output::safe(&self.reason, false)
             ),
-            "half_open" => format!("half-open (probing): {}", self.reason),
-            _ => {
-                let rearm = match (self.class.as_deref(), self.open_until) {
-                    (Some("config"), _) => {
+            State::HalfOpen => format!("half-open (probing): {}", self.reason),
+            State::Open => {
+                let rearm = match (self.class, self.open_until) {
+                    (Some(Cause::Config), _) => {
                         "re-armed by a commit that fixes the policy or a runtime file".to_string()
                     }
+                    (Some(Cause::Unreadable), _) => "`git loop resume` closes it".to_string(),
                     (_, Some(at)) => format!("half-opens at {}", at.to_rfc3339()),
                     _ => "`git loop resume` closes it".to_string(),
                 };
                 format!(
                     "open ({}): {}; {rearm}",
-                    self.class.as_deref().unwrap_or("failures"),
+                    self.class.map_or("failures", Cause::as_str),
                     self.reason
                 )
             }
         }
     }
+
+    /// Refuses what may not run while the breaker is open or paused (exit 7).
+    pub fn refuse_unless_admitting(&self, what: &str) -> Result<()> {
+        if self.admits() {
+            return Ok(());
+        }
+        let hint = match (self.state, self.class) {
+            (State::Paused, _) => "`git loop resume` releases it",
+            (_, Some(Cause::Config)) => {
+                "fix what it names and commit; the breaker re-arms by itself (`git loop resume` closes it by hand)"
+            }
+            _ => "`git loop resume` closes it once the cause is fixed",
+        };
+        Err(LoopError::new(
+            Class::Breaker,
+            format!("{what} refused: the breaker is {}", self.describe()),
+        )
+        .with_hint(hint)
+        .into())
+    }
 }
 
-/// The breaker and the commit it was read from (closed when there is none).
+/// The breaker and the commit it was read from (closed when there is none). A breaker ref
+/// that cannot be read counts as open, everywhere: it never silently admits work.
 pub fn read(repo: &Repo) -> Result<(Option<ObjectId>, Breaker)> {
-    let Some(tip) = repo.read_ref(BREAKER_REF)? else {
+    let Some(tip) = repo.read_ref(refs::BREAKER)? else {
         return Ok((None, Breaker::closed()));
     };
     match crate::record::read::<Breaker>(repo, tip, RECORD) {
         Ok(b) => Ok((Some(tip), b)),
-        // An unreadable breaker must not silently admit work.
-        Err(why) => Ok((
-            Some(tip),
-            Breaker {
-                state: "open".into(),
-                reason: format!("refs/loop/breaker is unreadable: {why}"),
-                ..Breaker::closed()
-            },
-        )),
+        Err(why) => Ok((Some(tip), Breaker::unreadable(why))),
     }
 }
 
@@ -113,7 +272,7 @@ pub fn read(repo: &Repo) -> Result<(Option<ObjectId>, Breaker)> {
 pub fn write(repo: &Repo, old: Option<ObjectId>, breaker: &Breaker) -> Result<bool> {
     let new = crate::record::write(
         repo,
-        &format!("breaker: {}", breaker.state),
+        &format!("breaker: {}", breaker.state.as_str()),
         RECORD,
         breaker,
         None,
@@ -121,12 +280,12 @@ pub fn write(repo: &Repo, old: Option<ObjectId>, breaker: &Breaker) -> Result<bo
     )?;
     let edit = match old {
         Some(old) => Cas::Update {
-            name: BREAKER_REF.into(),
+            name: refs::BREAKER.into(),
             old,
             new,
         },
         None => Cas::Create {
-            name: BREAKER_REF.into(),
+            name: refs::BREAKER.into(),
             new,
         },
     };

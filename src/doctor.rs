@@ -790,7 +790,7 @@ impl<'r> Cx<'r> {
                     continue;
                 }
             };
-            if b.phase == "stopped" {
+            if b.phase == crate::runner::Phase::Stopped {
                 continue;
             }
             let age = Duration::from_micros(u64::try_from(now.0 - b.updated.0).unwrap_or(0));
@@ -851,9 +851,12 @@ impl<'r> Cx<'r> {
             .since
             .map(|t| format!(" (since {})", t.to_rfc3339()))
             .unwrap_or_default();
-        let fix = match (b.state.as_str(), b.class.as_deref()) {
-            ("paused", _) => "`git loop resume` when the reason is dealt with",
-            (_, Some("config")) => {
+        let fix = match (b.state, b.class) {
+            (breaker::State::Paused, _) => "`git loop resume` when the reason is dealt with",
+            (_, Some(breaker::Cause::Unreadable)) => {
+                "`git loop resume` writes a closed breaker over it"
+            }
+            (_, Some(breaker::Cause::Config)) => {
                 "fix what it names and commit the fix: a running runner re-arms by itself (`git loop resume` closes it by hand)"
             }
             _ => "it half-opens by itself; `git loop resume` closes it by hand",

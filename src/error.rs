@@ -93,7 +93,12 @@ pub fn generic(message: impl Into<String>) -> LoopError {
 
 /// The classified error in a chain, if any (the outermost one wins).
 pub fn find(err: &anyhow::Error) -> Option<&LoopError> {
-    err.chain().find_map(|e| e.downcast_ref::<LoopError>())
+    err.chain().find_map(|e| {
+        e.downcast_ref::<LoopError>().or_else(|| {
+            e.downcast_ref::<crate::task::machine::Refusal>()
+                .map(|r| &r.0)
+        })
+    })
 }
 
 /// The class an error exits with.

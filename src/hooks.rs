@@ -272,7 +272,7 @@ pub fn post_commit(repo: &Repo, cwd: &Path) -> Result<PostCommit> {
     } else {
         format!("task: {task_id}\nrun: {run}\n")
     };
-    repo.set_note(crate::promote::NOTES_REF, head, &note)?;
+    repo.set_note(crate::refs::NOTES, head, &note)?;
     mark_progress(repo, &task_id, head)?;
 
     let message = repo.commit_info(head)?.message;
@@ -344,41 +344,20 @@ fn file_discovered(
     let parent = store.load(from)?.task;
     let policy = repo.workdir().map(Policy::load).transpose()?.flatten();
     let triage = policy.map(|p| p.triage).unwrap_or_default();
-    let (state, reason, detail) = match task::triage(body, &triage) {
-        Some(why) => (
-            State::Blocked,
-            Some(task::reason::THIN_TASK.to_string()),
-            Some(why),
-        ),
-        None => (State::Ready, None, None),
-    };
     let ids = store.ids()?;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let id = crate::ids::generate(&refs);
-    let now = Timestamp::now();
-    store.create(&Task {
-        branch: format!("loop/{}", &id[..crate::ids::MIN_SHORT]),
-        id: id.clone(),
-        title: title.to_string(),
-        state,
-        reason,
-        detail,
-        batch: parent.batch,
-        priority: parent.priority,
-        after: Vec::new(),
-        mutex: None,
-        attempts: 0,
-        next_at: None,
-        signatures: Vec::new(),
-        context: None,
-        rounds: 0,
-        discovered_from: Some(from.to_string()),
-        created: now,
-        updated: now,
-        approved: None,
-        promoted_commit: None,
-        body: body.to_string(),
-    })?;
+    let thin = task::triage(body, &triage);
+    let mut task = Task::new(
+        id.clone(),
+        title.to_string(),
+        body.to_string(),
+        parent.batch,
+        thin,
+    );
+    task.priority = parent.priority;
+    task.discovered_from = Some(from.to_string());
+    store.create(&task)?;
     Ok(id)
 }
 
@@ -409,7 +388,7 @@ pub fn pre_push(repo: &Repo, policy: &Policy, refs: &str) -> Result<Vec<String>>
         let [_local_ref, local_sha, remote_ref, remote_sha] = fields[..] else {
             continue;
         };
-        if remote_ref == "refs/loop/oracle" {
+        if remote_ref == crate::refs::ORACLE {
             refusals.push(
                 "refs/loop/oracle is the pin of the frozen finish line; only a person re-pins it, \
                  with `git loop init --repin`"

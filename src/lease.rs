@@ -10,13 +10,38 @@ use gix::ObjectId;
 use serde::{Deserialize, Serialize};
 
 use crate::git::{Cas, CasOutcome, Repo};
+use crate::refs;
 use crate::time::Timestamp;
 
-pub const LEASE_REFS: &str = "refs/loop/leases/";
 const RECORD: &str = "lease.toml";
 
-pub fn lease_ref(id: &str) -> String {
-    format!("{LEASE_REFS}{id}")
+/// What a lease's holder does with the task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// An agent runs on it (then the judge, then the promotion, under the same lease).
+    Agent,
+    Judge,
+    Promote,
+    /// A reaper takes it back.
+    Reap,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Agent => "agent",
+            Purpose::Judge => "judge",
+            Purpose::Promote => "promote",
+            Purpose::Reap => "reap",
+        }
+    }
+}
+
+impl std::fmt::Display for Purpose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,8 +59,8 @@ pub struct Lease {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pgid_start: Option<String>,
     pub run: String,
-    /// What the holder does with the task: agent, judge or promote.
-    pub purpose: String,
+    /// What the holder does with the task.
+    pub purpose: Purpose,
     pub acquired: Timestamp,
     pub renewed: Timestamp,
     pub expires: Timestamp,
@@ -43,7 +68,7 @@ pub struct Lease {
 
 impl Lease {
     /// A lease of `task` held by this process for `ttl`.
-    pub fn new(task: &str, runner: &str, run: &str, purpose: &str, ttl: Duration) -> Lease {
+    pub fn new(task: &str, runner: &str, run: &str, purpose: Purpose, ttl: Duration) -> Lease {
         let now = Timestamp::now();
         let pid = std::process::id();
         Lease {
@@ -55,7 +80,7 @@ impl Lease {
             pgid: None,
             pgid_start: None,
             run: run.to_string(),
-            purpose: purpose.to_string(),
+            purpose,
             acquired: now,
             renewed: now,
             expires: now.plus(ttl),
@@ -107,7 +132,7 @@ pub fn read(
     repo: &Repo,
     id: &str,
 ) -> Result<Option<(ObjectId, std::result::Result<Lease, String>)>> {
-    let Some(tip) = repo.read_ref(&lease_ref(id))? else {
+    let Some(tip) = repo.read_ref(&refs::lease(id))? else {
         return Ok(None);
     };
     Ok(Some((tip, crate::record::read(repo, tip, RECORD))))
@@ -119,9 +144,9 @@ pub type Listed = (String, ObjectId, std::result::Result<Lease, String>);
 /// Every lease.
 pub fn all(repo: &Repo) -> Result<Vec<Listed>> {
     let mut out = Vec::new();
-    for r in repo.refs_under(LEASE_REFS)? {
+    for r in repo.refs_under(refs::LEASES)? {
         let Some(tip) = r.id else { continue };
-        let id = r.name[LEASE_REFS.len()..].to_string();
+        let id = r.name[refs::LEASES.len()..].to_string();
         out.push((id, tip, crate::record::read(repo, tip, RECORD)));
     }
     Ok(out)
@@ -130,9 +155,9 @@ pub fn all(repo: &Repo) -> Result<Vec<Listed>> {
 /// The ids of the tasks that have a lease, read from the ref names alone.
 pub fn ids(repo: &Repo) -> Result<std::collections::HashSet<String>> {
     Ok(repo
-        .refs_under(LEASE_REFS)?
+        .refs_under(refs::LEASES)?
         .into_iter()
-        .map(|r| r.name[LEASE_REFS.len()..].to_string())
+        .map(|r| r.name[refs::LEASES.len()..].to_string())
         .collect())
 }
 
@@ -144,7 +169,7 @@ pub fn renew(repo: &Repo, old: ObjectId, lease: &Lease, ttl: Duration) -> Result
     let new = renewed.commit(repo)?;
     Ok(
         match repo.cas(&[Cas::Update {
-            name: lease_ref(&lease.task),
+            name: refs::lease(&lease.task),
             old,
             new,
         }])? {
@@ -161,7 +186,7 @@ mod tests {
     #[test]
     fn a_reused_group_id_or_another_host_is_never_the_agents_group() {
         let me = std::process::id();
-        let mut l = Lease::new("t", "r", "run", "agent", Duration::from_secs(60));
+        let mut l = Lease::new("t", "r", "run", Purpose::Agent, Duration::from_secs(60));
         assert_eq!(l.agent_group(), None, "no group recorded");
         l.pgid = Some(me);
         l.pgid_start = crate::process::start_time(me);

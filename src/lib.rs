@@ -28,6 +28,7 @@ pub mod promote;
 pub mod rand;
 pub mod reaper;
 pub mod record;
+pub mod refs;
 pub mod rescue;
 pub mod retry;
 pub mod runner;

@@ -131,7 +131,6 @@ pub fn unfinished(
 }
 
 /// The pin of the frozen finish line (SPEC §9), `refs/loop/oracle`.
-pub const PIN_REF: &str = "refs/loop/oracle";
 const PIN_RECORD: &str = "oracle.toml";
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -146,7 +145,7 @@ pub struct Pin {
 
 /// The pin and its commit, if there is one.
 pub fn read_pin(repo: &Repo) -> Result<Option<(ObjectId, std::result::Result<Pin, String>)>> {
-    let Some(tip) = repo.read_ref(PIN_REF)? else {
+    let Some(tip) = repo.read_ref(crate::refs::ORACLE)? else {
         return Ok(None);
     };
     Ok(Some((tip, crate::record::read(repo, tip, PIN_RECORD))))
@@ -179,12 +178,12 @@ pub fn write_pin(
     )?;
     let edit = match old {
         Some(old) => crate::git::Cas::Update {
-            name: PIN_REF.into(),
+            name: crate::refs::ORACLE.into(),
             old,
             new,
         },
         None => crate::git::Cas::Create {
-            name: PIN_REF.into(),
+            name: crate::refs::ORACLE.into(),
             new,
         },
     };

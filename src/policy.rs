@@ -127,6 +127,34 @@ pub struct RetrySection {
     pub cooloff: Duration,
 }
 
+impl Default for RetrySection {
+    /// SPEC §6's defaults.
+    fn default() -> Self {
+        RetrySection {
+            initial: Duration::from_secs(30),
+            max: Duration::from_secs(30 * MINUTE),
+            multiplier: 2.0,
+            max_attempts: 5,
+            same_signature: 3,
+            escalate_after: 2,
+            cooloff: Duration::from_secs(60 * MINUTE),
+        }
+    }
+}
+
+/// `agent.quota_cooldown` when the policy sets none.
+pub const DEFAULT_QUOTA_COOLDOWN: Duration = Duration::from_secs(10 * MINUTE);
+
+/// The longest duration any key takes: 30 days. Longer ones are typos (`ttl = "10000d"`), and
+/// times written from them could not be read back.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
+
+/// The largest count any key takes (attempts, failures, probes, …), except `loop.workers`.
+const MAX_COUNT: u32 = 1000;
+
+/// The most workers a runner runs at once.
+const MAX_WORKERS: u32 = 256;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct BreakerSection {
     pub failures: u32,
@@ -439,12 +467,8 @@ impl<'a, 'i> Section<'a, 'i> {
         }
     }
 
-    fn count(&self, key: &str, default: u32, min: u32) -> u32 {
-        let n = self.int(
-            key,
-            i64::from(default),
-            i64::from(min)..i64::from(u32::MAX) + 1,
-        );
+    fn count(&self, key: &str, default: u32, min: u32, max: u32) -> u32 {
+        let n = self.int(key, i64::from(default), i64::from(min)..i64::from(max) + 1);
         u32::try_from(n).unwrap_or(default)
     }
 
@@ -484,6 +508,17 @@ impl<'a, 'i> Section<'a, 'i> {
             return default;
         };
         match parse_duration(s) {
+            Ok(d) if d > MAX_DURATION => {
+                self.bad(
+                    key,
+                    v,
+                    format!(
+                        "{s:?} is longer than {}, the longest any key takes",
+                        crate::time::format_duration(MAX_DURATION)
+                    ),
+                );
+                default
+            }
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
                 self.bad(key, v, "must be longer than zero");
@@ -693,7 +728,7 @@ fn read_policy(cx: &Cx<'_>, root: &DeTable<'_>) -> Policy {
         target,
         remote,
         batch: s.nonempty_string("batch", DEFAULT_BATCH),
-        workers: s.count("workers", 1, 1),
+        workers: s.count("workers", 1, 1, MAX_WORKERS),
         completion_token: s.nonempty_string("completion_token", "LOOP_DONE"),
     };
 
@@ -766,11 +801,11 @@ fn read_policy(cx: &Cx<'_>, root: &DeTable<'_>) -> Policy {
         prompt,
         timeout: s.duration("timeout", Duration::from_secs(45 * MINUTE)),
         stall_timeout: s.duration("stall_timeout", Duration::from_secs(10 * MINUTE)),
-        tail_bytes: s.int("tail_bytes", 65_536, 1..(1 << 30)) as u64,
+        tail_bytes: s.int("tail_bytes", 65_536, 1..(16 << 20) + 1) as u64,
         exit_grace: s.duration("exit_grace", Duration::from_secs(30)),
         quota_patterns: s.strings("quota_patterns", &["rate limit", "usage limit", "429"]),
         quota_exit_codes,
-        quota_cooldown: s.duration("quota_cooldown", Duration::from_secs(10 * MINUTE)),
+        quota_cooldown: s.duration("quota_cooldown", DEFAULT_QUOTA_COOLDOWN),
     };
 
     let s = section("triage");
@@ -830,19 +865,20 @@ fn read_policy(cx: &Cx<'_>, root: &DeTable<'_>) -> Policy {
     };
 
     let s = section("retry");
+    let d = RetrySection::default();
     let retry = RetrySection {
-        initial: s.duration("initial", Duration::from_secs(30)),
-        max: s.duration("max", Duration::from_secs(30 * MINUTE)),
-        multiplier: s.float("multiplier", 2.0),
-        max_attempts: s.count("max_attempts", 5, 1),
-        same_signature: s.count("same_signature", 3, 1),
-        escalate_after: s.count("escalate_after", 2, 0),
-        cooloff: s.duration("cooloff", Duration::from_secs(60 * MINUTE)),
+        initial: s.duration("initial", d.initial),
+        max: s.duration("max", d.max),
+        multiplier: s.float("multiplier", d.multiplier),
+        max_attempts: s.count("max_attempts", d.max_attempts, 1, MAX_COUNT),
+        same_signature: s.count("same_signature", d.same_signature, 1, MAX_COUNT),
+        escalate_after: s.count("escalate_after", d.escalate_after, 0, MAX_COUNT),
+        cooloff: s.duration("cooloff", d.cooloff),
     };
     if let Some(v) = s.get("multiplier")
-        && retry.multiplier < 1.0
+        && !(1.0..=100.0).contains(&retry.multiplier)
     {
-        s.bad("multiplier", v, "must be at least 1.0");
+        s.bad("multiplier", v, "must be from 1.0 to 100.0");
     }
     if retry.initial > retry.max
         && let Some(v) = s.get("initial").or_else(|| s.get("max"))
@@ -860,9 +896,9 @@ fn read_policy(cx: &Cx<'_>, root: &DeTable<'_>) -> Policy {
 
     let s = section("breaker");
     let breaker = BreakerSection {
-        failures: s.count("failures", 3, 1),
+        failures: s.count("failures", 3, 1, MAX_COUNT),
         open_for: s.duration("open_for", Duration::from_secs(15 * MINUTE)),
-        probes: s.count("probes", 1, 1),
+        probes: s.count("probes", 1, 1, MAX_COUNT),
     };
 
     let s = section("lease");

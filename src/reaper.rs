@@ -18,12 +18,14 @@ use serde::Serialize;
 
 use crate::git::cli::Git;
 use crate::git::{Cas, CasOutcome, Repo, oid};
-use crate::lease::{self, Lease, lease_ref};
+use crate::lease::{self, Lease};
 use crate::process::{Signal, group_alive, signal_group};
 use crate::promote::promotion_lock_path;
+use crate::refs;
 use crate::rescue::{rescue_files, rescue_worktree, save_rescue, worktree_link_valid};
 use crate::store::{Edit, Store};
 use crate::task::State;
+use crate::task::machine::{Actor, Budget, Event, Failure, Refusal};
 use crate::time::Timestamp;
 
 /// How long a reaper holds a lease it took: long enough to save and remove one worktree.
@@ -84,8 +86,15 @@ pub fn reap(repo: &Repo, opts: &Options) -> Result<Report> {
     let dir = repo
         .workdir()
         .map_or_else(|| repo.common_dir().to_path_buf(), Path::to_path_buf);
+    // The budgets of a requeue: the policy's, or the defaults where it cannot be read (a
+    // reap must work whatever state the policy is in).
+    let budget = repo
+        .workdir()
+        .and_then(|w| crate::policy::Policy::load(w).ok().flatten())
+        .map_or_else(Budget::default, |p| Budget::from(&p));
     let reaper = Reaper {
         repo,
+        budget,
         store: Store::new(repo),
         git: Git::new(&dir, !repo.has_identity()).locking_worktrees(repo.common_dir()),
         opts,
@@ -101,6 +110,7 @@ pub fn reap(repo: &Repo, opts: &Options) -> Result<Report> {
 
 struct Reaper<'a> {
     repo: &'a Repo,
+    budget: Budget,
     store: Store<'a>,
     git: Git,
     opts: &'a Options,
@@ -335,7 +345,7 @@ impl Reaper<'_> {
         dead: Option<&Lease>,
     ) -> Result<Option<ObjectId>> {
         let run = dead.map_or("", |l| l.run.as_str());
-        let mut lease = Lease::new(id, &self.opts.holder, run, "reap", REAP_TTL);
+        let mut lease = Lease::new(id, &self.opts.holder, run, lease::Purpose::Reap, REAP_TTL);
         if let Some(dead) = dead
             && dead.host == lease.host
         {
@@ -343,7 +353,7 @@ impl Reaper<'_> {
             lease.pgid_start = dead.pgid_start.clone();
         }
         let mine = lease.commit(self.repo)?;
-        let name = lease_ref(id);
+        let name = refs::lease(id);
         let edit = match old {
             Some(old) => Cas::Update {
                 name,
@@ -394,7 +404,7 @@ impl Reaper<'_> {
         if released.is_err() {
             // Never leave the task held by this reaper: the next runner or reap carries on.
             let _ = self.repo.cas(&[Cas::Delete {
-                name: lease_ref(id),
+                name: refs::lease(id),
                 old: mine,
             }]);
         }
@@ -490,10 +500,10 @@ impl Reaper<'_> {
         did: &[String],
     ) -> Result<Option<String>> {
         let delete = Cas::Delete {
-            name: lease_ref(id),
+            name: refs::lease(id),
             old: mine,
         };
-        if self.repo.read_ref(&crate::store::task_ref(id))?.is_none() {
+        if self.repo.read_ref(&refs::task(id))?.is_none() {
             self.repo.cas(&[delete])?;
             return Ok(None);
         }
@@ -502,49 +512,77 @@ impl Reaper<'_> {
             .filter(|d| d.starts_with("saved"))
             .map(|d| format!("; {d}"))
             .collect();
-        if dead.is_none() && saved.is_empty() {
-            // An orphaned worktree with nothing in it worth a word in the task's history;
-            // the task must still be where it was seen, not running.
-            let stored = self.store.load(id)?;
-            if stored.task.state != State::Running {
+        let holder = dead.map_or_else(|| "none".to_string(), |l| l.runner.clone());
+        let stored = self.store.load(id)?;
+        if stored.task.state != State::Running {
+            // The task keeps its state for the next runner: only the lease goes, with a word
+            // in the task's history when work was saved (where to find it).
+            let next = match stored.task.state {
+                State::AwaitingJudge => Some("left it awaiting a judge".to_string()),
+                _ => None,
+            };
+            if saved.is_empty() {
                 let outcome = self.repo.cas(&[
                     delete.clone(),
                     Cas::Verify {
-                        name: crate::store::task_ref(id),
+                        name: refs::task(id),
                         old: stored.commit,
                     },
                 ])?;
                 if outcome == CasOutcome::Applied {
-                    return Ok(None);
+                    return Ok(next);
                 }
             }
-        }
-        let holder = dead.map_or_else(|| "none".to_string(), |l| l.runner.clone());
-        let mut next = None;
-        self.store.update(id, |t| {
-            let mut edit = Edit::new(String::new());
-            edit.also = vec![delete.clone()];
-            if t.state == State::Running {
-                t.set_state(
-                    State::Ready,
-                    None,
-                    Some(format!("requeued by reap: {why}{saved}")),
-                );
-                edit.message = format!("running -> ready: reaped ({why}; holder {holder}){saved}");
-                next = Some("requeued the task".to_string());
-            } else {
-                edit.message = format!(
+            let noted = self.store.update(id, |t| {
+                if t.state == State::Running {
+                    return Err(Refusal::withdrawn("it is running again").into());
+                }
+                let mut edit = Edit::new(format!(
                     "{}: lease taken back by reap ({why}; holder {holder}){saved}",
                     t.state_label()
-                );
-                next = match t.state {
-                    State::AwaitingJudge => Some("left it awaiting a judge".to_string()),
-                    _ => None,
-                };
+                ));
+                edit.also = vec![delete.clone()];
+                Ok(edit)
+            });
+            match noted {
+                Ok(_) => return Ok(next),
+                Err(e) if Refusal::of(&e).is_none() => return Err(e),
+                Err(_) => {}
             }
-            Ok(edit)
-        })?;
-        Ok(next)
+        }
+        // A run cut short by its runner's death is a failed attempt like any other: it counts
+        // toward the budget and waits the backoff (an agent that kills its runner does not
+        // get to retry for ever).
+        let how = format!("reaped ({why}; holder {holder}){saved}");
+        let failure = Failure {
+            signature: crate::retry::signature("transient", "runner", &format!("reaped: {why}")),
+            summary: format!("requeued by reap: {why}{saved}"),
+            context: format!(
+                "The previous attempt was cut short: {why}. Uncommitted work of it, if any, is \
+                 in a rescue ref."
+            ),
+            how,
+        };
+        let event = Event::Failed(failure);
+        let actor = Actor::Reaper(self.opts.holder.clone());
+        let moved = self
+            .store
+            .transition(id, &event, &actor, &self.budget, |_, edit| {
+                edit.also = vec![delete.clone()];
+                Ok(())
+            });
+        match moved {
+            Ok(m) => Ok(Some(format!(
+                "requeued the task ({})",
+                m.task.state_label()
+            ))),
+            // Not running any more: only the lease goes.
+            Err(e) if Refusal::of(&e).is_some() => {
+                self.repo.cas(&[delete])?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     // ---- bookkeeping ----------------------------------------------------------------------

@@ -1,34 +1,34 @@
-//! State records carried in commit messages: a subject line, then a TOML document between
-//! `--- <name>` and `---`, then a `Loop-Task:` trailer when the record concerns a task. Used by
-//! promotion checkpoints, leases, runner heartbeats and the breaker, whose commits point at the
-//! empty tree: one object per record.
+//! State records: one commit per record, whose tree holds the record's TOML as one blob
+//! (`lease.toml`, `heartbeat.toml`, `breaker.toml`, `oracle.toml`, `promote.toml`), as task
+//! documents are held. The commit message is only a subject for people (and a `Loop-Task:`
+//! trailer when the record concerns a task): nothing a field holds — a pause reason with a
+//! line `---`, quotes, newlines — can cut a record short.
+//!
+//! Records written before the blob form carried the TOML in the message, between
+//! `--- <name>` and `---`; those are still read.
 
 use anyhow::Result;
 use gix::ObjectId;
 
 use crate::git::Repo;
 
-/// The full message of a record commit.
-pub fn message(subject: &str, name: &str, doc: &str, task: Option<&str>) -> String {
-    let mut m = format!("{subject}\n\n--- {name}\n{doc}");
-    if !doc.ends_with('\n') {
-        m.push('\n');
+/// The full message of a record commit: the subject, then the task trailer.
+fn message(subject: &str, task: Option<&str>) -> String {
+    let subject = subject.lines().next().unwrap_or_default();
+    match task {
+        Some(id) => format!("{subject}\n\nLoop-Task: {id}\n"),
+        None => format!("{subject}\n"),
     }
-    m.push_str("---\n");
-    if let Some(id) = task {
-        m.push_str(&format!("\nLoop-Task: {id}\n"));
-    }
-    m
 }
 
-/// The TOML document of the record `name` in a commit message.
-pub fn parse<'m>(message: &'m str, name: &str) -> Option<&'m str> {
+/// The TOML document of the record `name` in the message of an older record commit.
+fn parse_message<'m>(message: &'m str, name: &str) -> Option<&'m str> {
     let start = message.find(&format!("--- {name}\n"))? + name.len() + 5;
     let len = message[start..].find("\n---\n")? + 1;
     Some(&message[start..start + len])
 }
 
-/// Writes a record commit over the empty tree.
+/// Writes a record commit whose tree holds `doc` as the blob `name`.
 pub fn write(
     repo: &Repo,
     subject: &str,
@@ -38,8 +38,9 @@ pub fn write(
     parents: &[ObjectId],
 ) -> Result<ObjectId> {
     let text = toml::to_string(doc)?;
-    let tree = ObjectId::empty_tree(gix::hash::Kind::Sha1);
-    repo.write_commit(&message(subject, name, &text, task), tree, parents)
+    let blob = repo.write_blob(text.as_bytes())?;
+    let tree = repo.write_tree(None, &[(name, blob)])?;
+    repo.write_commit(&message(subject, task), tree, parents)
 }
 
 /// Reads the record `name` from commit `id`; `Err` says why it cannot.
@@ -48,9 +49,20 @@ pub fn read<T: serde::de::DeserializeOwned>(
     id: ObjectId,
     name: &str,
 ) -> Result<T, String> {
-    let info = repo.commit_info(id).map_err(|e| format!("{e:#}"))?;
-    let doc = parse(&info.message, name).ok_or_else(|| format!("commit {id} holds no {name}"))?;
-    toml::from_str(doc).map_err(|e| format!("{name} does not parse: {}", e.message()))
+    let tree = match repo.commit_tree(id).map_err(|e| format!("{e:#}"))? {
+        Ok(tree) => tree,
+        Err(_) => return Err(format!("{id} is not a commit")),
+    };
+    let text = match repo.tree_blob(tree, name).map_err(|e| format!("{e:#}"))? {
+        Some(bytes) => String::from_utf8(bytes).map_err(|_| format!("{name} is not UTF-8"))?,
+        None => {
+            let info = repo.commit_info(id).map_err(|e| format!("{e:#}"))?;
+            parse_message(&info.message, name)
+                .ok_or_else(|| format!("commit {id} holds no {name}"))?
+                .to_string()
+        }
+    };
+    toml::from_str(&text).map_err(|e| format!("{name} does not parse: {}", e.message()))
 }
 
 #[cfg(test)]
@@ -58,15 +70,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trip() {
-        let m = message(
-            "lease: taken",
-            "lease.toml",
-            "a = 1\nb = \"x\"\n",
-            Some("abc"),
+    fn older_records_in_the_message_are_found() {
+        let m = "lease: taken\n\n--- lease.toml\na = 1\nb = \"x\"\n---\n\nLoop-Task: abc\n";
+        assert_eq!(parse_message(m, "lease.toml"), Some("a = 1\nb = \"x\"\n"));
+        assert_eq!(parse_message(m, "other.toml"), None);
+    }
+
+    #[test]
+    fn a_subject_is_one_line_and_the_trailer_follows() {
+        assert_eq!(
+            message("pause\n---\nmore", Some("abc")),
+            "pause\n\nLoop-Task: abc\n"
         );
-        assert_eq!(parse(&m, "lease.toml"), Some("a = 1\nb = \"x\"\n"));
-        assert_eq!(parse(&m, "other.toml"), None);
-        assert!(m.ends_with("\nLoop-Task: abc\n"));
+        assert_eq!(message("breaker: open", None), "breaker: open\n");
     }
 }

@@ -9,8 +9,6 @@ use gix::ObjectId;
 use crate::git::cli::Git;
 use crate::git::{Cas, CasOutcome, Repo, oid};
 
-pub const RESCUE_REFS: &str = "refs/loop/rescue/";
-
 /// Saves the uncommitted and untracked-but-not-ignored files of a worktree into a new rescue
 /// ref, without touching its index. Returns the ref, or `None` when there was nothing to save.
 pub fn rescue_worktree(repo: &Repo, git: &Git, id: &str) -> Result<Option<String>> {
@@ -155,7 +153,7 @@ pub fn remove_worktree(repo: &Repo, path: &Path) -> Result<bool> {
 
 /// Points the next free `refs/loop/rescue/<id>/<n>` at `commit`.
 pub fn save_rescue(repo: &Repo, id: &str, commit: ObjectId) -> Result<String> {
-    let prefix = format!("{RESCUE_REFS}{id}/");
+    let prefix = crate::refs::rescues(id);
     let existing = repo.refs_under(&prefix)?;
     if let Some(same) = existing.iter().find(|r| r.id == Some(commit)) {
         return Ok(same.name.clone());

@@ -13,20 +13,16 @@ use crate::cache::TaskCache;
 use crate::error::{Class, LoopError};
 use crate::git::{Cas, CasOutcome, CommitInfo, Kind, Repo};
 use crate::ids;
-use crate::task::Task;
+use crate::refs;
+use crate::task::{Task, machine};
 use crate::time::Timestamp;
 
-pub const TASK_REFS: &str = "refs/loop/tasks/";
 const DOC: &str = "task.toml";
 const BODY: &str = "body.md";
 const RUNS: &str = "runs";
 
 /// How many lost races an update survives before it gives up with a `transient` error.
 const MAX_TRIES: u32 = 100;
-
-pub fn task_ref(id: &str) -> String {
-    format!("{TASK_REFS}{id}")
-}
 
 /// One task as listed: its ref, and its document or why it could not be read.
 #[derive(Clone, Debug)]
@@ -85,6 +81,16 @@ pub enum Updated {
     Unchanged(Task),
 }
 
+/// What a [`Store::transition`] did.
+#[derive(Debug)]
+pub struct Moved {
+    pub task: Task,
+    /// Whether anything was written (an event already reflected writes nothing).
+    pub changed: bool,
+    /// The backoff the transition set, if any.
+    pub backoff: Option<Duration>,
+}
+
 pub struct Store<'r> {
     repo: &'r Repo,
 }
@@ -111,12 +117,12 @@ impl<'r> Store<'r> {
     }
 
     fn list_with(&self, refresh_cache: bool) -> Result<Vec<Listed>> {
-        let refs = self.repo.refs_under(TASK_REFS)?;
+        let refs = self.repo.refs_under(refs::TASKS)?;
         let mut memo = crate::cache::memo();
         let mut found: Vec<Option<std::result::Result<Task, String>>> = refs
             .iter()
             .map(|r| {
-                let id = &r.name[TASK_REFS.len()..];
+                let id = &r.name[refs::TASKS.len()..];
                 match r.id {
                     None => Some(Err("a symbolic ref, not a task".to_string())),
                     Some(tip) => memo.get(&tip).filter(|t| t.id == id).cloned().map(Ok),
@@ -130,7 +136,7 @@ impl<'r> Store<'r> {
             (remembered == 0 && !refs.is_empty()).then(|| TaskCache::load(self.repo.common_dir()));
         if let Some(cache) = &mut cache {
             for (i, r) in refs.iter().enumerate() {
-                let id = &r.name[TASK_REFS.len()..];
+                let id = &r.name[refs::TASKS.len()..];
                 if let (None, Some(tip)) = (&found[i], r.id) {
                     found[i] = cache.take(&tip).filter(|t| t.id == id).map(Ok);
                 }
@@ -148,7 +154,7 @@ impl<'r> Store<'r> {
         }
         let read_from_git = spans.len();
         for (i, span, read) in spans {
-            let id = &refs[i].name[TASK_REFS.len()..];
+            let id = &refs[i].name[refs::TASKS.len()..];
             found[i] = Some(read.and_then(|()| parse_doc(id, &raw[span])));
         }
         drop(raw);
@@ -157,7 +163,7 @@ impl<'r> Store<'r> {
             .into_iter()
             .zip(found)
             .map(|(r, task)| Listed {
-                id: r.name[TASK_REFS.len()..].to_string(),
+                id: r.name[refs::TASKS.len()..].to_string(),
                 ref_name: r.name,
                 tip: r.id,
                 task: task.unwrap_or_else(|| Err("not read".to_string())),
@@ -196,9 +202,9 @@ impl<'r> Store<'r> {
     pub fn ids(&self) -> Result<Vec<String>> {
         Ok(self
             .repo
-            .refs_under(TASK_REFS)?
+            .refs_under(refs::TASKS)?
             .into_iter()
-            .map(|r| r.name[TASK_REFS.len()..].to_string())
+            .map(|r| r.name[refs::TASKS.len()..].to_string())
             .collect())
     }
 
@@ -211,7 +217,7 @@ impl<'r> Store<'r> {
 
     /// Reads one task with its body; a corrupt task is a `config` error naming its ref.
     pub fn load(&self, id: &str) -> Result<Stored> {
-        let name = task_ref(id);
+        let name = refs::task(id);
         let tip = self.repo.read_ref(&name)?.ok_or_else(|| {
             LoopError::new(Class::Usage, format!("no task {id}"))
                 .with_hint("`git loop task list` shows the ids")
@@ -290,13 +296,13 @@ impl<'r> Store<'r> {
             &[],
         )?;
         match self.repo.cas(&[Cas::Create {
-            name: task_ref(&task.id),
+            name: refs::task(&task.id),
             new: commit,
         }])? {
             CasOutcome::Applied => Ok(commit),
             CasOutcome::Lost => Err(LoopError::new(
                 Class::Transient,
-                format!("could not create {}: its ref is busy", task_ref(&task.id)),
+                format!("could not create {}: its ref is busy", refs::task(&task.id)),
             )
             .with_hint("try again")
             .into()),
@@ -316,6 +322,9 @@ impl<'r> Store<'r> {
             let mut task = current.task.clone();
             let change = match edit(&mut task) {
                 Ok(change) => change,
+                // The state machine's refusal is the answer itself: what the task is now does
+                // not allow the change.
+                Err(e) if crate::task::machine::Refusal::of(&e).is_some() => return Err(e),
                 Err(e) if attempt > 0 && is_refusal(&e) => {
                     let why = crate::error::find(&e)
                         .map(|l| l.message.clone())
@@ -349,11 +358,47 @@ impl<'r> Store<'r> {
         .into())
     }
 
+    /// Applies `event`, by `actor`, to task `id` through the state machine
+    /// ([`crate::task::machine::apply`]), by compare-and-swap from the commit read: after a
+    /// lost race the event is applied again to the task as it is then, which may refuse it
+    /// (the error is then a [`crate::task::machine::Refusal`]). `with` adds what goes into the
+    /// same transaction (run records, a lease taken or released); it may refuse too.
+    pub fn transition(
+        &self,
+        id: &str,
+        event: &machine::Event,
+        actor: &machine::Actor,
+        budget: &machine::Budget,
+        mut with: impl FnMut(&machine::Transition, &mut Edit) -> Result<()>,
+    ) -> Result<Moved> {
+        let mut backoff = None;
+        let updated = self.update(id, |t| {
+            let transition = machine::apply(t, event, actor, budget, machine::Clock::now())?;
+            let mut edit = Edit::new(transition.message.clone());
+            with(&transition, &mut edit)?;
+            backoff = transition.backoff;
+            *t = transition.task;
+            Ok(edit)
+        })?;
+        Ok(match updated {
+            Updated::Changed(task) => Moved {
+                task,
+                changed: true,
+                backoff,
+            },
+            Updated::Unchanged(task) => Moved {
+                task,
+                changed: false,
+                backoff: None,
+            },
+        })
+    }
+
     /// Writes `task` over `current` with `edit`, by one compare-and-swap: `None` when another
     /// writer got there first (nothing was changed). No retry: claims use this directly.
     pub fn apply(&self, current: &Stored, mut task: Task, edit: Edit) -> Result<Option<Task>> {
         task.updated = Timestamp::now().max(Timestamp(current.task.updated.0 + 1));
-        let name = task_ref(&task.id);
+        let name = refs::task(&task.id);
         let commit =
             self.write_state(&task, Some(current), &edit.message, &edit.files, &edit.keep)?;
         let mut edits = vec![Cas::Update {
@@ -405,9 +450,46 @@ impl<'r> Store<'r> {
         self.repo.write_commit(&message, tree, &parents)
     }
 
+    /// Records a transition of task `id` that the state machine refused, on
+    /// `refs/loop/refused/<id>` (a chain of commits over the empty tree, for `git loop log`);
+    /// `keep` are commits the refusal saved, kept reachable.
+    pub fn note_refusal(&self, id: &str, message: &str, keep: &[ObjectId]) -> Result<()> {
+        let name = refs::refused(id);
+        let tree = ObjectId::empty_tree(gix::hash::Kind::Sha1);
+        for _ in 0..MAX_TRIES {
+            let old = self.repo.read_ref(&name)?;
+            let mut parents: Vec<ObjectId> = old.into_iter().collect();
+            for k in keep {
+                if !parents.contains(k) {
+                    parents.push(*k);
+                }
+            }
+            let commit = self.repo.write_commit(
+                &format!("{message}\n\nLoop-Task: {id}\n"),
+                tree,
+                &parents,
+            )?;
+            let edit = match old {
+                Some(old) => Cas::Update {
+                    name: name.clone(),
+                    old,
+                    new: commit,
+                },
+                None => Cas::Create {
+                    name: name.clone(),
+                    new: commit,
+                },
+            };
+            if self.repo.cas(&[edit])? == CasOutcome::Applied {
+                return Ok(());
+            }
+        }
+        Err(LoopError::new(Class::Transient, format!("could not write {name}")).into())
+    }
+
     /// The task's history: its ref's first-parent chain, newest first.
     pub fn history(&self, id: &str) -> Result<Vec<CommitInfo>> {
-        let Some(tip) = self.repo.read_ref(&task_ref(id))? else {
+        let Some(tip) = self.repo.read_ref(&refs::task(id))? else {
             return Ok(Vec::new());
         };
         chain(self.repo, tip)

@@ -47,8 +47,8 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
     let only = args.task.as_deref().map(|p| store.resolve(p)).transpose()?;
 
     let mut events = Vec::new();
-    for r in repo.refs_under("refs/loop/")? {
-        if r.name.starts_with("refs/loop/rescue/") {
+    for r in repo.refs_under(crate::refs::LOOP)? {
+        if r.name.starts_with(crate::refs::RESCUE) {
             continue;
         }
         let task = r
@@ -92,7 +92,7 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
     }
     let mut table = Table::new(&["TIME", "REF", "COMMIT", "EVENT"]);
     for e in &events {
-        let name = e.ref_name.trim_start_matches("refs/loop/");
+        let name = e.ref_name.trim_start_matches(crate::refs::LOOP);
         let name = match &e.task {
             Some(id) => name.replace(id.as_str(), short.short(id)),
             None => name.to_string(),

@@ -117,7 +117,7 @@ impl<'a> TaskJson<'a> {
             short_id: short.short(&task.id),
             title: &task.title,
             state: task.state.as_str(),
-            reason: task.reason.as_deref(),
+            reason: task.reason.map(crate::task::Reason::as_str),
             detail: task.detail.as_deref(),
             batch: &task.batch,
             priority: task.priority,

@@ -5,6 +5,7 @@ use anyhow::Result;
 use crate::breaker::{self, Breaker};
 use crate::cli::Ctx;
 use crate::error::usage;
+use crate::task::machine::Actor;
 use crate::time::Timestamp;
 
 /// Hold the breaker open: the runner dispatches nothing new until `git loop resume`.
@@ -25,15 +26,11 @@ pub fn pause(ctx: &mut Ctx<'_>, args: PauseArgs) -> Result<()> {
     if args.reason.trim().is_empty() {
         return Err(usage("--reason must say why the loop is paused").into());
     }
+    Actor::at_command_line().refuse_agent("`git loop pause`")?;
     let repo = ctx.repo()?;
     loop {
         let (tip, _) = breaker::read(&repo)?;
-        let b = Breaker {
-            state: "paused".into(),
-            reason: args.reason.clone(),
-            since: Some(Timestamp::now()),
-            ..Breaker::closed()
-        };
+        let b = Breaker::paused(&args.reason, Timestamp::now());
         if breaker::write(&repo, tip, &b)? {
             writeln!(ctx.out, "paused: {}", args.reason)?;
             return Ok(());
@@ -42,6 +39,7 @@ pub fn pause(ctx: &mut Ctx<'_>, args: PauseArgs) -> Result<()> {
 }
 
 pub fn resume(ctx: &mut Ctx<'_>, _args: ResumeArgs) -> Result<()> {
+    Actor::at_command_line().refuse_agent("`git loop resume`")?;
     let repo = ctx.repo()?;
     loop {
         let (tip, b) = breaker::read(&repo)?;

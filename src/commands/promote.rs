@@ -6,6 +6,7 @@ use crate::cli::Ctx;
 use crate::policy::Policy;
 use crate::promote::{self, Options, Outcome};
 use crate::store::Store;
+use crate::task::machine::Actor;
 
 /// One idempotent, resumable promotion attempt of a task's branch into the target.
 ///
@@ -25,6 +26,8 @@ pub struct Args {
 }
 
 pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
+    let actor = Actor::at_command_line();
+    actor.refuse_agent("`git loop promote`")?;
     let repo = ctx.repo()?;
     let policy = Policy::load_required(&repo.require_workdir()?)?;
     let id = Store::new(&repo).resolve(&args.id)?;
@@ -40,6 +43,7 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         &Options {
             dry_run: args.dry_run,
             by,
+            actor,
             release: None,
         },
     )?;

@@ -13,7 +13,7 @@ use crate::lease;
 use crate::output::{Table, json, safe, truncate};
 use crate::runner;
 use crate::store::Store;
-use crate::task::{State, Task, reason};
+use crate::task::{Task, machine};
 use crate::time::Timestamp;
 
 /// The runner's heartbeat, and for every task its state, reason, and next action and time.
@@ -112,7 +112,7 @@ fn collect(ctx: &Ctx<'_>) -> Result<StatusJson> {
     let mut runners = Vec::new();
     for (id, beat) in runner::heartbeats(&repo)? {
         let Ok(b) = beat else { continue };
-        if b.phase == "stopped" {
+        if b.phase == runner::Phase::Stopped {
             continue;
         }
         let age = (now.0 - b.updated.0) as f64 / 1e6;
@@ -124,7 +124,7 @@ fn collect(ctx: &Ctx<'_>) -> Result<StatusJson> {
             host: b.host,
             pid: b.pid,
             phase: if alive {
-                b.phase
+                b.phase.to_string()
             } else {
                 format!("{} (process gone)", b.phase)
             },
@@ -157,7 +157,7 @@ fn collect(ctx: &Ctx<'_>) -> Result<StatusJson> {
             short_id: short.short(&t.id).to_string(),
             title: t.title.clone(),
             state: t.state.to_string(),
-            reason: t.reason.clone(),
+            reason: t.reason.map(|r| r.to_string()),
             detail: t.detail.clone(),
             next_action,
             next_at: next_at.map(|a| a.to_rfc3339()),
@@ -178,8 +178,8 @@ fn collect(ctx: &Ctx<'_>) -> Result<StatusJson> {
     let (_, b) = crate::breaker::read(&repo)?;
     Ok(StatusJson {
         breaker: BreakerJson {
-            state: b.state.clone(),
-            class: b.class.clone(),
+            state: b.state.as_str().to_string(),
+            class: b.class.map(|c| c.as_str().to_string()),
             reason: b.reason.clone(),
             since: b.since.map(|t| t.to_rfc3339()),
             open_until: b.open_until.map(|t| t.to_rfc3339()),
@@ -190,7 +190,8 @@ fn collect(ctx: &Ctx<'_>) -> Result<StatusJson> {
     })
 }
 
-/// What happens next to a task, and when.
+/// What happens next to a task, and when: the holder of its lease, or what the state machine
+/// says re-arms it.
 fn next(
     t: &Task,
     graph: &Graph<'_>,
@@ -198,24 +199,6 @@ fn next(
     lease: Option<&lease::Lease>,
     now: Timestamp,
 ) -> (String, Option<Timestamp>) {
-    let pending: Vec<&str> = graph
-        .pending_deps(t)
-        .iter()
-        .map(|d| short.short(d))
-        .collect();
-    let waits = || format!("waits for {}", pending.join(", "));
-    let timer = |what: &str| match t.next_at {
-        Some(at) if at > now => (
-            format!(
-                "{what} in {}",
-                crate::time::format_duration(std::time::Duration::from_micros(
-                    (at.0 - now.0) as u64
-                ))
-            ),
-            Some(at),
-        ),
-        _ => (format!("{what} when a worker is free"), None),
-    };
     if let Some(l) = lease {
         let holder = if l.holder_dead() {
             format!("{} (dead: `git loop start` recovers it)", l.runner)
@@ -231,29 +214,14 @@ fn next(
             Some(l.expires),
         );
     }
-    match t.state {
-        State::Ready | State::NeedsRework | State::QuotaWait if !pending.is_empty() => {
-            (waits(), None)
-        }
-        State::Ready => timer("runs"),
-        State::NeedsRework => timer("reworked with the last failure as context"),
-        State::QuotaWait => timer("retries after the quota wait"),
-        State::Running => ("runs (no lease: `git loop start` recovers it)".into(), None),
-        State::AwaitingJudge => ("judged next".into(), None),
-        State::Promoting => timer("promotion resumes"),
-        State::Blocked => match t.reason.as_deref() {
-            Some(reason::THIN_TASK) => (
-                "a person edits it (`git loop task edit`) to re-arm it".into(),
-                None,
-            ),
-            Some(reason::CONFLICT | reason::VERIFY_FAILED) if !pending.is_empty() => {
-                (format!("{}; then its promotion resumes", waits()), None)
-            }
-            Some(reason::ATTEMPTS_EXHAUSTED) => timer("next round of attempts (or escalation)"),
-            _ => ("a person looks (`git loop task reopen`)".into(), None),
-        },
-        State::HumanGated => ("a person decides, then `git loop task reopen`".into(), None),
-        State::Done | State::Cancelled => ("-".into(), None),
+    let pending: Vec<&str> = graph
+        .pending_deps(t)
+        .iter()
+        .map(|d| short.short(d))
+        .collect();
+    match machine::next(t, &pending, now) {
+        Some(n) => (n.action, n.at),
+        None => ("-".into(), None),
     }
 }
 

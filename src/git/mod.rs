@@ -92,10 +92,10 @@ pub struct Repo {
 /// status-change times. `git pack-refs` writes a new file and renames it into place, so the
 /// inode alone changes every time, even within one tick of the file system's clock (unless a
 /// file system hands a freed inode number out again at once: then the times tell).
-type FileIdentity = (u64, u64, u64, i64, i64, i64, i64);
+pub type FileIdentity = (u64, u64, u64, i64, i64, i64, i64);
 
 /// The identity of the file at `path`, if there is one.
-fn file_identity(path: &Path) -> Option<FileIdentity> {
+pub fn file_identity(path: &Path) -> Option<FileIdentity> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| {
         (
@@ -594,9 +594,7 @@ impl Repo {
     /// branches `refs/heads/loop/*`: another branch's lock may be a live git's (a slow
     /// `reference-transaction` hook), and losing its update would be silent.
     pub fn remove_stale_lock(&self, name: &str, age: std::time::Duration) {
-        let ours = name.starts_with("refs/loop/")
-            || name.starts_with("refs/notes/loop")
-            || name.starts_with("refs/heads/loop/");
+        let ours = crate::refs::is_ours(name) || name.starts_with("refs/heads/loop/");
         if !ours {
             return;
         }

@@ -5,7 +5,7 @@ use anyhow::Result;
 use gix::ObjectId;
 use serde::{Deserialize, Serialize};
 
-use super::{Phase, promote_ref, short};
+use super::{Phase, short};
 use crate::error::{Class, LoopError};
 use crate::git::{Cas, CasOutcome, Repo};
 use crate::time::Timestamp;
@@ -61,7 +61,7 @@ pub(super) struct Chain<'r> {
 
 impl<'r> Chain<'r> {
     pub(super) fn load(repo: &'r Repo, id: &str) -> Result<Chain<'r>> {
-        let name = promote_ref(id);
+        let name = crate::refs::promote(id);
         let tip = repo.read_ref(&name)?;
         let rec = match tip {
             None => None,
@@ -73,12 +73,8 @@ impl<'r> Chain<'r> {
                 if repo.kind(tip)? != Some(crate::git::Kind::Commit) {
                     return Err(corrupt("it does not point at a commit".into()).into());
                 }
-                let message = repo.commit_info(tip)?.message;
-                let doc = crate::record::parse(&message, RECORD)
-                    .ok_or_else(|| corrupt("no record in its message".into()))?;
                 {
-                    let rec = toml::from_str::<Record>(doc)
-                        .map_err(|e| corrupt(e.message().to_string()))?;
+                    let rec = crate::record::read::<Record>(repo, tip, RECORD).map_err(corrupt)?;
                     for id in [Some(&rec.source), rec.base.as_ref(), rec.merge.as_ref()]
                         .into_iter()
                         .flatten()

@@ -25,12 +25,11 @@ use crate::git::cli::{Git, MergeTree, PROMOTE_ENV, Push, PushedRef};
 use crate::git::{Cas, CasOutcome, Repo, oid, tracking_ref};
 use crate::policy::{PROTECTED_SECTIONS, Policy, Strategy};
 use crate::rescue::{rescue_files, rescue_worktree, save_rescue, worktree_link_valid};
-use crate::store::{Edit, Store, Updated};
-use crate::task::{State, Task, reason};
+use crate::store::Store;
+use crate::task::machine::{self, Actor, Budget, Event};
+use crate::task::{Reason, State, Task};
 use crate::time::Timestamp;
 
-pub const PROMOTE_REFS: &str = "refs/loop/promote/";
-pub const NOTES_REF: &str = "refs/notes/loop";
 /// Set to `<phase>:before` or `<phase>:after` to make promotion SIGKILL itself there (tests).
 pub const CRASH_ENV: &str = "GIT_LOOP_CRASH_AT";
 
@@ -91,6 +90,8 @@ pub struct Options {
     pub dry_run: bool,
     /// Who promotes: a runner id, or the person's name.
     pub by: String,
+    /// Who acts, for the state machine: the runner, or a person.
+    pub actor: Actor,
     /// A runner's lease on the task, released with the task's move to `done`.
     pub release: Option<Release>,
 }
@@ -110,10 +111,6 @@ pub enum Outcome {
     DryRun { plan: Vec<String> },
 }
 
-pub fn promote_ref(id: &str) -> String {
-    format!("{PROMOTE_REFS}{id}")
-}
-
 /// Runs one promotion attempt of task `id` (a full id).
 pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Result<Outcome> {
     // One promotion of a task at a time. The kernel releases the lock when its holder dies, so
@@ -122,7 +119,7 @@ pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Res
         None
     } else {
         let lock = lock_promotion(repo, id)?;
-        repo.remove_stale_lock(&promote_ref(id), Duration::ZERO);
+        repo.remove_stale_lock(&crate::refs::promote(id), Duration::ZERO);
         // Promotions into one target on this machine queue up rather than race each other's
         // compare-and-swap on it.
         let queue = lock_target(repo, &policy.loop_.target)?;
@@ -130,6 +127,9 @@ pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Res
     };
     let store = Store::new(repo);
     let task = store.load(id)?.task;
+    if options.release.is_none() {
+        refuse_a_live_holder(repo, id)?;
+    }
     let chain = Chain::load(repo, id)?;
     if let Some(rec) = &chain.rec
         && rec.has(Phase::Done)
@@ -139,10 +139,14 @@ pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Res
         });
     }
     match task.state {
-        State::Cancelled => {
-            return Err(policy_error(format!("task {} is cancelled", short(id)))
-                .with_hint("`git loop task reopen` it first")
-                .into());
+        State::Cancelled | State::HumanGated => {
+            return Err(policy_error(format!(
+                "task {} is {}: a person decided so",
+                short(id),
+                task.state_label()
+            ))
+            .with_hint("`git loop task reopen` it first")
+            .into());
         }
         State::Done if chain.rec.is_none() => {
             return Err(policy_error(format!(
@@ -172,6 +176,8 @@ pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Res
         chain,
         notes: Vec::new(),
         by: options.by.clone(),
+        actor: options.actor.clone(),
+        budget: Budget::from(policy),
         remote_tip: None,
         skipped: Vec::new(),
         release: options.release.clone(),
@@ -192,6 +198,8 @@ struct Promotion<'r> {
     chain: Chain<'r>,
     notes: Vec<String>,
     by: String,
+    actor: Actor,
+    budget: Budget,
     /// The remote target's tip as fetched in this run (one fetch per run: pushes carry a lease,
     /// so a stale view can only lose a race, never overwrite anything).
     remote_tip: Option<ObjectId>,
@@ -317,11 +325,8 @@ impl Promotion<'_> {
             .into());
         }
         check_breaker(self.repo)?;
-        if self.task.state == State::Blocked
-            && matches!(
-                self.task.reason.as_deref(),
-                Some(reason::CONFLICT | reason::VERIFY_FAILED)
-            )
+        if self.task.is(State::Blocked, Reason::Conflict)
+            || self.task.is(State::Blocked, Reason::VerifyFailed)
         {
             let listed = self.store.list()?;
             let graph =
@@ -566,13 +571,8 @@ impl Promotion<'_> {
                     short(&approved),
                     &head_hex[..7]
                 );
-                let why = message.clone();
-                self.store.update(&self.id, |t| {
-                    let from = t.state_label();
-                    t.set_state(State::AwaitingJudge, None, Some(why.clone()));
-                    Ok(Edit::new(format!(
-                        "{from} -> awaiting_judge: branch moved after judging"
-                    )))
+                self.transition(Event::BranchMoved {
+                    detail: message.clone(),
                 })?;
                 Err(policy_error(message)
                     .with_hint("the judge must approve the branch head before it is promoted")
@@ -595,40 +595,51 @@ impl Promotion<'_> {
                     .with_hint("fix the branch, then promote again")
                     .into());
                 }
-                let gates = results.len();
                 // Approved and promoting in one write.
-                let updated = self.store.update(&self.id, |t| {
-                    let from = t.state_label();
-                    t.approved = Some(head_hex.clone());
-                    if !matches!(t.state, State::Promoting | State::Done) {
-                        t.set_state(State::Promoting, None, None);
-                    }
-                    Ok(Edit::new(format!(
-                        "{from} -> {}: approved {} ({gates} gate command(s) passed at promote)",
-                        t.state,
-                        &head_hex[..7]
-                    )))
+                self.transition(Event::Promote {
+                    approve: Some((head_hex, results.len())),
                 })?;
-                self.task = updated_task(updated);
                 Ok(())
             }
         }
+    }
+
+    /// Moves the task by `event` through the state machine, from the state read; the task as
+    /// it is now is kept.
+    fn transition(&mut self, event: Event) -> Result<()> {
+        let moved =
+            self.store
+                .transition(&self.id, &event, &self.actor, &self.budget, |_, _| Ok(()))?;
+        self.task = moved.task;
+        Ok(())
+    }
+
+    /// Refuses to go on with an irreversible step when the task is no longer being promoted (a
+    /// person cancelled or gated it meanwhile): their decision stands.
+    fn still_promoting(&mut self) -> Result<()> {
+        let task = self.store.load(&self.id)?.task;
+        if task.state == State::Promoting {
+            self.task = task;
+            return Ok(());
+        }
+        Err(machine::Refusal::withdrawn(format!(
+            "task {}: the promotion stops before {}: the task is {} now",
+            self.short(),
+            if self.rec().has(Phase::Merge) {
+                "pushing"
+            } else {
+                "merging"
+            },
+            task.state_label()
+        ))
+        .into())
     }
 
     fn set_task_promoting(&mut self) -> Result<()> {
         if matches!(self.task.state, State::Promoting | State::Done) {
             return Ok(());
         }
-        let updated = self.store.update(&self.id, |t| {
-            if matches!(t.state, State::Promoting | State::Done) {
-                return Ok(Edit::new("unchanged"));
-            }
-            let from = t.state_label();
-            t.set_state(State::Promoting, None, None);
-            Ok(Edit::new(format!("{from} -> promoting: promotion started")))
-        })?;
-        self.task = updated_task(updated);
-        Ok(())
+        self.transition(Event::Promote { approve: None })
     }
 
     // ---- push_source ----------------------------------------------------------------------
@@ -718,6 +729,7 @@ impl Promotion<'_> {
             return Ok(());
         }
         crash_point(Phase::Merge, "before");
+        self.still_promoting()?;
         let tip = self.target_tip()?;
         if let Some(found) = self.work_in(tip)? {
             let message = format!(
@@ -835,7 +847,7 @@ impl Promotion<'_> {
         }
         // A conflict-fix task merged this source and resolved it; once promoted, its commit
         // holds this work even where a squash left no ancestry.
-        if self.rec().follow_up_reason.as_deref() == Some(reason::CONFLICT)
+        if self.rec().follow_up_reason.as_deref() == Some(Reason::Conflict.as_str())
             && let Some(fix) = &self.rec().follow_up
             && let Ok(fixed) = self.store.load(fix)
             && fixed.task.state == State::Done
@@ -942,7 +954,7 @@ impl Promotion<'_> {
             target = self.target(),
             src7 = &source[..7],
         );
-        match self.file_follow_up(&title, &body, reason::CONFLICT, &format!(
+        match self.file_follow_up(&title, &body, Reason::Conflict, &format!(
             "merging into {} at {} conflicts in {} path(s)", self.target(), &tip.to_string()[..7], paths.len()
         )) {
             Ok(fix) => policy_error(format!(
@@ -964,7 +976,7 @@ impl Promotion<'_> {
         &mut self,
         title: &str,
         body: &str,
-        why: &str,
+        why: Reason,
         detail: &str,
     ) -> Result<String> {
         let existing = self.store.list()?.into_iter().find_map(|l| {
@@ -980,52 +992,29 @@ impl Promotion<'_> {
                 let ids = self.store.ids()?;
                 let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
                 let id = crate::ids::generate(&refs);
-                let now = Timestamp::now();
-                let task = Task {
-                    branch: format!("loop/{}", &id[..crate::ids::MIN_SHORT]),
-                    id: id.clone(),
-                    title: title.to_string(),
-                    state: State::Ready,
-                    reason: None,
-                    detail: None,
-                    batch: self.task.batch.clone(),
-                    priority: self.task.priority.saturating_add(1),
-                    after: Vec::new(),
-                    mutex: self.task.mutex.clone(),
-                    attempts: 0,
-                    next_at: None,
-                    signatures: Vec::new(),
-                    context: None,
-                    rounds: 0,
-                    discovered_from: Some(self.id.clone()),
-                    created: now,
-                    updated: now,
-                    approved: None,
-                    promoted_commit: None,
-                    body: body.to_string(),
-                };
+                let mut task = Task::new(
+                    id.clone(),
+                    title.to_string(),
+                    body.to_string(),
+                    self.task.batch.clone(),
+                    None,
+                );
+                task.priority = self.task.priority.saturating_add(1);
+                task.mutex = self.task.mutex.clone();
+                task.discovered_from = Some(self.id.clone());
                 self.store.create(&task)?;
                 id
             }
         };
-        let detail = detail.to_string();
-        let fix_id = fix.clone();
-        let updated = self.store.update(&self.id, |t| {
-            let from = t.state_label();
-            if !t.after.contains(&fix_id) {
-                t.after.push(fix_id.clone());
-            }
-            t.set_state(State::Blocked, Some(why), Some(detail.clone()));
-            Ok(Edit::new(format!(
-                "{from} -> blocked: {why}: waits for {}",
-                short(&fix_id)
-            )))
+        self.transition(Event::Wait {
+            reason: why,
+            on: fix.clone(),
+            detail: detail.to_string(),
         })?;
-        self.task = updated_task(updated);
         let fix_for_rec = fix.clone();
-        let why_for_rec = why.to_string();
+        let why_for_rec = why.as_str().to_string();
         self.record(
-            &format!("{why}: filed {}", short(&fix)),
+            &format!("{}: filed {}", why.as_str(), short(&fix)),
             |r| {
                 r.follow_up = Some(fix_for_rec);
                 r.follow_up_reason = Some(why_for_rec);
@@ -1102,6 +1091,7 @@ impl Promotion<'_> {
         let Some(remote) = self.remote().map(str::to_string) else {
             return self.skip(Phase::PushTarget, "no remote");
         };
+        self.still_promoting()?;
         let merge = oid(self
             .rec()
             .merge
@@ -1231,7 +1221,7 @@ impl Promotion<'_> {
                 tail = failed.tail.trim_end(),
             );
             let gap =
-                self.file_follow_up(&title, &body, reason::VERIFY_FAILED, &failed.summary())?;
+                self.file_follow_up(&title, &body, Reason::VerifyFailed, &failed.summary())?;
             crash_point(Phase::Verify, "after");
             return Err(policy_error(format!(
                 "verify failed on {} after merging {}: {}\n{}",
@@ -1521,35 +1511,30 @@ impl Promotion<'_> {
             Timestamp::now().to_rfc3339(),
             self.by
         );
-        self.repo.set_note(NOTES_REF, oid(&merge)?, &note)?;
-        let merged = merge.clone();
+        self.repo
+            .set_note(crate::refs::NOTES, oid(&merge)?, &note)?;
         let (repo, release) = (self.repo, self.release.clone());
-        self.store.update(&self.id, |t| {
-            if t.state == State::Done && t.promoted_commit.as_deref() == Some(merged.as_str()) {
-                return Ok(Edit::new("unchanged"));
-            }
-            let from = t.state_label();
-            t.set_state(State::Done, None, None);
-            t.promoted_commit = Some(merged.clone());
-            let mut edit = Edit::new(format!("{from} -> done: promoted as {}", &merged[..7]));
-            // The runner's lease goes in the same transaction: one commit and one ref update
-            // fewer than a release of its own, and never a done task still leased.
-            if let Some(r) = &release
-                && let Some((tip, Ok(l))) = crate::lease::read(repo, &t.id)?
-                && l.runner == r.runner
-                && l.run == r.run
-            {
-                edit.message
-                    .push_str(&format!("; released by {}", r.runner));
-                edit.also.push(Cas::Delete {
-                    name: crate::lease::lease_ref(&t.id),
-                    old: tip,
-                });
-            }
-            Ok(edit)
-        })?;
+        let event = Event::Promoted { commit: merge };
+        self.store
+            .transition(&self.id, &event, &self.actor, &self.budget, |_, edit| {
+                // The runner's lease goes in the same transaction: one commit and one ref
+                // update fewer than a release of its own, and never a done task still leased.
+                if let Some(r) = &release
+                    && let Some((tip, Ok(l))) = crate::lease::read(repo, &self.id)?
+                    && l.runner == r.runner
+                    && l.run == r.run
+                {
+                    edit.message
+                        .push_str(&format!("; released by {}", r.runner));
+                    edit.also.push(Cas::Delete {
+                        name: crate::refs::lease(&self.id),
+                        old: tip,
+                    });
+                }
+                Ok(())
+            })?;
         // Re-arm before the last checkpoint: a crash in between re-runs this phase.
-        for id in rearm_waiting(&self.store, &self.id)? {
+        for id in rearm_waiting(&self.store, &self.id, &self.actor, &self.budget)? {
             self.notes.push(format!(
                 "task {} was waiting for this one; its promotion resumes",
                 short(&id)
@@ -1690,18 +1675,19 @@ enum Advance {
 
 /// Moves tasks blocked on `done_id` (a conflict fix or an activation gap) back to `promoting`
 /// once everything they wait for is done. Returns their ids.
-pub fn rearm_waiting(store: &Store<'_>, done_id: &str) -> Result<Vec<String>> {
+pub fn rearm_waiting(
+    store: &Store<'_>,
+    done_id: &str,
+    actor: &Actor,
+    budget: &Budget,
+) -> Result<Vec<String>> {
     let listed = store.list()?;
     let tasks: Vec<&Task> = listed.iter().filter_map(|l| l.task.as_ref().ok()).collect();
     let waiting: Vec<&Task> = tasks
         .iter()
         .copied()
         .filter(|t| {
-            t.state == State::Blocked
-                && matches!(
-                    t.reason.as_deref(),
-                    Some(reason::CONFLICT | reason::VERIFY_FAILED)
-                )
+            (t.is(State::Blocked, Reason::Conflict) || t.is(State::Blocked, Reason::VerifyFailed))
                 && t.after.iter().any(|d| d == done_id)
         })
         .collect();
@@ -1710,27 +1696,61 @@ pub fn rearm_waiting(store: &Store<'_>, done_id: &str) -> Result<Vec<String>> {
     }
     let graph = crate::graph::Graph::new(tasks.iter().copied());
     let mut rearmed = Vec::new();
+    let event = Event::Unblocked {
+        by: done_id.to_string(),
+    };
     for t in waiting {
         if !graph.pending_deps(t).is_empty() {
             continue;
         }
-        let done = done_id.to_string();
-        let updated = store.update(&t.id, |task| {
-            if task.state != State::Blocked {
-                return Ok(Edit::new("unchanged"));
-            }
-            let from = task.state_label();
-            task.set_state(State::Promoting, None, None);
-            Ok(Edit::new(format!(
-                "{from} -> promoting: {} is done",
-                short(&done)
-            )))
-        })?;
-        if matches!(updated, Updated::Changed(_)) {
-            rearmed.push(t.id.clone());
+        match store.transition(&t.id, &event, actor, budget, |_, _| Ok(())) {
+            Ok(moved) if moved.changed => rearmed.push(t.id.clone()),
+            Ok(_) => {}
+            // It moved on meanwhile (a person's decision, another promotion's re-arm).
+            Err(e) if machine::Refusal::of(&e).is_some() => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(rearmed)
+}
+
+/// A promotion by hand of a task that another holder has leased — a runner's agent works on
+/// it, or a judge or promotion — would pull the work out from under it: busy (exit 6), naming
+/// the holder.
+fn refuse_a_live_holder(repo: &Repo, id: &str) -> Result<()> {
+    let Some((_, lease)) = crate::lease::read(repo, id)? else {
+        return Ok(());
+    };
+    let (who, hint) = match lease {
+        Ok(l) if l.holder_dead() || l.expired(Timestamp::now()) => (
+            format!(
+                "{} (pid {} on {}), which is gone or expired, for {}",
+                l.runner, l.pid, l.host, l.purpose
+            ),
+            "`git loop reap` takes the task back; then promote it".to_string(),
+        ),
+        Ok(l) => (
+            format!(
+                "{} (pid {} on {}) for {}, until {}",
+                l.runner,
+                l.pid,
+                l.host,
+                l.purpose,
+                l.expires.to_rfc3339()
+            ),
+            "let it finish, or `git loop task cancel` / `git loop stop` first".to_string(),
+        ),
+        Err(why) => (
+            format!("an unreadable lease ({why})"),
+            "`git loop reap` takes the task back; then promote it".to_string(),
+        ),
+    };
+    Err(LoopError::new(
+        Class::Busy,
+        format!("task {} is leased to {who}", short(id)),
+    )
+    .with_hint(hint)
+    .into())
 }
 
 /// Waits for, then holds, the OS lock that queues promotions into `target` on this machine.
@@ -1768,30 +1788,11 @@ pub fn promotion_lock_path(repo: &Repo, id: &str) -> std::path::PathBuf {
     crate::lockfile::path(repo.common_dir(), &format!("promote-{id}"))
 }
 
-/// Refuses while the breaker is open (SPEC §5).
+/// Refuses while the breaker is open or paused, or cannot be read (SPEC §5): exit 7.
 fn check_breaker(repo: &Repo) -> Result<()> {
-    let Some(tip) = repo.read_ref("refs/loop/breaker")? else {
-        return Ok(());
-    };
-    let Ok(tree) = repo.commit_tree(tip)? else {
-        return Ok(());
-    };
-    let Some(bytes) = repo.tree_blob(tree, "breaker.toml")? else {
-        return Ok(());
-    };
-    let doc: toml::Table = String::from_utf8_lossy(&bytes).parse().unwrap_or_default();
-    if doc.get("state").and_then(|s| s.as_str()) == Some("open") {
-        let why = doc
-            .get("reason")
-            .and_then(|s| s.as_str())
-            .unwrap_or("no reason given");
-        return Err(
-            LoopError::new(Class::Breaker, format!("the breaker is open: {why}"))
-                .with_hint("`git loop resume` closes it once the cause is fixed")
-                .into(),
-        );
-    }
-    Ok(())
+    crate::breaker::read(repo)?
+        .1
+        .refuse_unless_admitting("the promotion")
 }
 
 fn crash_point(phase: Phase, when: &str) {
@@ -1805,12 +1806,6 @@ pub fn crash_at(point: impl FnOnce() -> String) {
     {
         crate::process::signal_process(std::process::id(), crate::process::Signal::Kill);
         std::process::abort();
-    }
-}
-
-fn updated_task(updated: Updated) -> Task {
-    match updated {
-        Updated::Changed(t) | Updated::Unchanged(t) => t,
     }
 }
 

@@ -1,8 +1,16 @@
 //! The runner (SPEC §5): one per repository, under an OS lock. It recovers what dead holders
 //! left, then dispatches the runnable set in order — up to `loop.workers` at once, never two
 //! tasks of one mutex group — each claimed by one ref transaction and carried by a worker
-//! thread through agent, judge and promotion. It writes a heartbeat, renews its leases, and
-//! sleeps until the next timer when there is nothing to do.
+//! thread through agent, judge and promotion.
+//!
+//! The loop is driven by events: workers report their phases and results over a channel,
+//! signals arrive on it too, and in between the loop sleeps until the earliest of the next
+//! timer (a backoff, a quota wait, a cool-off, the breaker's half-open), the heartbeat due,
+//! and its next look at the refs for new work. The heartbeat is written when the runner's
+//! phase or next action changes (settled for [`SETTLE`], so that a burst of changes is one
+//! write) and every `lease.heartbeat`, never more often. The policy, runtime files and pin
+//! are checked again when the target's tip, the policy file, the pin or the breaker change,
+//! and at every heartbeat — not on every pass.
 
 pub mod worker;
 
@@ -14,19 +22,30 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use gix::ObjectId;
 use serde::{Deserialize, Serialize};
 
+use crate::breaker::{self, Breaker, Cause, Observed};
 use crate::error::{Class, LoopError};
 use crate::git::{Cas, Repo};
 use crate::graph::Graph;
-use crate::lease::{self, Lease, lease_ref};
+use crate::lease::{self, Lease, Purpose};
 use crate::policy::Policy;
+use crate::refs;
 use crate::store::{Edit, Store};
-use crate::task::{State, Task, reason};
+use crate::task::machine::{self, Actor, Budget, Event};
+use crate::task::{Reason, State, Task};
 use crate::time::Timestamp;
 
-pub const RUNNER_REFS: &str = "refs/loop/runners/";
 const HEARTBEAT: &str = "heartbeat.toml";
+
+/// How long a changed phase must hold before the heartbeat says so: workers that go from
+/// agent to judge to promotion within milliseconds make one write, not three.
+const SETTLE: Duration = Duration::from_millis(250);
+
+/// How often the runner looks at the refs for work it was not told about (new tasks, a
+/// resume, another process's change). A look reads refs; it writes nothing.
+const LOOK: Duration = Duration::from_secs(1);
 
 pub struct Options {
     pub once: bool,
@@ -45,6 +64,55 @@ pub enum Finish {
     Stopped,
 }
 
+/// What the runner does, as its heartbeat says (SPEC §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Recover,
+    Idle,
+    Backoff,
+    BreakerOpen,
+    Dispatch,
+    Agent,
+    Judge,
+    Promote,
+    Stopping,
+    Stopped,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Recover => "recover",
+            Phase::Idle => "idle",
+            Phase::Backoff => "backoff",
+            Phase::BreakerOpen => "breaker_open",
+            Phase::Dispatch => "dispatch",
+            Phase::Agent => "agent",
+            Phase::Judge => "judge",
+            Phase::Promote => "promote",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What reaches the runner's loop.
+pub enum Msg {
+    /// A worker went on to another phase with its task.
+    Phase { id: String, phase: Phase },
+    /// A worker is done with its task: where the task ended up, or what failed.
+    Finished { id: String, result: Result<String> },
+    /// SIGTERM or SIGINT.
+    Signal,
+}
+
 /// The runner's heartbeat (SPEC §4), `refs/loop/runners/<runner-id>`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Heartbeat {
@@ -58,7 +126,7 @@ pub struct Heartbeat {
     pub started: Timestamp,
     pub updated: Timestamp,
     pub iteration: u64,
-    pub phase: String,
+    pub phase: Phase,
     #[serde(default)]
     pub tasks: Vec<String>,
     /// When an agent of this runner last wrote output (its log file's last change).
@@ -74,10 +142,10 @@ pub struct Heartbeat {
 /// Every runner heartbeat in the repository.
 pub fn heartbeats(repo: &Repo) -> Result<Vec<(String, std::result::Result<Heartbeat, String>)>> {
     let mut out = Vec::new();
-    for r in repo.refs_under(RUNNER_REFS)? {
+    for r in repo.refs_under(refs::RUNNERS)? {
         if let Some(tip) = r.id {
             out.push((
-                r.name[RUNNER_REFS.len()..].to_string(),
+                r.name[refs::RUNNERS.len()..].to_string(),
                 crate::record::read(repo, tip, HEARTBEAT),
             ));
         }
@@ -88,26 +156,47 @@ pub fn heartbeats(repo: &Repo) -> Result<Vec<(String, std::result::Result<Heartb
 struct Active {
     mutex: Option<String>,
     started: Instant,
+    phase: Phase,
     /// The agent's log file, for the heartbeat's last output time.
     log: Option<PathBuf>,
 }
 
+/// What the last look at the configuration depended on: when none of it changed, the policy,
+/// runtime files and pin are not read again until the next heartbeat.
+#[derive(Clone, Debug, PartialEq)]
+struct Seen {
+    target: Option<ObjectId>,
+    policy_file: Option<crate::git::FileIdentity>,
+    pin: Option<ObjectId>,
+    breaker: Option<ObjectId>,
+}
+
 struct Runner<'a> {
     workdir: PathBuf,
+    repo: Repo,
     policy: Policy,
     opts: &'a Options,
     id: String,
     beat: Heartbeat,
+    /// What the last written heartbeat said (phase, next action), and when it was written.
+    written: Option<(Phase, String)>,
     last_beat: Instant,
+    /// Since when the heartbeat has said something else than the runner would say now.
+    changed_at: Option<Instant>,
     active: HashMap<String, Active>,
-    done_tx: mpsc::Sender<(String, Result<String>)>,
-    done_rx: mpsc::Receiver<(String, Result<String>)>,
+    tx: mpsc::Sender<Msg>,
+    rx: mpsc::Receiver<Msg>,
     say: &'a mut dyn Write,
     /// A config failure a worker met, for the breaker.
     config_failure: Option<String>,
     /// Successes and infrastructure failures since the last breaker check.
     successes: u32,
     infra_failures: u32,
+    /// The configuration problems and fingerprint found by the last full check, what it
+    /// depended on, and when it ran.
+    observed: Observed,
+    seen: Option<Seen>,
+    checked_at: Instant,
     /// Set by SIGTERM (or SIGINT): stop dispatching, end the running agents, exit.
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -121,9 +210,12 @@ pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) 
     let pid = std::process::id();
     let id = format!("{host}-{pid}-{:04x}", crate::rand::u64() as u16);
     let now = Timestamp::now();
-    let (done_tx, done_rx) = mpsc::channel();
+    let (tx, rx) = mpsc::channel();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signals = forward_signals(&tx, &stop)?;
     let mut runner = Runner {
         workdir: workdir.to_path_buf(),
+        repo,
         policy,
         opts,
         beat: Heartbeat {
@@ -135,7 +227,7 @@ pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) 
             started: now,
             updated: now,
             iteration: 0,
-            phase: "recover".into(),
+            phase: Phase::Recover,
             tasks: Vec::new(),
             last_output: None,
             failure_streak: 0,
@@ -143,114 +235,173 @@ pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) 
             next_at: None,
         },
         id,
+        written: None,
         last_beat: Instant::now(),
+        changed_at: None,
         active: HashMap::new(),
-        done_tx,
-        done_rx,
+        tx,
+        rx,
         say,
         config_failure: None,
         successes: 0,
         infra_failures: 0,
-        stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        observed: Observed::default(),
+        seen: None,
+        checked_at: Instant::now(),
+        stop,
     };
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, std::sync::Arc::clone(&runner.stop))
-            .context("handling signals")?;
-    }
-    write_lock_holder(&repo, &runner.beat)?;
-    runner.heartbeat(&repo, "recover", "recover")?;
-    runner.recover(&repo)?;
-    runner.main_loop()
+    write_lock_holder(&runner.repo, &runner.beat)?;
+    runner.say_beat(Phase::Recover, "recover", None, true)?;
+    runner.recover()?;
+    let finish = runner.main_loop();
+    signals.close();
+    finish
+}
+
+/// Turns SIGTERM and SIGINT into a [`Msg::Signal`] on the runner's channel (waking its loop)
+/// and the stop flag the workers watch.
+fn forward_signals(
+    tx: &mpsc::Sender<Msg>,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<signal_hook::iterator::Handle> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("handling signals")?;
+    let handle = signals.handle();
+    let (tx, stop) = (tx.clone(), std::sync::Arc::clone(stop));
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = tx.send(Msg::Signal);
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(handle)
 }
 
 impl Runner<'_> {
+    fn stopping(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn main_loop(&mut self) -> Result<Finish> {
+        let mut wake = Instant::now();
         loop {
-            if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            // Sleep until something happens or something is due.
+            let wait = wake.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(wait) {
+                Ok(msg) => self.handle(msg),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            }
+            while let Ok(msg) = self.rx.try_recv() {
+                self.handle(msg);
+            }
+            if self.stopping() {
                 return self.shut_down();
             }
             self.beat.iteration += 1;
-            while let Ok((id, result)) = self.done_rx.try_recv() {
-                self.finished(&id, result);
-            }
-            let repo = Repo::discover(&self.workdir)?;
             if self.last_beat.elapsed() >= self.policy.lease.heartbeat {
-                self.renew_leases(&repo)?;
-                let phase = if self.active.is_empty() {
-                    "idle"
-                } else {
-                    "agent"
-                };
-                self.heartbeat(&repo, phase, "work")?;
+                self.renew_leases()?;
             }
-            let store = Store::new(&repo);
-            // One listing of the backlog per iteration, read again only after this loop itself
+            // One listing of the backlog per pass, read again only after this loop itself
             // changed a task: claims are compare-and-swaps on the tips listed, so a task
             // changed meanwhile by someone else is only a lost claim.
-            let mut listed = store.list()?;
-            if self.rearm_cooled_off(&store, &listed)? {
-                listed = store.list()?;
+            let mut listed = Store::new(&self.repo).list()?;
+            if self.rearm(&listed)? {
+                listed = Store::new(&self.repo).list()?;
             }
-            let breaker = self.check_breaker(&repo)?;
+            let breaker = self.check_breaker()?;
             let dispatched = if breaker.admits() {
-                self.dispatch(&repo, &store, &listed, breaker.state == "half_open")?
+                self.dispatch(&listed, breaker.state == breaker::State::HalfOpen)?
             } else {
                 0
             };
-            if self.active.is_empty() && dispatched == 0 {
-                if !breaker.admits() {
-                    self.heartbeat(&repo, "breaker_open", &breaker.describe())?;
-                    if self.opts.once && breaker.class.as_deref() == Some("config") {
+            let timer = next_timer(&listed, self.opts.batch.as_deref());
+            let idle = self.active.is_empty() && dispatched == 0;
+            if idle && !breaker.admits() {
+                let said = breaker.describe();
+                if self.opts.once {
+                    let stop = match (breaker.state, breaker.class) {
                         // Nothing can progress until a person fixes the configuration.
-                        self.heartbeat(&repo, "stopped", &breaker.describe())?;
-                        return Err(LoopError::new(
-                            Class::Config,
-                            format!("the breaker is open: {}", breaker.reason),
-                        )
-                        .with_hint("fix it and commit; the breaker re-arms by itself")
-                        .into());
+                        (_, Some(Cause::Config)) => Some(
+                            LoopError::new(
+                                Class::Config,
+                                format!("the breaker is open: {}", breaker.reason),
+                            )
+                            .with_hint("fix it and commit; the breaker re-arms by itself"),
+                        ),
+                        (breaker::State::Paused, _) => Some(
+                            LoopError::new(
+                                Class::Breaker,
+                                format!("the loop is paused: {}", breaker.reason),
+                            )
+                            .with_hint("`git loop resume` releases it"),
+                        ),
+                        (_, Some(Cause::Unreadable)) => Some(
+                            LoopError::new(Class::Breaker, breaker.reason.clone())
+                                .with_hint("`git loop resume` writes a closed breaker over it"),
+                        ),
+                        _ => None,
+                    };
+                    if let Some(e) = stop {
+                        self.say_beat(Phase::Stopped, &said, None, true)?;
+                        return Err(e.into());
                     }
-                    if self.opts.once && breaker.state == "paused" {
-                        self.heartbeat(&repo, "stopped", &breaker.describe())?;
-                        return Err(LoopError::new(
-                            Class::Breaker,
-                            format!("the loop is paused: {}", breaker.reason),
-                        )
-                        .with_hint("`git loop resume` releases it")
-                        .into());
-                    }
-                    self.nap(Duration::from_secs(1));
-                    continue;
                 }
-                let next = next_timer(&listed, self.opts.batch.as_deref());
-                match next {
+                self.say_beat(Phase::BreakerOpen, &said, breaker.open_until, false)?;
+            } else if idle {
+                match timer {
                     Some(at) => {
-                        let wait = Duration::from_micros((at.0 - Timestamp::now().0).max(0) as u64)
-                            .min(Duration::from_secs(30));
-                        self.beat.next_at = Some(at);
-                        self.heartbeat(&repo, "backoff", "wait for the next timer")?;
-                        self.nap(wait.max(Duration::from_millis(20)));
+                        self.say_beat(Phase::Backoff, "wait for the next timer", Some(at), false)?
                     }
-                    None if self.opts.once => return self.finish(&repo),
-                    None => {
-                        self.heartbeat(&repo, "idle", "wait for work")?;
-                        self.nap(Duration::from_secs(2));
-                    }
+                    None if self.opts.once => return self.finish(),
+                    None => self.say_beat(Phase::Idle, "wait for work", None, false)?,
                 }
-                continue;
+            } else {
+                let phase = self
+                    .active
+                    .values()
+                    .map(|a| a.phase)
+                    .max()
+                    .unwrap_or(Phase::Dispatch);
+                self.say_beat(phase, "work", None, false)?;
             }
-            // Wait for a worker to finish, or for the next heartbeat.
-            if let Ok((id, result)) = self.done_rx.recv_timeout(Duration::from_millis(200)) {
-                self.finished(&id, result);
-            }
+            wake = self.next_wake(timer, breaker.open_until);
         }
     }
 
-    /// Sleeps up to `d`, waking early when the runner is asked to stop.
-    fn nap(&self, d: Duration) {
-        let until = Instant::now() + d;
-        while Instant::now() < until && !self.stop.load(std::sync::atomic::Ordering::SeqCst) {
-            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
+    /// The earliest of: the next look at the refs, the next timer, the heartbeat due, the
+    /// settled heartbeat of a changed phase, the breaker's half-open.
+    fn next_wake(&self, timer: Option<Timestamp>, half_open: Option<Timestamp>) -> Instant {
+        let now = Instant::now();
+        let stamp = Timestamp::now();
+        let until =
+            |at: Timestamp| now + Duration::from_micros(u64::try_from(at.0 - stamp.0).unwrap_or(0));
+        let mut wake = now + LOOK;
+        for at in [timer, half_open].into_iter().flatten() {
+            wake = wake.min(until(at));
+        }
+        wake = wake.min(self.last_beat + self.policy.lease.heartbeat);
+        if let Some(at) = self.changed_at {
+            wake = wake.min(at + SETTLE);
+        }
+        wake
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Phase { id, phase } => {
+                if let Some(a) = self.active.get_mut(&id) {
+                    a.phase = phase;
+                }
+            }
+            Msg::Finished { id, result } => self.finished(&id, result),
+            Msg::Signal => {}
         }
     }
 
@@ -258,20 +409,17 @@ impl Runner<'_> {
     /// requeue their tasks (releasing their leases); then a final heartbeat.
     fn shut_down(&mut self) -> Result<Finish> {
         let _ = writeln!(self.say, "stopping: {} task(s) running", self.active.len());
-        let repo = Repo::discover(&self.workdir)?;
-        self.heartbeat(&repo, "stopping", "end the running agents")?;
+        self.say_beat(Phase::Stopping, "end the running agents", None, true)?;
         while !self.active.is_empty() {
-            match self.done_rx.recv_timeout(Duration::from_secs(1)) {
-                Ok((id, result)) => self.finished(&id, result),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.renew_leases(&repo)?;
-                }
+            match self.rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(msg) => self.handle(msg),
+                Err(mpsc::RecvTimeoutError::Timeout) => self.renew_leases()?,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        self.renew_leases(&repo)?;
+        self.renew_leases()?;
         self.beat.tasks.clear();
-        self.heartbeat(&repo, "stopped", "none: stopped")?;
+        self.say_beat(Phase::Stopped, "none: stopped", None, true)?;
         Ok(Finish::Stopped)
     }
 
@@ -305,15 +453,58 @@ impl Runner<'_> {
         }
     }
 
-    /// The breaker after this iteration's observations: the policy and the runtime files
-    /// checked against the target (a problem opens it at once, a changed fingerprint re-arms
-    /// it), workers' config and infrastructure failures, probes, and time.
-    fn check_breaker(&mut self, repo: &Repo) -> Result<crate::breaker::Breaker> {
-        use crate::breaker::{self, Breaker};
-        let (tip, mut b) = breaker::read(repo)?;
-        let before = b.clone();
-        let now = Timestamp::now();
-        // The policy as it is now (a commit may have changed it).
+    /// The breaker after this pass's observations (see [`Breaker::next`]): the policy and the
+    /// runtime files checked against the target — again only when what they depend on moved,
+    /// or at the heartbeat — workers' config and infrastructure failures, probes, and time.
+    fn check_breaker(&mut self) -> Result<Breaker> {
+        let (tip, before) = breaker::read(&self.repo)?;
+        let seen = self.seen_now(tip)?;
+        let full = self.seen.as_ref() != Some(&seen)
+            || self.checked_at.elapsed() >= self.policy.lease.heartbeat
+            || self.config_failure.is_some();
+        if full {
+            self.observed = self.observe()?;
+            self.seen = Some(seen);
+            self.checked_at = Instant::now();
+        }
+        let mut observed = self.observed.clone();
+        if let Some(why) = self.config_failure.take() {
+            observed.problems.push(why);
+        }
+        observed.failures = std::mem::take(&mut self.infra_failures);
+        observed.successes = std::mem::take(&mut self.successes);
+        let after = before.next(&observed, &self.policy.breaker, Timestamp::now());
+        if after != before {
+            let _ = writeln!(self.say, "breaker: {}", after.describe());
+            breaker::write(&self.repo, tip, &after)?;
+            // What this runner wrote is what it has seen.
+            if let Some(s) = &mut self.seen {
+                s.breaker = self.repo.read_ref(refs::BREAKER)?;
+            }
+        }
+        Ok(after)
+    }
+
+    /// What a full look at the configuration depends on.
+    fn seen_now(&self, breaker: Option<ObjectId>) -> Result<Seen> {
+        Ok(Seen {
+            target: self
+                .repo
+                .last_seen_tip(
+                    self.policy.loop_.remote.as_deref(),
+                    &self.policy.loop_.target,
+                )?
+                .map(|(tip, _)| tip),
+            policy_file: crate::git::file_identity(&Policy::path_in(&self.workdir)),
+            pin: self.repo.read_ref(refs::ORACLE)?,
+            breaker,
+        })
+    }
+
+    /// The configuration problems now: the policy as it is (a commit may have changed it), the
+    /// runtime files and programs against the target, the pin; and the fingerprint that
+    /// re-arms a `config` opening.
+    fn observe(&mut self) -> Result<Observed> {
         let mut problems = Vec::new();
         match Policy::load_required(&self.workdir) {
             Ok(p) => self.policy = p,
@@ -325,7 +516,8 @@ impl Runner<'_> {
                     .to_string(),
             ),
         }
-        let tip_commit = repo
+        let repo = &self.repo;
+        let tip = repo
             .last_seen_tip(
                 self.policy.loop_.remote.as_deref(),
                 &self.policy.loop_.target,
@@ -335,7 +527,7 @@ impl Runner<'_> {
         // from inside the repository, so committing either re-arms the breaker.
         let mut files = breaker::runtime_files(&self.policy, repo.workdir());
         files.push(crate::policy::FILE.to_string());
-        let fingerprint = match tip_commit {
+        let fingerprint = match tip {
             Some(t) => {
                 // What is missing is part of the fingerprint too: a program installed on PATH
                 // since the opening re-arms it as a commit would.
@@ -356,95 +548,22 @@ impl Runner<'_> {
                 String::new()
             }
         };
-        if let Some(why) = self.config_failure.take() {
-            problems.push(why);
-        }
         if problems.is_empty() && crate::oracle::pin_mismatch(repo, &self.policy)?.is_some() {
             problems.push(format!(
                 "the protected policy sections on {} differ from the pin (`git loop init --repin` accepts them)",
                 self.policy.loop_.target
             ));
         }
-        match b.state.as_str() {
-            "paused" => {}
-            _ if !problems.is_empty() => {
-                let reason = problems.join("; ");
-                let same =
-                    b.state == "open" && b.class.as_deref() == Some("config") && b.reason == reason;
-                if !same {
-                    b = Breaker {
-                        state: "open".into(),
-                        class: Some("config".into()),
-                        reason,
-                        since: Some(now),
-                        fingerprint: Some(fingerprint),
-                        ..Breaker::closed()
-                    };
-                    let _ = writeln!(self.say, "breaker open: {}", b.reason);
-                }
-            }
-            "open"
-                if b.class.as_deref() == Some("config")
-                    && b.fingerprint.as_deref() != Some(fingerprint.as_str()) =>
-            {
-                b.state = "half_open".into();
-                b.probes_passed = 0;
-                b.reason = "the policy or a runtime file changed; probing".into();
-                let _ = writeln!(self.say, "breaker half-open: the fix is committed; probing");
-            }
-            "open"
-                if b.class.as_deref() != Some("config")
-                    && b.open_until.is_none_or(|at| at <= now) =>
-            {
-                b.state = "half_open".into();
-                b.probes_passed = 0;
-                b.reason = format!("{}; probing", b.reason);
-            }
-            _ => {}
-        }
-        // Results since the last check.
-        if self.infra_failures > 0 {
-            b.failures += self.infra_failures;
-            self.infra_failures = 0;
-            self.successes = 0;
-            if b.state == "half_open" || b.failures >= self.policy.breaker.failures {
-                b = Breaker {
-                    state: "open".into(),
-                    class: Some("transient".into()),
-                    failures: b.failures,
-                    reason: format!("{} consecutive infrastructure failures", b.failures),
-                    since: Some(now),
-                    open_until: Some(now.plus(self.policy.breaker.open_for)),
-                    ..Breaker::closed()
-                };
-                let _ = writeln!(self.say, "breaker open: {}", b.reason);
-            }
-        } else if self.successes > 0 {
-            b.failures = 0;
-            if b.state == "half_open" {
-                b.probes_passed += self.successes;
-                if b.probes_passed >= self.policy.breaker.probes {
-                    b = Breaker::closed();
-                    let _ = writeln!(self.say, "breaker closed");
-                }
-            }
-            self.successes = 0;
-        }
-        if b != before {
-            breaker::write(repo, tip, &b)?;
-        }
-        Ok(b)
+        Ok(Observed {
+            problems,
+            fingerprint,
+            ..Observed::default()
+        })
     }
 
     /// Claims and starts what can run, in dispatch order. Returns how many it started. While
     /// the breaker is half-open, one task at a time probes.
-    fn dispatch(
-        &mut self,
-        repo: &Repo,
-        store: &Store<'_>,
-        listed: &[crate::store::Listed],
-        probing: bool,
-    ) -> Result<usize> {
+    fn dispatch(&mut self, listed: &[crate::store::Listed], probing: bool) -> Result<usize> {
         let workers = if probing {
             1
         } else {
@@ -463,7 +582,7 @@ impl Runner<'_> {
             .filter_map(|l| Some((l.id.as_str(), l.tip?)))
             .collect();
         let graph = Graph::new(tasks.iter().copied());
-        let leased = lease::ids(repo)?;
+        let leased = lease::ids(&self.repo)?;
         let now = Timestamp::now();
         // Busy groups: this runner's active tasks, and tasks another holder is running.
         let mut busy_mutexes: Vec<String> = self
@@ -508,108 +627,132 @@ impl Runner<'_> {
             let Some(tip) = tips.get(task.id.as_str()).copied() else {
                 continue;
             };
-            let Some(job) = self.claim(repo, store, task, tip)? else {
+            let deps_done = graph.deps_done(task);
+            let Some(job) = self.claim(task, tip, deps_done)? else {
                 continue;
             };
             if let Some(m) = &task.mutex {
                 busy_mutexes.push(m.clone());
             }
+            let attempt = match job.purpose {
+                Purpose::Agent => task.attempts + 1,
+                _ => task.attempts,
+            };
             let _ = writeln!(
                 self.say,
-                "{}: {} ({}, attempt {})",
+                "{}: {} ({}, attempt {attempt})",
                 short(&task.id),
                 job.purpose,
                 task.state,
-                if job.purpose == "agent" {
-                    task.attempts + 1
-                } else {
-                    task.attempts
-                }
             );
-            let log = (job.purpose == "agent")
-                .then(|| crate::agent::log_path(repo.common_dir(), &task.id, task.attempts + 1));
+            let (phase, log) = match job.purpose {
+                Purpose::Agent => (
+                    Phase::Agent,
+                    Some(crate::agent::log_path(
+                        self.repo.common_dir(),
+                        &task.id,
+                        &job.run,
+                    )),
+                ),
+                Purpose::Judge => (Phase::Judge, None),
+                _ => (Phase::Promote, None),
+            };
             self.active.insert(
                 task.id.clone(),
                 Active {
                     mutex: task.mutex.clone(),
                     started: Instant::now(),
+                    phase,
                     log,
                 },
             );
-            let tx = self.done_tx.clone();
             std::thread::Builder::new()
                 .name(format!("task-{}", short(&task.id)))
                 .spawn(move || {
                     let result = worker::work(&job);
-                    let _ = tx.send((job.id.clone(), result));
+                    let _ = job.report.send(Msg::Finished {
+                        id: job.id.clone(),
+                        result,
+                    });
                 })
                 .context("starting a worker")?;
             started += 1;
         }
         if started > 0 {
             self.beat.tasks = self.active.keys().cloned().collect();
-            self.heartbeat(repo, "dispatch", "work")?;
         }
         Ok(started)
     }
 
-    /// One ref transaction: the task from what we saw to its next state, and its lease created
-    /// only if absent. A lost race is not an error: `None`.
-    fn claim(
-        &self,
-        repo: &Repo,
-        store: &Store<'_>,
-        seen: &Task,
-        tip: gix::ObjectId,
-    ) -> Result<Option<worker::Job>> {
-        let Ok(stored) = store.load(&seen.id) else {
-            return Ok(None);
-        };
-        if stored.commit != tip {
-            return Ok(None); // It moved since we looked: another claimant, or a person.
-        }
+    /// One ref transaction: the task from what we saw, and its lease created only if absent.
+    /// For an agent run the task moves to `running` (the state machine's lease); a task to
+    /// judge or promote keeps its state, and the transaction requires it unchanged. A lost
+    /// race is not an error: `None`.
+    fn claim(&self, seen: &Task, tip: ObjectId, deps_done: bool) -> Result<Option<worker::Job>> {
+        let repo = &self.repo;
+        let store = Store::new(repo);
         let run = format!("{:013}", Timestamp::now().0 / 1000);
         let purpose = match seen.state {
-            State::AwaitingJudge => "judge",
-            State::Promoting => "promote",
-            _ => "agent",
+            State::AwaitingJudge => Purpose::Judge,
+            State::Promoting => Purpose::Promote,
+            _ => Purpose::Agent,
         };
-        let mut task = stored.task.clone();
-        let message = if purpose == "agent" {
-            let from = task.state_label();
-            task.attempts += 1;
-            task.next_at = None;
-            task.set_state(State::Running, None, None);
-            format!(
-                "{from} -> running: leased by {} (attempt {})",
-                self.id, task.attempts
-            )
-        } else {
-            format!("{}: leased by {} to {purpose}", task.state_label(), self.id)
-        };
-        let lease = Lease::new(&task.id, &self.id, &run, purpose, self.policy.lease.ttl);
-        let mut edit = Edit::new(message);
-        edit.also = vec![Cas::Create {
-            name: lease_ref(&task.id),
+        let lease = Lease::new(&seen.id, &self.id, &run, purpose, self.policy.lease.ttl);
+        let take = Cas::Create {
+            name: refs::lease(&seen.id),
             new: lease.commit(repo)?,
-        }];
-        Ok(store.apply(&stored, task, edit)?.map(|t| worker::Job {
+        };
+        let claimed = if purpose == Purpose::Agent {
+            let Ok(stored) = store.load(&seen.id) else {
+                return Ok(None);
+            };
+            if stored.commit != tip {
+                return Ok(None); // It moved since we looked: another claimant, or a person.
+            }
+            let event = Event::Lease { deps_done };
+            let actor = Actor::Runner(self.id.clone());
+            match machine::apply(
+                &stored.task,
+                &event,
+                &actor,
+                &Budget::from(&self.policy),
+                machine::Clock::now(),
+            ) {
+                Ok(t) => {
+                    let mut edit = Edit::new(t.message);
+                    edit.also = vec![take];
+                    store.apply(&stored, t.task, edit)?.is_some()
+                }
+                Err(_) => false,
+            }
+        } else {
+            repo.cas(&[
+                take,
+                Cas::Verify {
+                    name: refs::task(&seen.id),
+                    old: tip,
+                },
+            ])? == crate::git::CasOutcome::Applied
+        };
+        Ok(claimed.then(|| worker::Job {
             workdir: self.workdir.clone(),
             policy: self.policy.clone(),
             runner: self.id.clone(),
-            id: t.id,
+            id: seen.id.clone(),
             run,
-            purpose: purpose.to_string(),
+            purpose,
             stop: std::sync::Arc::clone(&self.stop),
+            report: self.tx.clone(),
         }))
     }
 
     /// Backlog first: what dead holders left is taken back (see [`recover`]); heartbeats of
     /// dead runners are cleared.
-    fn recover(&mut self, repo: &Repo) -> Result<()> {
+    fn recover(&mut self) -> Result<()> {
+        let repo = &self.repo;
         // Heartbeats of runners of this host that are gone (stopped, or killed) are history.
-        for r in repo.refs_under(RUNNER_REFS)? {
-            let (Some(tip), id) = (r.id, &r.name[RUNNER_REFS.len()..]) else {
+        for r in repo.refs_under(refs::RUNNERS)? {
+            let (Some(tip), id) = (r.id, &r.name[refs::RUNNERS.len()..]) else {
                 continue;
             };
             if id == self.id {
@@ -630,51 +773,41 @@ impl Runner<'_> {
         recover(repo, &format!("{}-recover", self.id), self.say)
     }
 
-    /// Tasks whose attempts ran out get another round after the cool-off, or go to a person
-    /// after `retry.escalate_after` rounds.
-    /// Returns whether it changed any task.
-    fn rearm_cooled_off(
-        &mut self,
-        store: &Store<'_>,
-        listed: &[crate::store::Listed],
-    ) -> Result<bool> {
+    /// Tasks that wait on something the runner watches, moved on by the state machine:
+    /// attempts that ran out get another round after the cool-off (or go to a person), and a
+    /// refused promotion is judged again once its branch has a new commit. Returns whether it
+    /// changed any task.
+    fn rearm(&mut self, listed: &[crate::store::Listed]) -> Result<bool> {
         let now = Timestamp::now();
-        let escalate_after = self.policy.retry.escalate_after;
+        let store = Store::new(&self.repo);
+        let actor = Actor::Runner(self.id.clone());
+        let budget = Budget::from(&self.policy);
         let mut changed = false;
         for l in listed {
             let Ok(t) = &l.task else { continue };
-            let due = t.state == State::Blocked
-                && t.reason.as_deref() == Some(reason::ATTEMPTS_EXHAUSTED)
-                && t.next_at.is_none_or(|at| at <= now);
-            if !due {
+            let event = if t.is(State::Blocked, Reason::AttemptsExhausted)
+                && t.next_at.is_none_or(|at| at <= now)
+            {
+                Event::CooledOff
+            } else if t.is(State::Blocked, Reason::PromotionRefused)
+                && let Some(approved) = &t.approved
+                && let Some(head) = self.repo.read_ref(&refs::branch(&t.branch))?
+                && crate::git::oid(approved).ok() != Some(head)
+            {
+                Event::BranchMoved {
+                    detail: format!(
+                        "{} has new commits since its promotion was refused",
+                        t.branch
+                    ),
+                }
+            } else {
                 continue;
+            };
+            match store.transition(&t.id, &event, &actor, &budget, |_, _| Ok(())) {
+                Ok(moved) => changed |= moved.changed,
+                Err(e) if machine::Refusal::of(&e).is_some() => {}
+                Err(e) => return Err(e),
             }
-            store.update(&t.id, |t| {
-                if t.state != State::Blocked {
-                    return Ok(Edit::new("unchanged"));
-                }
-                if t.rounds >= escalate_after {
-                    t.set_state(
-                        State::HumanGated,
-                        Some(reason::ESCALATED),
-                        Some(format!(
-                            "{} rounds of attempts failed; a person must look",
-                            t.rounds
-                        )),
-                    );
-                    return Ok(Edit::new(
-                        "blocked -> human_gated: escalated after the cool-off",
-                    ));
-                }
-                t.attempts = 0;
-                t.next_at = None;
-                t.set_state(State::Ready, None, None);
-                Ok(Edit::new(format!(
-                    "blocked -> ready: cool-off over (round {})",
-                    t.rounds + 1
-                )))
-            })?;
-            changed = true;
         }
         Ok(changed)
     }
@@ -683,16 +816,16 @@ impl Runner<'_> {
     /// whose task no worker holds is left over — its release failed, or a `git pack-refs --auto`
     /// of someone else's git brought it back after it was deleted (see [`crate::maintenance`]) —
     /// and is deleted, by compare-and-swap on the value seen, instead of kept alive for ever.
-    fn renew_leases(&mut self, repo: &Repo) -> Result<()> {
-        for (id, tip, lease) in lease::all(repo)? {
+    fn renew_leases(&mut self) -> Result<()> {
+        for (id, tip, lease) in lease::all(&self.repo)? {
             let Ok(l) = lease else { continue };
             if l.runner != self.id {
                 continue;
             }
             if self.active.contains_key(&id) {
-                lease::renew(repo, tip, &l, self.policy.lease.ttl)?;
-            } else if repo.cas(&[Cas::Delete {
-                name: lease_ref(&id),
+                lease::renew(&self.repo, tip, &l, self.policy.lease.ttl)?;
+            } else if self.repo.cas(&[Cas::Delete {
+                name: refs::lease(&id),
                 old: tip,
             }])? == crate::git::CasOutcome::Applied
             {
@@ -702,7 +835,35 @@ impl Runner<'_> {
         Ok(())
     }
 
-    fn heartbeat(&mut self, repo: &Repo, phase: &str, next: &str) -> Result<()> {
+    /// Says what the runner does now. The heartbeat is written when that changed and has held
+    /// for [`SETTLE`] (at once when `now`), and every `lease.heartbeat` whatever.
+    fn say_beat(
+        &mut self,
+        phase: Phase,
+        next: &str,
+        next_at: Option<Timestamp>,
+        now: bool,
+    ) -> Result<()> {
+        let wanted = (phase, next.to_string());
+        let changed = self.written.as_ref() != Some(&wanted);
+        if !changed {
+            self.changed_at = None;
+        } else if self.changed_at.is_none() {
+            self.changed_at = Some(Instant::now());
+        }
+        let settled = self.changed_at.is_some_and(|at| at.elapsed() >= SETTLE);
+        let due = self.last_beat.elapsed() >= self.policy.lease.heartbeat;
+        if !(now || settled || due) {
+            return Ok(());
+        }
+        self.beat.next_at = next_at;
+        self.write_beat(phase, next)?;
+        self.written = Some(wanted);
+        self.changed_at = None;
+        Ok(())
+    }
+
+    fn write_beat(&mut self, phase: Phase, next: &str) -> Result<()> {
         let latest = self
             .active
             .values()
@@ -711,40 +872,44 @@ impl Runner<'_> {
         if let Some(t) = latest.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
             self.beat.last_output = Some(Timestamp(t.as_micros() as i64));
         }
-        self.beat.phase = phase.to_string();
+        self.beat.phase = phase;
         self.beat.next_action = next.to_string();
         self.beat.updated = Timestamp::now();
-        let name = format!("{RUNNER_REFS}{}", self.id);
+        let name = refs::runner(&self.id);
         let new = crate::record::write(
-            repo,
+            &self.repo,
             &format!("runner: {phase}"),
             HEARTBEAT,
             &self.beat,
             None,
             &[],
         )?;
-        let edit = match repo.read_ref(&name)? {
+        let edit = match self.repo.read_ref(&name)? {
             Some(old) => Cas::Update { name, old, new },
             None => Cas::Create { name, new },
         };
-        repo.cas(&[edit])?;
+        self.repo.cas(&[edit])?;
         self.last_beat = Instant::now();
         Ok(())
     }
 
-    fn finish(&mut self, repo: &Repo) -> Result<Finish> {
+    fn finish(&mut self) -> Result<Finish> {
         // No worker runs: whatever lease still carries this runner's name is left over.
-        self.renew_leases(repo)?;
-        let store = Store::new(repo);
-        let unfinished =
-            crate::oracle::unfinished(repo, &self.policy, &store, self.opts.batch.as_deref())?;
+        self.renew_leases()?;
+        let store = Store::new(&self.repo);
+        let unfinished = crate::oracle::unfinished(
+            &self.repo,
+            &self.policy,
+            &store,
+            self.opts.batch.as_deref(),
+        )?;
         self.beat.tasks.clear();
         let next = if unfinished.is_empty() {
             "none: the batch is done"
         } else {
             "none: nothing can progress"
         };
-        self.heartbeat(repo, "stopped", next)?;
+        self.say_beat(Phase::Stopped, next, None, true)?;
         Ok(if unfinished.is_empty() {
             Finish::Done
         } else {
@@ -790,8 +955,7 @@ fn next_timer(listed: &[crate::store::Listed], batch: Option<&str>) -> Option<Ti
             let timed = matches!(
                 t.state,
                 State::Ready | State::NeedsRework | State::QuotaWait | State::Promoting
-            ) || (t.state == State::Blocked
-                && t.reason.as_deref() == Some(reason::ATTEMPTS_EXHAUSTED));
+            ) || t.is(State::Blocked, Reason::AttemptsExhausted);
             timed && graph.deps_done(t)
         })
         .filter_map(|t| t.next_at)
@@ -814,7 +978,7 @@ fn take_lock(repo: &Repo) -> Result<std::fs::File> {
                         .into_iter()
                         .find(|(id, _)| *id == h.runner)
                         .and_then(|(_, b)| b.ok())
-                        .map(|b| b.phase)
+                        .map(|b| b.phase.to_string())
                 })
                 .unwrap_or_else(|| "unknown".into());
             let who = match holder {

@@ -251,12 +251,7 @@ impl Fixture {
             "the task branch is deleted; worktrees:\n{listed}\ncheckpoints:\n{checkpoints}"
         );
         // The checkpoints are complete, in order.
-        let doc = repo.git(&[
-            "log",
-            "-1",
-            "--format=%B",
-            &format!("refs/loop/promote/{id}"),
-        ]);
+        let doc = repo.show(&format!("refs/loop/promote/{id}"), "promote.toml");
         assert!(
             doc.contains("completed = [\"preflight\", \"push_source\", \"merge\", \"push_target\", \"verify\", \"cleanup\", \"delete_remote_branch\", \"done\"]"),
             "{doc}"

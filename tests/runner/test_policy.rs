@@ -80,7 +80,7 @@ fn out_of_range_value_names_key() {
     );
     let err = policy_error(&format!("{AGENT}[retry]\nmultiplier = 0.5\n"));
     assert!(
-        err.contains("[retry] multiplier: must be at least 1.0"),
+        err.contains("[retry] multiplier: must be from 1.0 to 100.0"),
         "{err}"
     );
     let err = policy_error(&format!(

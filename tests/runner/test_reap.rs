@@ -456,12 +456,7 @@ fn a_reaper_killed_half_way_leaves_what_the_next_one_finishes() {
         .output()
         .expect("reap");
     assert!(!out.status.success(), "the reaper was killed");
-    let lease = l.repo.git(&[
-        "log",
-        "-1",
-        "--format=%B",
-        &format!("refs/loop/leases/{id}"),
-    ]);
+    let lease = l.repo.show(&format!("refs/loop/leases/{id}"), "lease.toml");
     assert!(lease.contains("purpose = \"reap\""), "{lease}");
     assert!(
         lease.contains(&format!("pgid = {pgid}")),

@@ -180,7 +180,7 @@ fn four_workers_finish_200_tasks_once_each_and_leave_no_worktree() {
             let id = name.rsplit('/').next().unwrap_or_default().to_string();
             format!(
                 "{}\n{:?}\n{}",
-                l.repo.git(&["log", "-1", "--format=%B", name]),
+                l.repo.show(name, "lease.toml"),
                 l.history(&id),
                 out.stderr
                     .lines()
@@ -840,16 +840,11 @@ fn a_runner_killed_mid_run_is_recovered_and_nothing_is_lost() {
 
 /// The process group recorded in the lease of task `id`, if it has a lease that records one.
 pub(crate) fn lease_pgid(repo: &TestRepo, id: &str) -> Option<String> {
-    repo.git_out(&[
-        "log",
-        "-1",
-        "--format=%B",
-        &format!("refs/loop/leases/{id}"),
-    ])
-    .stdout
-    .lines()
-    .find_map(|line| line.strip_prefix("pgid = "))
-    .map(str::to_string)
+    repo.git_out(&["show", &format!("refs/loop/leases/{id}:lease.toml")])
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("pgid = "))
+        .map(str::to_string)
 }
 
 /// Whether any process of group `pgid` runs (zombies do not count).
@@ -1111,7 +1106,7 @@ fn init_pins_the_finish_line() {
         out.contains("pinned the protected policy sections"),
         "{out}"
     );
-    let pin = repo.git(&["log", "-1", "--format=%B", "refs/loop/oracle"]);
+    let pin = repo.show("refs/loop/oracle", "oracle.toml");
     assert!(
         pin.contains("sections = ")
             && pin.contains("gate")
@@ -1211,9 +1206,10 @@ fn stop_ends_every_agent_process_and_releases_the_leases() {
     let task = l.show(&id);
     assert_eq!(task["state"], "ready", "{task}");
     assert_eq!(task["attempts"], 0, "a stop is not an attempt");
-    let beat = l
-        .repo
-        .git(&["log", "-1", "--format=%B", "--glob=refs/loop/runners/*"]);
+    let runners = l.repo.refs("refs/loop/runners/");
+    assert_eq!(runners.len(), 1, "{runners:?}");
+    let runner = runners[0].split(' ').next().expect("a ref name");
+    let beat = l.repo.show(runner, "heartbeat.toml");
     assert!(
         beat.contains("phase = \"stopped\""),
         "a final heartbeat: {beat}"

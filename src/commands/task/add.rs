@@ -7,8 +7,7 @@ use crate::commands::{BodyArgs, policy};
 use crate::ids;
 use crate::policy::{DEFAULT_BATCH, TriageSection};
 use crate::store::Store;
-use crate::task::{self, State, Task, check_name, check_title, reason};
-use crate::time::Timestamp;
+use crate::task::{self, State, Task, check_name, check_title};
 
 /// File a task; prints its id alone on standard output.
 ///
@@ -82,39 +81,13 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         .as_ref()
         .map(|p| p.triage.clone())
         .unwrap_or_else(TriageSection::default);
-    let (state, reason, detail) = match task::triage(&body, &triage) {
-        Some(why) => (
-            State::Blocked,
-            Some(reason::THIN_TASK.to_string()),
-            Some(why),
-        ),
-        None => (State::Ready, None, None),
-    };
     let id = ids::generate(&refs);
-    let now = Timestamp::now();
-    let task = Task {
-        branch: format!("loop/{}", &id[..ids::MIN_SHORT]),
-        id,
-        title: args.title,
-        state,
-        reason,
-        detail,
-        batch,
-        priority: args.priority,
-        after,
-        mutex: args.mutex,
-        attempts: 0,
-        next_at: None,
-        signatures: Vec::new(),
-        context: None,
-        rounds: 0,
-        discovered_from,
-        created: now,
-        updated: now,
-        approved: None,
-        promoted_commit: None,
-        body,
-    };
+    let thin = task::triage(&body, &triage);
+    let mut task = Task::new(id, args.title, body, batch, thin);
+    task.priority = args.priority;
+    task.after = after;
+    task.mutex = args.mutex;
+    task.discovered_from = discovered_from;
     store.create(&task)?;
     if task.state == State::Blocked {
         eprintln!(

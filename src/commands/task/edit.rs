@@ -8,8 +8,10 @@ use crate::error::usage;
 use crate::graph::Graph;
 use crate::ids::{self, ShortIds};
 use crate::policy::TriageSection;
-use crate::store::{Edit, Store, Updated, task_ref};
-use crate::task::{self, State, check_name, check_title, reason};
+use crate::refs;
+use crate::store::{Edit, Store, Updated};
+use crate::task::machine::{self, Actor, Budget, Clock, Event};
+use crate::task::{self, State, check_name, check_title};
 
 /// Change a task's title, body, dependencies, priority, batch or mutex group.
 ///
@@ -53,6 +55,8 @@ pub struct Args {
 }
 
 pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
+    let actor = Actor::at_command_line();
+    actor.refuse_agent("`git loop task edit`")?;
     let repo = ctx.repo()?;
     let policy = policy(&repo)?;
     if let Some(t) = &args.title {
@@ -94,18 +98,12 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         .map(|p| ids::resolve(p, &refs).map(str::to_string))
         .collect::<Result<_, _>>()?;
     let triage_policy = policy
-        .map(|p| p.triage)
+        .as_ref()
+        .map(|p| p.triage.clone())
         .unwrap_or_else(TriageSection::default);
 
+    let budget = policy.as_ref().map_or_else(Budget::default, Budget::from);
     let updated = store.update(&id, |task| {
-        if task.state == State::Done {
-            return Err(usage(format!(
-                "task {} is done; a done task is final",
-                id.get(..ids::MIN_SHORT).unwrap_or(&id)
-            ))
-            .with_hint("file a follow-up with `git loop task add --from ID`")
-            .into());
-        }
         let mut what = Vec::new();
         let mut verify = Vec::new();
         if let Some(t) = &args.title
@@ -160,29 +158,24 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
                     if let Some(tip) = l.tip
                         && relied_on.contains(&l.id)
                     {
-                        verify.push((task_ref(&l.id), tip));
+                        verify.push((refs::task(&l.id), tip));
                     }
                 }
             }
             task.after = after;
             what.push("after");
         }
-        let mut message = format!("edit: {}", what.join(", "));
         let thin = task::triage(&task.body, &triage_policy);
-        let held =
-            task.state == State::Blocked && task.reason.as_deref() == Some(reason::THIN_TASK);
-        match (task.state, held, thin) {
-            (_, true, None) => {
-                task.set_state(State::Ready, None, None);
-                message = format!("blocked -> ready: {message}; triage passes");
-            }
-            (_, true, Some(why)) => task.detail = Some(why),
-            (State::Ready, false, Some(why)) => {
-                task.set_state(State::Blocked, Some(reason::THIN_TASK), Some(why));
-                message = format!("ready -> blocked: {message}; thin_task");
-            }
-            _ => {}
-        }
+        let what = format!("edit: {}", what.join(", "));
+        let moved = machine::apply(
+            task,
+            &Event::Edited { what, thin },
+            &actor,
+            &budget,
+            Clock::now(),
+        )?;
+        *task = moved.task;
+        let message = moved.message;
         let mut edit = Edit::new(message);
         edit.verify = verify;
         Ok(edit)

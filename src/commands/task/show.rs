@@ -8,7 +8,7 @@ use crate::commands::TaskJson;
 use crate::graph::Graph;
 use crate::ids::ShortIds;
 use crate::output::{json, safe};
-use crate::store::{Store, task_ref};
+use crate::store::Store;
 use crate::time::Timestamp;
 
 /// One task: its document, body, runs and history (its ref's commit log).
@@ -79,7 +79,7 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
             &ShowJson {
                 task: TaskJson::new(task, &short, &graph),
                 body: &task.body,
-                ref_name: task_ref(&id),
+                ref_name: crate::refs::task(&id),
                 commit: stored.commit.to_string(),
                 runs: runs
                     .iter()

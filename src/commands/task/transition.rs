@@ -5,9 +5,11 @@ use anyhow::Result;
 use crate::cli::Ctx;
 use crate::commands::policy;
 use crate::error::usage;
+use crate::ids::short;
 use crate::policy::TriageSection;
-use crate::store::{Edit, Store, Updated};
-use crate::task::{self, State, Task, reason};
+use crate::store::Store;
+use crate::task;
+use crate::task::machine::{Actor, Budget, Event};
 
 /// Hand a task to a person (human_gated): the loop will not touch it until it is reopened.
 #[derive(Debug, clap::Args)]
@@ -37,36 +39,17 @@ pub fn gate(ctx: &mut Ctx<'_>, args: GateArgs) -> Result<()> {
     if args.reason.trim().is_empty() {
         return Err(usage("--reason must say why a person is needed").into());
     }
-    transition(ctx, &args.id, |task| {
-        refuse_final(task, "gate")?;
-        let from = task.state_label();
-        task.set_state(
-            State::HumanGated,
-            Some(reason::GATED),
-            Some(args.reason.clone()),
-        );
-        Ok(Edit::new(format!(
-            "{from} -> human_gated: gated by a person: {}",
-            one_line(&args.reason)
-        )))
-    })
+    transition(
+        ctx,
+        &args.id,
+        Event::Gate {
+            reason: args.reason,
+        },
+    )
 }
 
 pub fn cancel(ctx: &mut Ctx<'_>, args: CancelArgs) -> Result<()> {
-    transition(ctx, &args.id, |task| {
-        if task.state == State::Done {
-            return Err(usage(format!(
-                "task {} is done and cannot be cancelled",
-                short(task)
-            ))
-            .into());
-        }
-        let from = task.state_label();
-        task.set_state(State::Cancelled, None, None);
-        Ok(Edit::new(format!(
-            "{from} -> cancelled: cancelled by a person"
-        )))
-    })
+    transition(ctx, &args.id, Event::Cancel)
 }
 
 pub fn reopen(ctx: &mut Ctx<'_>, args: ReopenArgs) -> Result<()> {
@@ -74,81 +57,42 @@ pub fn reopen(ctx: &mut Ctx<'_>, args: ReopenArgs) -> Result<()> {
     let triage = policy(&repo)?
         .map(|p| p.triage)
         .unwrap_or_else(TriageSection::default);
+    let store = Store::new(&repo);
+    let id = store.resolve(&args.id)?;
+    let thin = task::triage(&store.load(&id)?.task.body, &triage);
     drop(repo);
-    transition(ctx, &args.id, |task| {
-        match task.state {
-            State::Done => {
-                return Err(usage(format!(
-                    "task {} is done; a done task is final",
-                    short(task)
-                ))
-                .with_hint("file a follow-up with `git loop task add --from ID`")
-                .into());
-            }
-            s if s.is_owned_by_loop() => {
-                return Err(usage(format!(
-                    "task {} is {}: the loop is working on it",
-                    short(task),
-                    s
-                ))
-                .with_hint("wait for it, or stop the runner first (`git loop stop`)")
-                .into());
-            }
-            _ => {}
-        }
-        let from = task.state_label();
-        task.attempts = 0;
-        task.next_at = None;
-        task.signatures.clear();
-        // Requeued work is judged again.
-        task.approved = None;
-        match task::triage(&task.body, &triage) {
-            Some(why) => task.set_state(State::Blocked, Some(reason::THIN_TASK), Some(why)),
-            None => task.set_state(State::Ready, None, None),
-        }
-        Ok(Edit::new(format!(
-            "{from} -> {}: reopened by a person",
-            task.state_label()
-        )))
-    })
+    transition(ctx, &id, Event::Reopen { thin })
 }
 
-fn transition(
-    ctx: &mut Ctx<'_>,
-    prefix: &str,
-    edit: impl FnMut(&mut Task) -> Result<Edit>,
-) -> Result<()> {
+/// A person's event, through the state machine (refused from inside an agent's run).
+fn transition(ctx: &mut Ctx<'_>, prefix: &str, event: Event) -> Result<()> {
+    let actor = Actor::at_command_line();
+    actor.refuse_agent(&format!("`git loop task {}`", verb(&event)))?;
     let repo = ctx.repo()?;
     let store = Store::new(&repo);
     let id = store.resolve(prefix)?;
-    match store.update(&id, edit)? {
-        Updated::Changed(task) => {
-            writeln!(ctx.out, "{} {}", short(&task), task.state_label())?;
-        }
-        Updated::Unchanged(task) => {
-            eprintln!("task {} is already {}", short(&task), task.state_label());
-            writeln!(ctx.out, "{} {}", short(&task), task.state_label())?;
-        }
+    let budget = policy(&repo)?.map_or_else(Budget::default, |p| Budget::from(&p));
+    let moved = store.transition(&id, &event, &actor, &budget, |_, _| Ok(()))?;
+    if !moved.changed {
+        eprintln!(
+            "task {} is already {}",
+            short(&moved.task.id),
+            moved.task.state_label()
+        );
     }
+    writeln!(
+        ctx.out,
+        "{} {}",
+        short(&moved.task.id),
+        moved.task.state_label()
+    )?;
     Ok(())
 }
 
-fn refuse_final(task: &Task, verb: &str) -> Result<()> {
-    if matches!(task.state, State::Done | State::Cancelled) {
-        return Err(usage(format!(
-            "task {} is {}; there is nothing to {verb}",
-            short(task),
-            task.state
-        ))
-        .into());
+fn verb(event: &Event) -> &'static str {
+    match event {
+        Event::Gate { .. } => "gate",
+        Event::Cancel => "cancel",
+        _ => "reopen",
     }
-    Ok(())
-}
-
-fn short(task: &Task) -> &str {
-    task.id.get(..crate::ids::MIN_SHORT).unwrap_or(&task.id)
-}
-
-fn one_line(s: &str) -> String {
-    crate::output::safe(s.lines().next().unwrap_or_default(), false)
 }

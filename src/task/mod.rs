@@ -1,4 +1,7 @@
-//! The task document (SPEC §3): what a task is, its states, and the rules every write obeys.
+//! The task document (SPEC §3): what a task is, its states and reasons, and the checks its
+//! fields obey. How a task moves from one state to the next is [`machine`]'s alone.
+
+pub mod machine;
 
 use serde::{Deserialize, Serialize};
 
@@ -75,14 +78,45 @@ impl std::fmt::Display for State {
     }
 }
 
-/// Machine-readable reasons (SPEC §3).
-pub mod reason {
-    pub const THIN_TASK: &str = "thin_task";
-    pub const GATED: &str = "gated";
-    pub const CONFLICT: &str = "conflict";
-    pub const VERIFY_FAILED: &str = "verify_failed";
-    pub const ATTEMPTS_EXHAUSTED: &str = "attempts_exhausted";
-    pub const ESCALATED: &str = "escalated";
+/// Machine-readable reasons of `blocked` and `human_gated` (SPEC §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Blocked: the body is thinner than `[triage]` asks; re-armed by an edit.
+    ThinTask,
+    /// Human-gated by a person's `task gate`.
+    Gated,
+    /// Blocked on the conflict-fix task its promotion filed.
+    Conflict,
+    /// Blocked on the activation-gap task its failed verify filed.
+    VerifyFailed,
+    /// Blocked: a round of attempts failed; the next round starts after `retry.cooloff`.
+    AttemptsExhausted,
+    /// Human-gated: `retry.escalate_after` rounds of attempts failed.
+    Escalated,
+    /// Blocked: the promotion was refused for a reason retrying cannot change; re-armed by a
+    /// new commit on the task branch or a person's `task reopen`.
+    PromotionRefused,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ThinTask => "thin_task",
+            Reason::Gated => "gated",
+            Reason::Conflict => "conflict",
+            Reason::VerifyFailed => "verify_failed",
+            Reason::AttemptsExhausted => "attempts_exhausted",
+            Reason::Escalated => "escalated",
+            Reason::PromotionRefused => "promotion_refused",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A task. The body is kept beside the document as its own blob (`body.md`), byte for byte.
@@ -92,7 +126,7 @@ pub struct Task {
     pub title: String,
     pub state: State,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub batch: String,
@@ -115,6 +149,13 @@ pub struct Task {
     /// Rounds of attempts that ended `blocked: attempts_exhausted` (for escalation).
     #[serde(default)]
     pub rounds: u32,
+    /// The run under way (or the last one) was a rework: claimed from `needs_rework`. The same
+    /// failure repeated in a rework ends the round at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rework: bool,
+    /// Quota hits in a row (not attempts; bounded all the same, see [`machine`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quota_waits: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovered_from: Option<String>,
     pub branch: String,
@@ -131,6 +172,47 @@ pub struct Task {
 }
 
 impl Task {
+    /// A new task of `batch`: `ready`, or held as `blocked: thin_task` when triage says why
+    /// (`thin`). Its branch is `loop/<short id>`.
+    pub fn new(
+        id: String,
+        title: String,
+        body: String,
+        batch: String,
+        thin: Option<String>,
+    ) -> Task {
+        let now = Timestamp::now();
+        let (state, reason) = match thin {
+            Some(_) => (State::Blocked, Some(Reason::ThinTask)),
+            None => (State::Ready, None),
+        };
+        Task {
+            branch: format!("loop/{}", crate::ids::short(&id)),
+            id,
+            title,
+            state,
+            reason,
+            detail: thin,
+            batch,
+            priority: 0,
+            after: Vec::new(),
+            mutex: None,
+            attempts: 0,
+            next_at: None,
+            signatures: Vec::new(),
+            context: None,
+            rounds: 0,
+            rework: false,
+            quota_waits: 0,
+            discovered_from: None,
+            created: now,
+            updated: now,
+            approved: None,
+            promoted_commit: None,
+            body,
+        }
+    }
+
     /// The document as stored (`task.toml`), without the body.
     pub fn to_toml(&self) -> anyhow::Result<String> {
         Ok(toml::to_string(self)?)
@@ -145,10 +227,15 @@ impl Task {
         Ok(task)
     }
 
-    pub fn set_state(&mut self, state: State, reason: Option<&str>, detail: Option<String>) {
+    pub fn set_state(&mut self, state: State, reason: Option<Reason>, detail: Option<String>) {
         self.state = state;
-        self.reason = reason.map(str::to_string);
+        self.reason = reason;
         self.detail = detail;
+    }
+
+    /// Whether the task is `state` for `reason`.
+    pub fn is(&self, state: State, reason: Reason) -> bool {
+        self.state == state && self.reason == Some(reason)
     }
 
     /// `state` or `state: reason`, for messages.
@@ -158,6 +245,10 @@ impl Task {
             None => self.state.to_string(),
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Checks a title before it is stored.
