@@ -417,3 +417,91 @@ pub fn fingerprint(
     }
     Ok(format!("{h:016x}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn policy() -> BreakerSection {
+        BreakerSection {
+            failures: 3,
+            open_for: Duration::from_secs(60),
+            probes: 1,
+        }
+    }
+
+    fn seen(problems: &[&str], fingerprint: &str, failures: u32, successes: u32) -> Observed {
+        Observed {
+            problems: problems.iter().map(|p| p.to_string()).collect(),
+            fingerprint: fingerprint.to_string(),
+            failures,
+            successes,
+        }
+    }
+
+    const T0: Timestamp = Timestamp(1_800_000_000_000_000);
+
+    #[test]
+    fn a_config_problem_opens_at_once_and_a_changed_fingerprint_rearms() {
+        let p = policy();
+        let open = Breaker::closed().next(&seen(&["x is missing"], "f1", 0, 0), &p, T0);
+        assert_eq!((open.state, open.class), (State::Open, Some(Cause::Config)));
+        // The same problem again changes nothing (no write).
+        assert_eq!(
+            open.next(&seen(&["x is missing"], "f1", 0, 0), &p, T0),
+            open
+        );
+        // Fixed but nothing re-armed it: the same fingerprint keeps it open.
+        assert_eq!(open.next(&seen(&[], "f1", 0, 0), &p, T0).state, State::Open);
+        let probing = open.next(&seen(&[], "f2", 0, 0), &p, T0);
+        assert_eq!(probing.state, State::HalfOpen);
+        assert!(probing.admits());
+        let closed = probing.next(&seen(&[], "f2", 0, 1), &p, T0);
+        assert_eq!(closed, Breaker::closed());
+    }
+
+    #[test]
+    fn failures_in_a_row_open_it_for_open_for_then_a_probe_decides() {
+        let p = policy();
+        let b = Breaker::closed().next(&seen(&[], "f", 2, 0), &p, T0);
+        assert_eq!((b.state, b.failures), (State::Closed, 2));
+        let reset = b.next(&seen(&[], "f", 0, 1), &p, T0);
+        assert_eq!(reset.failures, 0, "a success resets the count");
+        let open = b.next(&seen(&[], "f", 1, 0), &p, T0);
+        assert_eq!(
+            (open.state, open.class),
+            (State::Open, Some(Cause::Transient))
+        );
+        assert!(!open.admits());
+        let early = T0.plus(Duration::from_secs(30));
+        assert_eq!(
+            open.next(&seen(&[], "f", 0, 0), &p, early).state,
+            State::Open
+        );
+        let later = T0.plus(Duration::from_secs(61));
+        let probing = open.next(&seen(&[], "f", 0, 0), &p, later);
+        assert_eq!(probing.state, State::HalfOpen);
+        let again = probing.next(&seen(&[], "f", 1, 0), &p, later);
+        assert_eq!(again.state, State::Open, "a failed probe opens it again");
+        assert!(again.open_until > Some(later));
+    }
+
+    #[test]
+    fn a_person_pause_and_an_unreadable_breaker_are_left_as_they_are() {
+        let p = policy();
+        let paused = Breaker::paused("deploy freeze\n---\n\"quoted\"", T0);
+        for s in [
+            seen(&["x is missing"], "f", 0, 0),
+            seen(&[], "f", 10, 0),
+            seen(&[], "f", 0, 10),
+        ] {
+            assert_eq!(paused.next(&s, &p, T0), paused);
+            let unreadable = Breaker::unreadable("garbage".into());
+            assert_eq!(unreadable.next(&s, &p, T0), unreadable);
+            assert!(!unreadable.admits());
+        }
+        assert!(paused.refuse_unless_admitting("x").is_err());
+        assert!(Breaker::closed().refuse_unless_admitting("x").is_ok());
+    }
+}

@@ -931,3 +931,395 @@ pub fn next(task: &Task, pending: &[&str], now: Timestamp) -> Option<Next> {
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small seeded generator (xorshift64*): the same seed, the same sequence.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len() as u64) as usize]
+        }
+    }
+
+    const ALL: [Kind; 19] = [
+        Kind::Lease,
+        Kind::Completed,
+        Kind::Failed,
+        Kind::Quota,
+        Kind::GiveBack,
+        Kind::Approved,
+        Kind::Rejected,
+        Kind::Promote,
+        Kind::BranchMoved,
+        Kind::Wait,
+        Kind::PromotionRefused,
+        Kind::PromotionFailed,
+        Kind::Promoted,
+        Kind::Unblocked,
+        Kind::CooledOff,
+        Kind::Cancel,
+        Kind::Gate,
+        Kind::Reopen,
+        Kind::Edited,
+    ];
+
+    /// The events the loop itself makes, without a person's or a stop's (a stop and an agent
+    /// that cannot start give their attempt back: a person, or the breaker, bounds those).
+    const LOOP: [Kind; 13] = [
+        Kind::Lease,
+        Kind::Completed,
+        Kind::Failed,
+        Kind::Quota,
+        Kind::Approved,
+        Kind::Rejected,
+        Kind::BranchMoved,
+        Kind::Wait,
+        Kind::PromotionRefused,
+        Kind::PromotionFailed,
+        Kind::Promoted,
+        Kind::Unblocked,
+        Kind::CooledOff,
+    ];
+
+    fn budget() -> Budget {
+        Budget {
+            retry: RetrySection {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+                multiplier: 2.0,
+                max_attempts: 3,
+                same_signature: 2,
+                escalate_after: 2,
+                cooloff: Duration::from_secs(600),
+            },
+            quota_cooldown: Duration::from_secs(10),
+        }
+    }
+
+    fn task() -> Task {
+        Task::new(
+            "0123456789abcdef0123456789abcdef".into(),
+            "a task".into(),
+            "a body".into(),
+            "default".into(),
+            None,
+        )
+    }
+
+    fn failure(rng: &mut Rng) -> Failure {
+        let sig = format!("transient:agent:{}", rng.below(3));
+        Failure {
+            how: "stalled".into(),
+            summary: "no output".into(),
+            signature: sig,
+            context: "it stalled".into(),
+        }
+    }
+
+    /// An event of `kind` with random contents.
+    fn event(kind: Kind, rng: &mut Rng) -> Event {
+        match kind {
+            Kind::Lease => Event::Lease {
+                deps_done: rng.below(4) != 0,
+            },
+            Kind::Completed => Event::Completed,
+            Kind::Failed => Event::Failed(failure(rng)),
+            Kind::Quota => Event::Quota,
+            Kind::GiveBack => {
+                Event::GiveBack(*rng.pick(&[GiveBack::Stopped, GiveBack::NotStarted]))
+            }
+            Kind::Approved => Event::Approved {
+                head: format!("{:040x}", rng.below(3)),
+                summary: "approved".into(),
+            },
+            Kind::Rejected => Event::Rejected(failure(rng)),
+            Kind::Promote => Event::Promote {
+                approve: (rng.below(2) == 0).then(|| (format!("{:040x}", rng.below(3)), 1)),
+            },
+            Kind::BranchMoved => Event::BranchMoved {
+                detail: "moved".into(),
+            },
+            Kind::Wait => Event::Wait {
+                reason: *rng.pick(&[Reason::Conflict, Reason::VerifyFailed, Reason::Gated]),
+                on: "fedcba9876543210fedcba9876543210".into(),
+                detail: "a follow-up".into(),
+            },
+            Kind::PromotionRefused => Event::PromotionRefused {
+                detail: "refused".into(),
+            },
+            Kind::PromotionFailed => Event::PromotionFailed {
+                signature: "transient:promote:1".into(),
+                line: "failed".into(),
+            },
+            Kind::Promoted => Event::Promoted {
+                commit: format!("{:040x}", rng.below(2)),
+            },
+            Kind::Unblocked => Event::Unblocked {
+                by: "fedcba9876543210fedcba9876543210".into(),
+            },
+            Kind::CooledOff => Event::CooledOff,
+            Kind::Cancel => Event::Cancel,
+            Kind::Gate => Event::Gate {
+                reason: "a person looks".into(),
+            },
+            Kind::Reopen => Event::Reopen {
+                thin: (rng.below(3) == 0).then(|| "thin".to_string()),
+            },
+            Kind::Edited => Event::Edited {
+                what: "edit: body".into(),
+                thin: (rng.below(2) == 0).then(|| "thin".to_string()),
+            },
+        }
+    }
+
+    fn actor(kind: Kind) -> Actor {
+        match kind {
+            Kind::Cancel | Kind::Gate | Kind::Reopen | Kind::Edited => Actor::Person,
+            _ => Actor::Runner("runner-1".into()),
+        }
+    }
+
+    /// A clock that goes forward by up to an hour per step, so that timers pass.
+    fn tick(rng: &mut Rng, now: &mut Timestamp) -> Clock {
+        *now = now.plus(Duration::from_millis(rng.below(3_600_000)));
+        Clock {
+            now: *now,
+            jitter: rng.below(1001) as f64 / 1000.0,
+        }
+    }
+
+    #[test]
+    fn random_event_sequences_never_leave_done_nor_overwrite_a_persons_decision() {
+        let budget = budget();
+        for seed in 1..=300u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut t = task();
+            let mut now = Timestamp(1_800_000_000_000_000);
+            for _ in 0..300 {
+                let kind = *rng.pick(&ALL);
+                let e = event(kind, &mut rng);
+                let clock = tick(&mut rng, &mut now);
+                let by = actor(kind);
+                let before = t.clone();
+                let Ok(next) = apply(&t, &e, &by, &budget, clock) else {
+                    continue;
+                };
+                if before.state == State::Done {
+                    assert_eq!(next.task, before, "seed {seed}: {e:?} changed a done task");
+                }
+                let persons = matches!(before.state, State::Cancelled | State::HumanGated);
+                if persons && by != Actor::Person {
+                    assert_eq!(
+                        next.task.state, before.state,
+                        "seed {seed}: {e:?} by the loop moved a task a person holds"
+                    );
+                }
+                t = next.task;
+            }
+        }
+    }
+
+    #[test]
+    fn an_agents_run_may_change_no_task() {
+        let budget = budget();
+        let mut rng = Rng(7);
+        let agent = Actor::Agent {
+            task: "0123456789abcdef0123456789abcdef".into(),
+            run: "1".into(),
+        };
+        for kind in ALL {
+            let e = event(kind, &mut rng);
+            let refused = apply(&task(), &e, &agent, &budget, Clock::now());
+            let err = refused.expect_err("refused");
+            assert_eq!(err.0.class, Class::Policy, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn random_loop_events_stay_within_the_budgets() {
+        let budget = budget();
+        let r = &budget.retry;
+        let rounds = r.escalate_after.max(1);
+        // Quota waits double from quota_cooldown up to the cap; one more hit ends the round.
+        let cap = r.max.max(budget.quota_cooldown);
+        let mut waits = 1u32;
+        while budget.quota_cooldown * (1 << (waits - 1)) < cap {
+            waits += 1;
+        }
+        for seed in 1..=500u64 {
+            let mut rng = Rng(seed.wrapping_mul(0xd1b5_4a32_d192_ed03));
+            let mut t = task();
+            let mut now = Timestamp(1_800_000_000_000_000);
+            let (mut runs, mut quota_runs) = (0u32, 0u32);
+            for _ in 0..2000 {
+                let kind = *rng.pick(&LOOP);
+                let e = event(kind, &mut rng);
+                let clock = tick(&mut rng, &mut now);
+                let Ok(next) = apply(&t, &e, &actor(kind), &budget, clock) else {
+                    continue;
+                };
+                match kind {
+                    Kind::Lease => runs += 1,
+                    Kind::Quota => quota_runs += 1,
+                    _ => {}
+                }
+                if let Some(wait) = next.backoff
+                    && matches!(kind, Kind::Failed | Kind::Rejected)
+                {
+                    let cap = crate::retry::backoff_cap(r, t.attempts.max(1));
+                    assert!(
+                        wait <= cap,
+                        "seed {seed}: backoff {wait:?} over the cap {cap:?}"
+                    );
+                }
+                if next.task.state != State::Running {
+                    assert!(
+                        t.attempts <= r.max_attempts,
+                        "seed {seed}: attempt {} of {}",
+                        t.attempts,
+                        r.max_attempts
+                    );
+                }
+                t = next.task;
+            }
+            assert!(
+                runs - quota_runs <= r.max_attempts * rounds,
+                "seed {seed}: {runs} runs ({quota_runs} quota hits), budget {} × {rounds}",
+                r.max_attempts
+            );
+            assert!(
+                quota_runs <= rounds * waits,
+                "seed {seed}: {quota_runs} quota hits, {waits} waits a round"
+            );
+        }
+    }
+
+    #[test]
+    fn every_state_but_done_says_what_moves_it_on_and_that_event_is_allowed() {
+        let budget = budget();
+        let mut seen = std::collections::HashSet::new();
+        for seed in 1..=300u64 {
+            let mut rng = Rng(seed * 31 + 5);
+            let mut t = task();
+            let mut now = Timestamp(1_800_000_000_000_000);
+            for _ in 0..200 {
+                if t.state != State::Done {
+                    let next = next(&t, &[], now).expect("a next step");
+                    assert!(!next.action.is_empty());
+                    assert!(!next.events.is_empty(), "{:?}", t.state);
+                    if matches!(t.state, State::Blocked | State::HumanGated) {
+                        assert!(t.reason.is_some(), "{} without a reason", t.state);
+                    }
+                    // Once its time has come, one of the events named is accepted.
+                    let at = t.next_at.map_or(now, |a| a.max(now));
+                    let clock = Clock {
+                        now: at,
+                        jitter: 0.5,
+                    };
+                    let accepted = next.events.iter().any(|k| {
+                        (0..8).any(|_| {
+                            let mut e = event(*k, &mut rng);
+                            if let Event::Lease { deps_done } = &mut e {
+                                *deps_done = true;
+                            }
+                            apply(&t, &e, &actor(*k), &budget, clock).is_ok()
+                        })
+                    });
+                    assert!(
+                        accepted,
+                        "seed {seed}: nothing moves {} on",
+                        t.state_label()
+                    );
+                    seen.insert(t.state);
+                }
+                let kind = *rng.pick(&ALL);
+                let e = event(kind, &mut rng);
+                let clock = tick(&mut rng, &mut now);
+                if let Ok(next) = apply(&t, &e, &actor(kind), &budget, clock) {
+                    t = next.task;
+                }
+            }
+        }
+        assert!(seen.len() >= 9, "the walk reached {seen:?}");
+    }
+
+    #[test]
+    fn the_same_failure_goes_to_rework_then_ends_the_round() {
+        let budget = Budget {
+            retry: RetrySection {
+                max_attempts: 10,
+                same_signature: 2,
+                ..budget().retry
+            },
+            ..budget()
+        };
+        let runner = Actor::Runner("r".into());
+        let fail = Failure {
+            how: "transient".into(),
+            summary: "boom".into(),
+            signature: "transient:agent:1".into(),
+            context: "boom".into(),
+        };
+        let mut t = task();
+        let mut now = Timestamp(1_800_000_000_000_000);
+        let mut step = |t: &mut Task, e: Event| {
+            now = now.plus(Duration::from_secs(3600));
+            let clock = Clock { now, jitter: 1.0 };
+            *t = apply(t, &e, &runner, &budget, clock).expect("allowed").task;
+        };
+        step(&mut t, Event::Lease { deps_done: true });
+        step(&mut t, Event::Failed(fail.clone()));
+        assert_eq!(t.state, State::Ready, "a first failure is retried");
+        step(&mut t, Event::Lease { deps_done: true });
+        step(&mut t, Event::Failed(fail.clone()));
+        assert_eq!(
+            t.state,
+            State::NeedsRework,
+            "the same failure twice: rework"
+        );
+        assert!(t.next_at.is_some(), "a rework waits its backoff too");
+        step(&mut t, Event::Lease { deps_done: true });
+        assert!(t.rework);
+        step(&mut t, Event::Failed(fail));
+        assert!(
+            t.is(State::Blocked, Reason::AttemptsExhausted),
+            "the rework failed the same way: {}",
+            t.state_label()
+        );
+        assert_eq!(t.rounds, 1);
+    }
+
+    #[test]
+    fn a_lease_waits_for_its_time_and_its_dependencies() {
+        let budget = budget();
+        let runner = Actor::Runner("r".into());
+        let mut t = task();
+        t.next_at = Some(Timestamp(2_000));
+        let at = |now| Clock {
+            now: Timestamp(now),
+            jitter: 0.0,
+        };
+        let lease = Event::Lease { deps_done: true };
+        assert!(apply(&t, &lease, &runner, &budget, at(1_000)).is_err());
+        let blocked = Event::Lease { deps_done: false };
+        assert!(apply(&t, &blocked, &runner, &budget, at(3_000)).is_err());
+        let ran = apply(&t, &lease, &runner, &budget, at(3_000)).expect("leased");
+        assert_eq!(ran.task.state, State::Running);
+        assert_eq!(ran.task.attempts, 1);
+    }
+}

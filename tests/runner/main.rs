@@ -8,6 +8,7 @@ mod test_concurrency;
 mod test_doctor;
 mod test_graph;
 mod test_hooks;
+mod test_machine;
 mod test_policy;
 mod test_promote;
 mod test_promote_edges;

@@ -117,14 +117,14 @@ impl Loop {
     }
 
     /// The run records of a task, oldest first (judge records included).
-    fn runs(&self, id: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn runs(&self, id: &str) -> Vec<serde_json::Value> {
         let mut runs: Vec<serde_json::Value> =
             self.show(id)["runs"].as_array().expect("runs").clone();
         runs.sort_by_key(|r| r["file"].as_str().unwrap_or_default().to_string());
         runs
     }
 
-    fn agent_runs(&self, id: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn agent_runs(&self, id: &str) -> Vec<serde_json::Value> {
         self.runs(id)
             .into_iter()
             .filter(|r| !r["run"].as_str().unwrap_or_default().ends_with("-judge"))
@@ -840,8 +840,7 @@ fn a_runner_killed_mid_run_is_recovered_and_nothing_is_lost() {
 
 /// The process group recorded in the lease of task `id`, if it has a lease that records one.
 pub(crate) fn lease_pgid(repo: &TestRepo, id: &str) -> Option<String> {
-    repo.git_out(&["show", &format!("refs/loop/leases/{id}:lease.toml")])
-        .stdout
+    repo.record(&format!("refs/loop/leases/{id}"), "lease.toml")?
         .lines()
         .find_map(|line| line.strip_prefix("pgid = "))
         .map(str::to_string)

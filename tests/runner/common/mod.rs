@@ -153,6 +153,19 @@ impl TestRepo {
         out.stdout
     }
 
+    /// The state record `name` (`lease.toml`, `heartbeat.toml`, …) of the record commit `rev`:
+    /// a blob in its tree, or, as older versions wrote it, a section of its message.
+    pub fn record(&self, rev: &str, name: &str) -> Option<String> {
+        let blob = self.git_out(&["show", &format!("{rev}:{name}")]);
+        if blob.code == 0 {
+            return Some(blob.stdout);
+        }
+        let message = self.git_out(&["log", "-1", "--format=%B", rev]).stdout;
+        let start = message.find(&format!("--- {name}\n"))? + name.len() + 5;
+        let len = message[start..].find("\n---\n")? + 1;
+        Some(message[start..start + len].to_string())
+    }
+
     /// The file at `path` in `rev` (`git show <rev>:<path>`).
     pub fn show(&self, rev: &str, path: &str) -> String {
         self.git(&["show", &format!("{rev}:{path}")])
@@ -370,4 +383,62 @@ pub fn ids_of(v: &serde_json::Value) -> Vec<String> {
         .iter()
         .map(|t| t["id"].as_str().expect("id").to_string())
         .collect()
+}
+
+/// A git-loop process a test started in the background: killed (by its pid) and waited for
+/// when the test ends, whether its assertions passed or not, so that a failing test leaves no
+/// runner behind.
+pub struct Spawned {
+    pub child: std::process::Child,
+    /// Its stderr, written to a file so that a test can show it.
+    pub stderr: PathBuf,
+}
+
+impl Spawned {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM (what `git loop stop` and service managers send) and waits for the exit.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl TestRepo {
+    /// Starts `git-loop <args>` in the background (stdin closed, stderr to a file).
+    pub fn spawn(&self, args: &[&str]) -> Spawned {
+        let stderr = self.root.parent().expect("tmp").join(format!(
+            "stderr-{}-{}.txt",
+            args.join("-").replace('/', "_"),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let file = std::fs::File::create(&stderr).expect("stderr file");
+        let child = self
+            .cmd(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn git-loop");
+        Spawned { child, stderr }
+    }
 }

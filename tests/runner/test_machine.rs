@@ -1,0 +1,509 @@
+//! The task state machine against agents that misbehave: every storm of re-runs ends within
+//! its budget, a person's decision made while an agent runs stands, records survive their own
+//! content, and an idle runner writes no more heartbeats than it must. Real runners, real
+//! agent processes, tiny durations.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::common::Out;
+use crate::test_start::{COMMIT_AND_DONE, Loop, lease_pgid, running_group, setup, wait_for};
+
+/// Tiny budgets: 3 attempts a round, the same failure 3 times to leave the retry path, two
+/// rounds, then a person.
+const BUDGET: &str = "[retry]\ninitial = \"50ms\"\nmax = \"100ms\"\nmax_attempts = 3\n\
+    same_signature = 3\nescalate_after = 2\ncooloff = \"300ms\"\n";
+const MAX_RUNS: usize = 3 * 2;
+
+/// `git loop start --once`, killed if it has not ended within `limit` (a storm never ends).
+fn once_within(l: &Loop, limit: Duration) -> Out {
+    let mut runner = l.repo.spawn(&["start", "--once"]);
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(status) = runner.child.try_wait().expect("poll") {
+            return Out {
+                code: status.code().unwrap_or(-1),
+                stdout: String::new(),
+                stderr: runner.stderr_text(),
+                raw_stdout: Vec::new(),
+            };
+        }
+        assert!(
+            Instant::now() < until,
+            "start --once still ran after {limit:?}; it said:\n{}",
+            runner.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The cap of the `n`th retry's full-jitter backoff under [`BUDGET`], in milliseconds.
+fn cap_ms(n: u64) -> u64 {
+    (50u64 << n.saturating_sub(1).min(10)).min(100)
+}
+
+/// A task that ran into its budget: a person has it, the agent ran at most `max_attempts ×
+/// escalate_after` times, every recorded backoff lies within its full-jitter bound, and the
+/// task ref has one commit per real transition.
+fn assert_bounded(l: &Loop, id: &str) {
+    let task = l.show(id);
+    assert_eq!(task["state"], "human_gated", "{task}");
+    assert_eq!(task["reason"], "escalated", "{task}");
+    let runs = l.agent_runs(id);
+    assert!(
+        !runs.is_empty() && runs.len() <= MAX_RUNS,
+        "{} agent runs, the budget is {MAX_RUNS}",
+        runs.len()
+    );
+    for r in l.runs(id) {
+        if let Some(ms) = r["backoff_ms"].as_u64() {
+            let attempt = r["attempt"].as_u64().expect("attempt");
+            assert!(
+                ms <= cap_ms(attempt),
+                "backoff {ms} ms after attempt {attempt}"
+            );
+        }
+    }
+    let history = l.history(id);
+    let judged = l.runs(id).len() - runs.len();
+    let cooled = history
+        .iter()
+        .filter(|h| h.contains("cool-off over"))
+        .count();
+    assert_eq!(
+        cooled, 1,
+        "one cool-off between the two rounds: {history:?}"
+    );
+    assert_eq!(
+        history.len(),
+        1 + 2 * runs.len() + judged + cooled,
+        "one commit per real transition (lease, outcome, verdict, cool-off): {history:#?}"
+    );
+    assert!(history.last().expect("created").starts_with("created:"));
+    for h in &history[..history.len() - 1] {
+        assert!(h.contains(" -> "), "not a transition: {h}");
+    }
+}
+
+#[test]
+fn a_token_without_commits_is_run_within_its_budget() {
+    let l = setup("echo 'all done: LOOP_DONE'", BUDGET, false);
+    let id = l.add("claims done, commits nothing");
+    let out = once_within(&l, Duration::from_secs(120));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_bounded(&l, &id);
+    assert!(
+        l.history(&id)
+            .iter()
+            .any(|h| h.contains("the same failure again in a rework")),
+        "{:?}",
+        l.history(&id)
+    );
+}
+
+#[test]
+fn a_gate_that_always_fails_is_run_within_its_budget() {
+    let l = setup(
+        COMMIT_AND_DONE,
+        &format!("{BUDGET}[gate]\ncommands = [[\"sh\", \"-c\", \"echo never; exit 1\"]]\n"),
+        false,
+    );
+    let id = l.add("never passes");
+    let out = once_within(&l, Duration::from_secs(120));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_bounded(&l, &id);
+    assert!(
+        l.repo
+            .git(&["ls-tree", "--name-only", "main"])
+            .lines()
+            .count()
+            > 0
+            && !l
+                .repo
+                .git(&["ls-tree", "--name-only", "main"])
+                .contains("work-"),
+        "nothing was merged"
+    );
+}
+
+#[test]
+fn a_branch_that_edits_a_protected_section_is_run_within_its_budget() {
+    let agent = "\
+sed 's/^commands = .*$/commands = []/' policy.toml > p && mv p policy.toml
+echo w > \"w-$1.txt\" && git add -A && git commit -q -m \"attempt $1\"
+echo LOOP_DONE";
+    let l = setup(
+        agent,
+        &format!("{BUDGET}[gate]\ncommands = [[\"sh\", \"-c\", \"test -f gate-ok\"]]\n"),
+        false,
+    );
+    let id = l.add("loosens the gate every time");
+    let out = once_within(&l, Duration::from_secs(120));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_bounded(&l, &id);
+    assert!(
+        l.history(&id)
+            .iter()
+            .any(|h| h.contains("changes the protected sections")),
+        "{:?}",
+        l.history(&id)
+    );
+}
+
+#[test]
+fn a_silent_agent_is_run_within_its_budget() {
+    let l = setup(
+        "sleep 600",
+        &format!("{BUDGET}[agent]\nstall_timeout = \"500ms\"\n"),
+        false,
+    );
+    let id = l.add("says nothing");
+    let out = once_within(&l, Duration::from_secs(120));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_bounded(&l, &id);
+    assert!(
+        l.agent_runs(&id).iter().all(|r| r["outcome"] == "stalled"),
+        "{:?}",
+        l.agent_runs(&id)
+    );
+}
+
+/// The remote has a `loop/<short>` with a commit the approved head lacks: pushing the task
+/// branch can never succeed as it is, so the task is blocked after one try — not retried —
+/// and a new commit on the task branch re-arms it.
+#[test]
+fn a_promotion_refused_by_policy_blocks_the_task_until_its_branch_moves() {
+    let l = setup(COMMIT_AND_DONE, BUDGET, true);
+    let id = l.add("collides with someone's branch");
+    let branch = format!("loop/{}", &id[..7]);
+    l.repo.git(&["checkout", "-q", "-b", "someone", "main"]);
+    l.repo.write("theirs.txt", "someone else's work\n");
+    l.repo.git(&["add", "theirs.txt"]);
+    l.repo.git(&["commit", "-q", "-m", "someone else's work"]);
+    l.repo.git(&[
+        "push",
+        "-q",
+        "origin",
+        &format!("someone:refs/heads/{branch}"),
+    ]);
+    l.repo.git(&["checkout", "-q", "person"]);
+
+    let out = once_within(&l, Duration::from_secs(60));
+    assert_eq!(out.code, 1, "nothing can progress: {}", out.stderr);
+    let task = l.show(&id);
+    assert_eq!(task["state"], "blocked", "{task}");
+    assert_eq!(task["reason"], "promotion_refused", "{task}");
+    assert!(
+        out.stderr.contains("promotion_refused"),
+        "--once names it: {}",
+        out.stderr
+    );
+    let history = l.history(&id);
+    assert_eq!(
+        history
+            .iter()
+            .filter(|h| h.contains("-> blocked: promotion_refused"))
+            .count(),
+        1,
+        "{history:?}"
+    );
+    assert!(
+        !history.iter().any(|h| h.contains("promotion failed")),
+        "never retried as it is: {history:?}"
+    );
+    let status = l.repo.ok(&["status"]);
+    assert!(
+        status.contains("a new commit on its branch"),
+        "status says what re-arms it: {status}"
+    );
+
+    // A person brings the remote's commit into the task branch: judged again, then promoted.
+    let wt = l.repo.worktree_path(&id[..7]);
+    l.repo.git_at(&wt, &["fetch", "-q", "origin", &branch]);
+    l.repo
+        .git_at(&wt, &["merge", "-q", "--no-edit", "FETCH_HEAD"]);
+    let out = once_within(&l, Duration::from_secs(60));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(l.show(&id)["state"], "done");
+    let history = l.history(&id);
+    assert!(
+        history
+            .iter()
+            .any(|h| h.starts_with("blocked: promotion_refused -> awaiting_judge")),
+        "{history:?}"
+    );
+}
+
+/// An agent that commits, leaves an uncommitted file, and then claims completion only once the
+/// test lets it (`marker`), so that the person's decision lands while it runs.
+fn waits_for(marker: &std::path::Path) -> String {
+    format!(
+        "echo w > \"work-$GIT_LOOP_TASK.txt\" && git add -A && git commit -q -m work\n\
+         echo dirty > dirty.txt\n\
+         while [ ! -e '{}' ]; do sleep 0.1; done\n\
+         echo LOOP_DONE",
+        marker.display()
+    )
+}
+
+/// A person acts on a task while its agent runs: their decision stands, the agent's group is
+/// gone, the work is in rescue refs, and the refusal is in the log.
+fn a_persons_decision_while_the_agent_runs_stands(act: &[&str], state: &str) {
+    let marker = tempfile::tempdir().expect("tmp");
+    let marker = marker.path().join("go");
+    let l = setup(&waits_for(&marker), "", false);
+    let id = l.add("the person changes their mind");
+    let mut runner = l.repo.spawn(&["start"]);
+    let wt = l.repo.worktree_path(&id[..7]);
+    let mut pgid = None;
+    wait_for("the agent to work", Duration::from_secs(30), || {
+        pgid = lease_pgid(&l.repo, &id);
+        pgid.is_some() && wt.join("dirty.txt").exists()
+    });
+    let pgid = pgid.expect("pgid");
+    let branch_head = l
+        .repo
+        .git(&["rev-parse", &format!("loop/{}", &id[..7])])
+        .trim()
+        .to_string();
+    let mut args: Vec<&str> = act.to_vec();
+    args.insert(2, &id);
+    l.repo.ok(&args);
+    // If the agent is still running, it now claims completion.
+    std::fs::write(&marker, "").expect("marker");
+    wait_for("the agent to be ended", Duration::from_secs(20), || {
+        !running_group(&pgid)
+    });
+    wait_for("the lease to be released", Duration::from_secs(20), || {
+        l.repo.refs(&format!("refs/loop/leases/{id}")).is_empty()
+    });
+    let task = l.show(&id);
+    assert_eq!(task["state"], state, "the person's decision stands: {task}");
+    let history = l.history(&id);
+    assert!(
+        history[0].contains(&format!("-> {state}")),
+        "nothing was written over it: {history:?}"
+    );
+    assert!(
+        !l.repo
+            .git(&["ls-tree", "--name-only", "main"])
+            .contains("work-"),
+        "the work was not merged"
+    );
+    let rescues = l.repo.refs(&format!("refs/loop/rescue/{id}/"));
+    assert!(
+        rescues.iter().any(|r| r.ends_with(&branch_head)),
+        "the branch's commits are in a rescue ref: {rescues:?}"
+    );
+    assert!(
+        rescues.iter().any(|r| {
+            let name = r.split(' ').next().unwrap_or_default();
+            l.repo
+                .git_out(&["cat-file", "-e", &format!("{name}:dirty.txt")])
+                .code
+                == 0
+        }),
+        "the uncommitted file is in a rescue ref: {rescues:?}"
+    );
+    assert!(!wt.exists(), "the worktree was cleared");
+    let log = l.repo.ok(&["log", "--task", &id]);
+    assert!(
+        log.contains("refused by"),
+        "the refusal is in the log:\n{log}"
+    );
+    assert_eq!(runner.terminate(), Some(0), "{}", runner.stderr_text());
+}
+
+#[test]
+fn a_cancel_while_the_agent_runs_stands() {
+    a_persons_decision_while_the_agent_runs_stands(&["task", "cancel"], "cancelled");
+}
+
+#[test]
+fn a_gate_while_the_agent_runs_stands() {
+    a_persons_decision_while_the_agent_runs_stands(
+        &["task", "gate", "--reason", "I will do this one"],
+        "human_gated",
+    );
+}
+
+/// A person's `git loop promote` of a task a live runner holds would pull the work from under
+/// its agent: it exits 6 naming the holder, and the runner finishes the task.
+#[test]
+fn a_hand_promotion_of_a_task_a_live_runner_holds_exits_6() {
+    let marker = tempfile::tempdir().expect("tmp");
+    let marker = marker.path().join("go");
+    let l = setup(&waits_for(&marker), "", false);
+    let id = l.add("in the runner's hands");
+    let mut runner = l.repo.spawn(&["start"]);
+    wait_for("the agent to work", Duration::from_secs(30), || {
+        lease_pgid(&l.repo, &id).is_some()
+    });
+    let holder = l.repo.run(&["status", "--json"]).json()["runners"][0]["runner"]
+        .as_str()
+        .expect("a runner")
+        .to_string();
+    let out = l.repo.fails(&["promote", &id], 6);
+    assert!(out.stderr.contains(&holder), "{}", out.stderr);
+    assert!(
+        l.repo.refs("refs/loop/promote/").is_empty(),
+        "no promotion began"
+    );
+    std::fs::write(&marker, "").expect("marker");
+    wait_for(
+        "the runner to finish the task",
+        Duration::from_secs(60),
+        || l.show(&id)["state"] == "done",
+    );
+    assert_eq!(runner.terminate(), Some(0), "{}", runner.stderr_text());
+    let done = l
+        .history(&id)
+        .iter()
+        .filter(|h| h.contains("-> done"))
+        .count();
+    assert_eq!(done, 1);
+}
+
+#[test]
+fn a_pause_reason_survives_its_own_content_and_holds_everything() {
+    let l = setup(COMMIT_AND_DONE, "", false);
+    let id = l.add("waits for the freeze");
+    let reason = "deploy freeze\n---\nsays \"wait\" = 'until monday'\n---\n";
+    l.repo.ok(&["pause", "--reason", reason]);
+    let breaker = || l.repo.run(&["status", "--json"]).json()["breaker"].clone();
+    assert_eq!(breaker()["state"], "paused");
+    assert_eq!(breaker()["reason"], reason, "the reason round-trips");
+    let out = l.start(&[]);
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    assert_eq!(
+        breaker()["state"],
+        "paused",
+        "the runner did not half-open it"
+    );
+    // Nothing ran, and a promotion by hand is refused too.
+    assert_eq!(l.show(&id)["attempts"], 0);
+    let branch = format!("loop/{}", &id[..7]);
+    l.repo.git(&["branch", &branch, "main"]);
+    let out = l.repo.fails(&["promote", &id], 7);
+    assert!(out.stderr.contains("paused"), "{}", out.stderr);
+    l.repo.ok(&["resume"]);
+    assert_eq!(breaker()["state"], "closed");
+}
+
+/// Every write of a runner's heartbeat over `seconds`, as `(phase, next action)`: read from the
+/// reflog, which git keeps for every ref with `core.logAllRefUpdates = always`.
+fn heartbeat_writes(l: &Loop, seconds: u64) -> Vec<(String, String)> {
+    l.repo.git(&["config", "core.logAllRefUpdates", "always"]);
+    let mut runner = l.repo.spawn(&["start"]);
+    std::thread::sleep(Duration::from_secs(seconds));
+    assert_eq!(runner.terminate(), Some(0), "{}", runner.stderr_text());
+    let refs = l.repo.refs("refs/loop/runners/");
+    assert_eq!(refs.len(), 1, "{refs:?}");
+    let name = refs[0].split(' ').next().expect("name");
+    let log = std::fs::read_to_string(l.repo.path(&format!(".git/logs/{name}"))).expect("reflog");
+    log.lines()
+        .map(|line| {
+            let new = line.split(' ').nth(1).expect("new value");
+            let beat: toml::Table = l
+                .repo
+                .record(new, "heartbeat.toml")
+                .expect("a heartbeat record")
+                .parse()
+                .expect("a heartbeat");
+            (
+                beat["phase"].as_str().expect("phase").to_string(),
+                beat["next_action"].as_str().expect("next").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// At most one write per `lease.heartbeat` (20 s: none over 10 s) besides the phase changes.
+fn assert_few_heartbeats(writes: &[(String, String)]) {
+    let changes = writes
+        .iter()
+        .enumerate()
+        .filter(|(i, w)| *i == 0 || writes[i - 1] != **w)
+        .count();
+    assert!(
+        writes.len() <= changes + 1,
+        "{} heartbeat writes for {changes} phase changes in 10 s: {writes:#?}",
+        writes.len()
+    );
+}
+
+const SLOW_HEARTBEAT: &str = "[lease]\nttl = \"60s\"\nheartbeat = \"20s\"\n";
+
+#[test]
+fn an_idle_runner_writes_a_heartbeat_per_phase_change_and_per_heartbeat_only() {
+    let l = setup(COMMIT_AND_DONE, SLOW_HEARTBEAT, false);
+    let writes = heartbeat_writes(&l, 10);
+    assert!(writes.iter().any(|(p, _)| p == "idle"), "{writes:?}");
+    assert_few_heartbeats(&writes);
+}
+
+#[test]
+fn a_paused_runner_writes_a_heartbeat_per_phase_change_and_per_heartbeat_only() {
+    let l = setup(COMMIT_AND_DONE, SLOW_HEARTBEAT, false);
+    l.repo.ok(&["pause", "--reason", "holiday"]);
+    let writes = heartbeat_writes(&l, 10);
+    assert!(
+        writes.iter().any(|(p, _)| p == "breaker_open"),
+        "{writes:?}"
+    );
+    assert_few_heartbeats(&writes);
+}
+
+#[test]
+fn a_runner_in_backoff_writes_a_heartbeat_per_phase_change_and_per_heartbeat_only() {
+    let l = setup(COMMIT_AND_DONE, SLOW_HEARTBEAT, false);
+    let id = l.add("later");
+    l.repo.poke(&id, "next_at", "\"2099-01-01T00:00:00Z\"");
+    let writes = heartbeat_writes(&l, 10);
+    assert!(writes.iter().any(|(p, _)| p == "backoff"), "{writes:?}");
+    assert_few_heartbeats(&writes);
+}
+
+#[test]
+fn an_absurd_duration_or_count_is_a_config_error_naming_the_key() {
+    let l = setup(COMMIT_AND_DONE, "[lease]\nttl = \"10000d\"\n", false);
+    let out = l.repo.fails(&["start", "--once"], 3);
+    assert!(out.stderr.contains("[lease] ttl"), "{}", out.stderr);
+    let l = setup(COMMIT_AND_DONE, "[retry]\nmax_attempts = 100000\n", false);
+    let out = l.repo.fails(&["start", "--once"], 3);
+    assert!(
+        out.stderr.contains("[retry] max_attempts"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn loop_commands_are_refused_from_inside_an_agents_run() {
+    let l = setup(COMMIT_AND_DONE, "", false);
+    let id = l.add("someone else's task");
+    for args in [
+        vec!["task", "cancel", id.as_str()],
+        vec!["task", "gate", id.as_str(), "--reason", "mine now"],
+        vec!["task", "edit", id.as_str(), "--title", "x"],
+        vec!["task", "reopen", id.as_str()],
+        vec!["promote", id.as_str()],
+        vec!["pause", "--reason", "x"],
+        vec!["resume"],
+    ] {
+        let out = l
+            .repo
+            .cmd(&args)
+            .env("GIT_LOOP_TASK", &id)
+            .env("GIT_LOOP_RUN", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("inside an agent's run"),
+            "{args:?}: {out:?}"
+        );
+    }
+    assert_eq!(l.show(&id)["state"], "ready", "nothing changed");
+}
