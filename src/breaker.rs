@@ -292,6 +292,74 @@ pub fn write(repo: &Repo, old: Option<ObjectId>, breaker: &Breaker) -> Result<bo
     Ok(repo.cas(&[edit])? == CasOutcome::Applied)
 }
 
+/// What the breaker's `config` opening depends on, read now: the policy in `workdir` (a commit
+/// may have changed it; `None` when it cannot be read, which is a problem, and `last` goes on
+/// being used), every runtime file and program against the target, the pin; and the
+/// fingerprint that re-arms an opening.
+pub fn observe(
+    repo: &Repo,
+    workdir: &std::path::Path,
+    last: &Policy,
+) -> Result<(Option<Policy>, Observed)> {
+    let mut problems = Vec::new();
+    let read = match Policy::load_required(workdir) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            problems.push(
+                format!("{e:#}")
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+            None
+        }
+    };
+    let policy = read.as_ref().unwrap_or(last);
+    let tip = repo
+        .last_seen_tip(policy.loop_.remote.as_deref(), &policy.loop_.target)?
+        .map(|(tip, _)| tip);
+    // Everything the runtime needs from the target: the manifest and every program run from
+    // inside the repository, so committing either re-arms the breaker.
+    let mut files = runtime_files(policy, repo.workdir());
+    files.push(crate::policy::FILE.to_string());
+    let fingerprint = match tip {
+        Some(t) => {
+            // What is missing is part of the fingerprint too: a program installed on PATH
+            // since the opening re-arms it as a commit would.
+            let missing = if problems.is_empty() {
+                runtime_problems(repo, policy, t)?
+            } else {
+                Vec::new()
+            };
+            let fingerprint = fingerprint(repo, &files, t, &missing)?;
+            problems.extend(missing);
+            fingerprint
+        }
+        None => {
+            problems.push(format!(
+                "the target branch {} does not exist",
+                policy.loop_.target
+            ));
+            String::new()
+        }
+    };
+    if problems.is_empty() && crate::oracle::pin_mismatch(repo, policy)?.is_some() {
+        problems.push(format!(
+            "the protected policy sections on {} differ from the pin (`git loop init --repin` accepts them)",
+            policy.loop_.target
+        ));
+    }
+    Ok((
+        read,
+        Observed {
+            problems,
+            fingerprint,
+            ..Observed::default()
+        },
+    ))
+}
+
 /// What the runtime needs that the target does not provide: every runtime-manifest file, and
 /// every program path the agent or the gates would run from the repository, must be committed
 /// on the target; programs named without a path must be on PATH. One line per problem.

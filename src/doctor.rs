@@ -736,12 +736,12 @@ impl<'r> Cx<'r> {
                 Err(why) => saw.push(format!("{short}: the lease is unreadable: {why}")),
                 Ok(l) if l.holder_dead() => saw.push(format!(
                     "{short}: held by {} (pid {} on this host), which is gone",
-                    l.runner, l.pid
+                    l.runner, l.holder.pid
                 )),
                 Ok(l) if l.expired(now) => saw.push(format!(
                     "{short}: the lease of {} (host {}) expired at {}",
                     l.runner,
-                    l.host,
+                    l.holder.host,
                     l.expires.to_rfc3339()
                 )),
                 Ok(_) => {}
@@ -776,7 +776,6 @@ impl<'r> Cx<'r> {
             .map_or(Duration::from_secs(30), |p| p.lease.heartbeat);
         let stale_after = heartbeat * 3 + Duration::from_secs(5);
         let lock = lock_held(self.repo.common_dir());
-        let host = crate::process::host();
         let now = Timestamp::now();
         let mut saw = Vec::new();
         let mut fixes = Vec::new();
@@ -794,23 +793,23 @@ impl<'r> Cx<'r> {
                 continue;
             }
             let age = Duration::from_micros(u64::try_from(now.0 - b.updated.0).unwrap_or(0));
-            let here = b.host == host;
+            let here = b.holder.is_here();
             let shown = crate::time::format_duration(age);
-            if here && !crate::process::alive(b.pid, b.pid_start.as_deref()) {
+            if b.holder.is_dead() {
                 saw.push(format!(
                     "runner {id} (pid {} on this host) is gone, but its heartbeat says {}, {shown} ago",
-                    b.pid, b.phase
+                    b.holder.pid, b.phase
                 ));
                 fixes.push("the next `git loop start` clears it".to_string());
             } else if age > stale_after && !(here && lock == Some(true)) {
                 saw.push(format!(
                     "runner {id} (host {}, pid {}) last beat {shown} ago, in phase {} (more than 3 × lease.heartbeat), and holds no lock here",
-                    b.host, b.pid, b.phase
+                    b.holder.host, b.holder.pid, b.phase
                 ));
                 fixes.push(if here {
                     "`git loop stop`, then `git loop start`".to_string()
                 } else {
-                    format!("look at the runner on {}", b.host)
+                    format!("look at the runner on {}", b.holder.host)
                 });
             } else {
                 live.push(format!("{id} ({}, heartbeat {shown} ago)", b.phase));

@@ -10,6 +10,7 @@ use gix::ObjectId;
 use serde::{Deserialize, Serialize};
 
 use crate::git::{Cas, CasOutcome, Repo};
+use crate::holder::Holder;
 use crate::refs;
 use crate::time::Timestamp;
 
@@ -48,10 +49,9 @@ impl std::fmt::Display for Purpose {
 pub struct Lease {
     pub task: String,
     pub runner: String,
-    pub host: String,
-    pub pid: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid_start: Option<String>,
+    /// The process that holds it.
+    #[serde(flatten)]
+    pub holder: Holder,
     /// The agent's process group, once it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pgid: Option<u32>,
@@ -70,13 +70,10 @@ impl Lease {
     /// A lease of `task` held by this process for `ttl`.
     pub fn new(task: &str, runner: &str, run: &str, purpose: Purpose, ttl: Duration) -> Lease {
         let now = Timestamp::now();
-        let pid = std::process::id();
         Lease {
             task: task.to_string(),
             runner: runner.to_string(),
-            host: crate::process::host(),
-            pid,
-            pid_start: crate::process::start_time(pid),
+            holder: Holder::me(),
             pgid: None,
             pgid_start: None,
             run: run.to_string(),
@@ -90,8 +87,7 @@ impl Lease {
     /// Whether the holder is known dead: on this host, its process is gone (or the pid was
     /// reused by another process).
     pub fn holder_dead(&self) -> bool {
-        self.host == crate::process::host()
-            && !crate::process::alive(self.pid, self.pid_start.as_deref())
+        self.holder.is_dead()
     }
 
     /// The agent's process group, if it is on this host and still the same group: its leader
@@ -100,7 +96,7 @@ impl Lease {
     /// was not recorded may be another process that got the pid: not the agent's group.
     pub fn agent_group(&self) -> Option<u32> {
         let group = self.pgid?;
-        if self.host != crate::process::host() || group <= 1 {
+        if !self.holder.is_here() || group <= 1 {
             return None;
         }
         match (crate::process::start_time(group), &self.pgid_start) {
@@ -194,9 +190,9 @@ mod tests {
         l.pgid_start = Some("another start".to_string());
         assert_eq!(l.agent_group(), None, "the id now names another process");
         l.pgid_start = crate::process::start_time(me);
-        l.host = format!("not-{}", l.host);
+        l.holder.host = format!("not-{}", l.holder.host);
         assert_eq!(l.agent_group(), None, "a group on another host");
-        l.host = crate::process::host();
+        l.holder.host = crate::process::host();
         l.pgid_start = None;
         assert_eq!(l.agent_group(), None, "a live leader of unknown start");
         // init, with its real start time: only the guard against group 1 can refuse it.

@@ -14,6 +14,7 @@ pub mod error;
 pub mod gate;
 pub mod git;
 pub mod graph;
+pub mod holder;
 pub mod hooks;
 pub mod ids;
 pub mod judge;

@@ -143,8 +143,9 @@ impl Reaper<'_> {
             };
             let why = if lease.holder_dead() {
                 format!(
-                    "its holder {} (pid {} on {}) died",
-                    lease.runner, lease.pid, lease.host
+                    "its holder {} ({}) died",
+                    lease.runner,
+                    lease.holder.describe()
                 )
             } else if lease.expired(now) {
                 format!("it expired at {}", lease.expires.to_rfc3339())
@@ -153,10 +154,9 @@ impl Reaper<'_> {
                     "lease",
                     &id,
                     format!(
-                        "held by {} (pid {} on {}) for {} until {}",
+                        "held by {} ({}) for {} until {}",
                         lease.runner,
-                        lease.pid,
-                        lease.host,
+                        lease.holder.describe(),
                         lease.purpose,
                         lease.expires.to_rfc3339()
                     ),
@@ -347,7 +347,7 @@ impl Reaper<'_> {
         let run = dead.map_or("", |l| l.run.as_str());
         let mut lease = Lease::new(id, &self.opts.holder, run, lease::Purpose::Reap, REAP_TTL);
         if let Some(dead) = dead
-            && dead.host == lease.host
+            && dead.holder.host == lease.holder.host
         {
             lease.pgid = dead.pgid;
             lease.pgid_start = dead.pgid_start.clone();

@@ -116,13 +116,12 @@ fn collect(ctx: &Ctx<'_>) -> Result<StatusJson> {
             continue;
         }
         let age = (now.0 - b.updated.0) as f64 / 1e6;
-        let alive = crate::process::host() != b.host
-            || crate::process::alive(b.pid, b.pid_start.as_deref());
+        let alive = !b.holder.is_dead();
         let stale = !alive || heartbeat.is_some_and(|h| age > 3.0 * h.as_secs_f64() + 5.0);
         runners.push(RunnerJson {
             runner: id,
-            host: b.host,
-            pid: b.pid,
+            host: b.holder.host,
+            pid: b.holder.pid,
             phase: if alive {
                 b.phase.to_string()
             } else {

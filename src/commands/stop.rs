@@ -30,43 +30,39 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
     let holder = std::fs::read_to_string(repo.common_dir().join("loop").join("runner.holder"))
         .ok()
         .and_then(|t| toml::from_str::<Heartbeat>(&t).ok());
-    let Some(h) =
-        holder.filter(|h| h.host != crate::process::host() || alive(h.pid, h.pid_start.as_deref()))
-    else {
+    let Some(h) = holder.filter(|h| !h.holder.is_dead()) else {
         writeln!(ctx.out, "no runner is running")?;
         return Ok(());
     };
-    if h.host != crate::process::host() {
+    let (host, pid, start) = (&h.holder.host, h.holder.pid, h.holder.pid_start.as_deref());
+    if !h.holder.is_here() {
         return Err(LoopError::new(
             Class::Generic,
-            format!(
-                "the runner {} runs on host {}, not this one",
-                h.runner, h.host
-            ),
+            format!("the runner {} runs on host {host}, not this one", h.runner),
         )
-        .with_hint(format!("run `git loop stop` on {}", h.host))
+        .with_hint(format!("run `git loop stop` on {host}"))
         .into());
     }
     // Its whole process group when it leads one (`--detach`, or a shell's job); when it
     // shares its starter's group (a script that ran it, `git` running `git-loop`), the
     // runner alone: the group is not the runner's to end.
     let signal = |signal| match h.pgid {
-        Some(group) if group == h.pid => signal_group(group, signal),
-        _ => signal_process(h.pid, signal),
+        Some(group) if group == pid => signal_group(group, signal),
+        _ => signal_process(pid, signal),
     };
     signal(Signal::Term);
     let until = Instant::now() + Duration::from_secs(args.timeout);
-    while alive(h.pid, h.pid_start.as_deref()) && Instant::now() < until {
+    while alive(pid, start) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(100));
     }
-    if !alive(h.pid, h.pid_start.as_deref()) {
+    if !alive(pid, start) {
         writeln!(ctx.out, "stopped {}", h.runner)?;
         return Ok(());
     }
     // It did not stop in time: kill it, and take back what it held.
     signal(Signal::Kill);
     let until = Instant::now() + Duration::from_secs(5);
-    while alive(h.pid, h.pid_start.as_deref()) && Instant::now() < until {
+    while alive(pid, start) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut stderr = std::io::stderr();

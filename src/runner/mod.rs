@@ -7,12 +7,16 @@
 //! signals arrive on it too, and in between the loop sleeps until the earliest of the next
 //! timer (a backoff, a quota wait, a cool-off, the breaker's half-open), the heartbeat due,
 //! and its next look at the refs for new work. The heartbeat is written when the runner's
-//! phase or next action changes (settled for [`SETTLE`], so that a burst of changes is one
+//! phase or next action changes (settled for [`heartbeat::SETTLE`], so that a burst of changes is one
 //! write) and every `lease.heartbeat`, never more often. The policy, runtime files and pin
 //! are checked again when the target's tip, the policy file, the pin or the breaker change,
 //! and at every heartbeat — not on every pass.
 
+mod heartbeat;
 pub mod worker;
+mod worktree;
+
+pub use heartbeat::{Heartbeat, Phase, heartbeats};
 
 use crate::ids::short;
 use std::collections::HashMap;
@@ -23,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use gix::ObjectId;
-use serde::{Deserialize, Serialize};
 
 use crate::breaker::{self, Breaker, Cause, Observed};
 use crate::error::{Class, LoopError};
@@ -36,12 +39,6 @@ use crate::store::{Edit, Store};
 use crate::task::machine::{self, Actor, Budget, Event};
 use crate::task::{Reason, State, Task};
 use crate::time::Timestamp;
-
-const HEARTBEAT: &str = "heartbeat.toml";
-
-/// How long a changed phase must hold before the heartbeat says so: workers that go from
-/// agent to judge to promotion within milliseconds make one write, not three.
-const SETTLE: Duration = Duration::from_millis(250);
 
 /// How often the runner looks at the refs for work it was not told about (new tasks, a
 /// resume, another process's change). A look reads refs; it writes nothing.
@@ -64,45 +61,6 @@ pub enum Finish {
     Stopped,
 }
 
-/// What the runner does, as its heartbeat says (SPEC §5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Recover,
-    Idle,
-    Backoff,
-    BreakerOpen,
-    Dispatch,
-    Agent,
-    Judge,
-    Promote,
-    Stopping,
-    Stopped,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Recover => "recover",
-            Phase::Idle => "idle",
-            Phase::Backoff => "backoff",
-            Phase::BreakerOpen => "breaker_open",
-            Phase::Dispatch => "dispatch",
-            Phase::Agent => "agent",
-            Phase::Judge => "judge",
-            Phase::Promote => "promote",
-            Phase::Stopping => "stopping",
-            Phase::Stopped => "stopped",
-        }
-    }
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// What reaches the runner's loop.
 pub enum Msg {
     /// A worker went on to another phase with its task.
@@ -111,46 +69,6 @@ pub enum Msg {
     Finished { id: String, result: Result<String> },
     /// SIGTERM or SIGINT.
     Signal,
-}
-
-/// The runner's heartbeat (SPEC §4), `refs/loop/runners/<runner-id>`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Heartbeat {
-    pub runner: String,
-    pub host: String,
-    pub pid: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid_start: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pgid: Option<u32>,
-    pub started: Timestamp,
-    pub updated: Timestamp,
-    pub iteration: u64,
-    pub phase: Phase,
-    #[serde(default)]
-    pub tasks: Vec<String>,
-    /// When an agent of this runner last wrote output (its log file's last change).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_output: Option<Timestamp>,
-    #[serde(default)]
-    pub failure_streak: u32,
-    pub next_action: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_at: Option<Timestamp>,
-}
-
-/// Every runner heartbeat in the repository.
-pub fn heartbeats(repo: &Repo) -> Result<Vec<(String, std::result::Result<Heartbeat, String>)>> {
-    let mut out = Vec::new();
-    for r in repo.refs_under(refs::RUNNERS)? {
-        if let Some(tip) = r.id {
-            out.push((
-                r.name[refs::RUNNERS.len()..].to_string(),
-                crate::record::read(repo, tip, HEARTBEAT),
-            ));
-        }
-    }
-    Ok(out)
 }
 
 struct Active {
@@ -177,12 +95,7 @@ struct Runner<'a> {
     policy: Policy,
     opts: &'a Options,
     id: String,
-    beat: Heartbeat,
-    /// What the last written heartbeat said (phase, next action), and when it was written.
-    written: Option<(Phase, String)>,
-    last_beat: Instant,
-    /// Since when the heartbeat has said something else than the runner would say now.
-    changed_at: Option<Instant>,
+    beats: heartbeat::Beats,
     active: HashMap<String, Active>,
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
@@ -205,39 +118,24 @@ struct Runner<'a> {
 /// ever). Progress lines go to `say`.
 pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) -> Result<Finish> {
     let repo = Repo::discover(workdir)?;
-    let _lock = take_lock(&repo)?;
-    let host = crate::process::host();
-    let pid = std::process::id();
-    let id = format!("{host}-{pid}-{:04x}", crate::rand::u64() as u16);
-    let now = Timestamp::now();
+    let _lock = heartbeat::take_lock(&repo)?;
+    let id = format!(
+        "{}-{}-{:04x}",
+        crate::process::host(),
+        std::process::id(),
+        crate::rand::u64() as u16
+    );
     let (tx, rx) = mpsc::channel();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let signals = forward_signals(&tx, &stop)?;
+    let beats = heartbeat::Beats::new(&id, policy.lease.heartbeat);
     let mut runner = Runner {
         workdir: workdir.to_path_buf(),
         repo,
         policy,
         opts,
-        beat: Heartbeat {
-            runner: id.clone(),
-            host,
-            pid,
-            pid_start: crate::process::start_time(pid),
-            pgid: crate::process::pgid(pid),
-            started: now,
-            updated: now,
-            iteration: 0,
-            phase: Phase::Recover,
-            tasks: Vec::new(),
-            last_output: None,
-            failure_streak: 0,
-            next_action: "recover".into(),
-            next_at: None,
-        },
+        beats,
         id,
-        written: None,
-        last_beat: Instant::now(),
-        changed_at: None,
         active: HashMap::new(),
         tx,
         rx,
@@ -250,7 +148,7 @@ pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) 
         checked_at: Instant::now(),
         stop,
     };
-    write_lock_holder(&runner.repo, &runner.beat)?;
+    heartbeat::write_lock_holder(&runner.repo, &runner.beats.beat)?;
     runner.say_beat(Phase::Recover, "recover", None, true)?;
     runner.recover()?;
     let finish = runner.main_loop();
@@ -304,8 +202,8 @@ impl Runner<'_> {
             if self.stopping() {
                 return self.shut_down();
             }
-            self.beat.iteration += 1;
-            if self.last_beat.elapsed() >= self.policy.lease.heartbeat {
+            self.beats.beat.iteration += 1;
+            if self.beats.due() {
                 self.renew_leases()?;
             }
             // One listing of the backlog per pass, read again only after this loop itself
@@ -386,11 +284,7 @@ impl Runner<'_> {
         for at in [timer, half_open].into_iter().flatten() {
             wake = wake.min(until(at));
         }
-        wake = wake.min(self.last_beat + self.policy.lease.heartbeat);
-        if let Some(at) = self.changed_at {
-            wake = wake.min(at + SETTLE);
-        }
-        wake
+        wake.min(self.beats.next_due())
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -418,23 +312,23 @@ impl Runner<'_> {
             }
         }
         self.renew_leases()?;
-        self.beat.tasks.clear();
+        self.beats.beat.tasks.clear();
         self.say_beat(Phase::Stopped, "none: stopped", None, true)?;
         Ok(Finish::Stopped)
     }
 
     fn finished(&mut self, id: &str, result: Result<String>) {
         if let Some(a) = self.active.remove(id) {
-            self.beat.tasks = self.active.keys().cloned().collect();
+            self.beats.beat.tasks = self.active.keys().cloned().collect();
             let secs = a.started.elapsed().as_secs_f64();
             match result {
                 Ok(state) => {
-                    self.beat.failure_streak = 0;
+                    self.beats.beat.failure_streak = 0;
                     self.successes += 1;
                     let _ = writeln!(self.say, "{}: {state} ({secs:.1}s)", short(id));
                 }
                 Err(e) => {
-                    self.beat.failure_streak += 1;
+                    self.beats.beat.failure_streak += 1;
                     let line = format!("{e:#}")
                         .lines()
                         .next()
@@ -501,64 +395,15 @@ impl Runner<'_> {
         })
     }
 
-    /// The configuration problems now: the policy as it is (a commit may have changed it), the
-    /// runtime files and programs against the target, the pin; and the fingerprint that
-    /// re-arms a `config` opening.
+    /// The configuration problems now (see [`breaker::observe`]), with the policy as it is
+    /// now when it can be read.
     fn observe(&mut self) -> Result<Observed> {
-        let mut problems = Vec::new();
-        match Policy::load_required(&self.workdir) {
-            Ok(p) => self.policy = p,
-            Err(e) => problems.push(
-                format!("{e:#}")
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
-            ),
+        let (policy, observed) = breaker::observe(&self.repo, &self.workdir, &self.policy)?;
+        if let Some(p) = policy {
+            self.beats.every = p.lease.heartbeat;
+            self.policy = p;
         }
-        let repo = &self.repo;
-        let tip = repo
-            .last_seen_tip(
-                self.policy.loop_.remote.as_deref(),
-                &self.policy.loop_.target,
-            )?
-            .map(|(tip, _)| tip);
-        // Everything the runtime needs from the target: the manifest and every program run
-        // from inside the repository, so committing either re-arms the breaker.
-        let mut files = breaker::runtime_files(&self.policy, repo.workdir());
-        files.push(crate::policy::FILE.to_string());
-        let fingerprint = match tip {
-            Some(t) => {
-                // What is missing is part of the fingerprint too: a program installed on PATH
-                // since the opening re-arms it as a commit would.
-                let missing = if problems.is_empty() {
-                    breaker::runtime_problems(repo, &self.policy, t)?
-                } else {
-                    Vec::new()
-                };
-                let fingerprint = breaker::fingerprint(repo, &files, t, &missing)?;
-                problems.extend(missing);
-                fingerprint
-            }
-            None => {
-                problems.push(format!(
-                    "the target branch {} does not exist",
-                    self.policy.loop_.target
-                ));
-                String::new()
-            }
-        };
-        if problems.is_empty() && crate::oracle::pin_mismatch(repo, &self.policy)?.is_some() {
-            problems.push(format!(
-                "the protected policy sections on {} differ from the pin (`git loop init --repin` accepts them)",
-                self.policy.loop_.target
-            ));
-        }
-        Ok(Observed {
-            problems,
-            fingerprint,
-            ..Observed::default()
-        })
+        Ok(observed)
     }
 
     /// Claims and starts what can run, in dispatch order. Returns how many it started. While
@@ -679,7 +524,7 @@ impl Runner<'_> {
             started += 1;
         }
         if started > 0 {
-            self.beat.tasks = self.active.keys().cloned().collect();
+            self.beats.beat.tasks = self.active.keys().cloned().collect();
         }
         Ok(started)
     }
@@ -758,9 +603,8 @@ impl Runner<'_> {
             if id == self.id {
                 continue;
             }
-            if let Ok(b) = crate::record::read::<Heartbeat>(repo, tip, HEARTBEAT)
-                && b.host == self.beat.host
-                && !crate::process::alive(b.pid, b.pid_start.as_deref())
+            if let Ok(b) = heartbeat::read(repo, tip)
+                && b.holder.is_dead()
             {
                 repo.cas(&[Cas::Delete {
                     name: r.name.clone(),
@@ -835,8 +679,8 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// Says what the runner does now. The heartbeat is written when that changed and has held
-    /// for [`SETTLE`] (at once when `now`), and every `lease.heartbeat` whatever.
+    /// Says what the runner does now (see [`heartbeat::Beats::say`]), with the time its
+    /// agents last wrote output.
     fn say_beat(
         &mut self,
         phase: Phase,
@@ -844,53 +688,15 @@ impl Runner<'_> {
         next_at: Option<Timestamp>,
         now: bool,
     ) -> Result<()> {
-        let wanted = (phase, next.to_string());
-        let changed = self.written.as_ref() != Some(&wanted);
-        if !changed {
-            self.changed_at = None;
-        } else if self.changed_at.is_none() {
-            self.changed_at = Some(Instant::now());
-        }
-        let settled = self.changed_at.is_some_and(|at| at.elapsed() >= SETTLE);
-        let due = self.last_beat.elapsed() >= self.policy.lease.heartbeat;
-        if !(now || settled || due) {
-            return Ok(());
-        }
-        self.beat.next_at = next_at;
-        self.write_beat(phase, next)?;
-        self.written = Some(wanted);
-        self.changed_at = None;
-        Ok(())
-    }
-
-    fn write_beat(&mut self, phase: Phase, next: &str) -> Result<()> {
         let latest = self
             .active
             .values()
             .filter_map(|a| std::fs::metadata(a.log.as_ref()?).ok()?.modified().ok())
             .max();
         if let Some(t) = latest.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
-            self.beat.last_output = Some(Timestamp(t.as_micros() as i64));
+            self.beats.beat.last_output = Some(Timestamp(t.as_micros() as i64));
         }
-        self.beat.phase = phase;
-        self.beat.next_action = next.to_string();
-        self.beat.updated = Timestamp::now();
-        let name = refs::runner(&self.id);
-        let new = crate::record::write(
-            &self.repo,
-            &format!("runner: {phase}"),
-            HEARTBEAT,
-            &self.beat,
-            None,
-            &[],
-        )?;
-        let edit = match self.repo.read_ref(&name)? {
-            Some(old) => Cas::Update { name, old, new },
-            None => Cas::Create { name, new },
-        };
-        self.repo.cas(&[edit])?;
-        self.last_beat = Instant::now();
-        Ok(())
+        self.beats.say(&self.repo, phase, next, next_at, now)
     }
 
     fn finish(&mut self) -> Result<Finish> {
@@ -903,7 +709,7 @@ impl Runner<'_> {
             &store,
             self.opts.batch.as_deref(),
         )?;
-        self.beat.tasks.clear();
+        self.beats.beat.tasks.clear();
         let next = if unfinished.is_empty() {
             "none: the batch is done"
         } else {
@@ -960,46 +766,4 @@ fn next_timer(listed: &[crate::store::Listed], batch: Option<&str>) -> Option<Ti
         })
         .filter_map(|t| t.next_at)
         .min()
-}
-
-/// Takes the runner lock; a second runner gets `busy` naming the holder.
-fn take_lock(repo: &Repo) -> Result<std::fs::File> {
-    let dir = repo.common_dir().join("loop");
-    match crate::lockfile::try_take(&dir.join("runner.lock"))? {
-        Some(file) => Ok(file),
-        None => {
-            let holder = std::fs::read_to_string(dir.join("runner.holder")).unwrap_or_default();
-            let holder: Option<Heartbeat> = toml::from_str(&holder).ok();
-            let phase = holder
-                .as_ref()
-                .and_then(|h| {
-                    heartbeats(repo)
-                        .ok()?
-                        .into_iter()
-                        .find(|(id, _)| *id == h.runner)
-                        .and_then(|(_, b)| b.ok())
-                        .map(|b| b.phase.to_string())
-                })
-                .unwrap_or_else(|| "unknown".into());
-            let who = match holder {
-                Some(h) => format!(
-                    "host {}, pid {}, phase {phase} (runner {})",
-                    h.host, h.pid, h.runner
-                ),
-                None => "a process whose details are not recorded yet".into(),
-            };
-            Err(LoopError::new(
-                Class::Busy,
-                format!("another runner holds this repository: {who}"),
-            )
-            .with_hint("`git loop status` shows it; `git loop stop` stops it")
-            .into())
-        }
-    }
-}
-
-fn write_lock_holder(repo: &Repo, beat: &Heartbeat) -> Result<()> {
-    let path = repo.common_dir().join("loop").join("runner.holder");
-    std::fs::write(&path, toml::to_string(beat)?)
-        .with_context(|| format!("writing {}", path.display()))
 }
