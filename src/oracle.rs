@@ -87,10 +87,12 @@ pub fn unfinished(
         Some(t) => repo.contained_in(&promoted, t)?,
         None => Default::default(),
     };
+    let graph = crate::graph::Graph::new(listed.iter().filter_map(|l| l.task.as_ref().ok()));
+    let now = crate::time::Timestamp::now();
     let mut out = Vec::new();
-    for l in listed {
+    for l in &listed {
         let short = crate::ids::short(&l.id).to_string();
-        let task = match l.task {
+        let task = match &l.task {
             Ok(t) => t,
             Err(why) => {
                 out.push(format!("{short}  corrupt: {why}"));
@@ -123,7 +125,18 @@ pub fn unfinished(
                     .as_deref()
                     .map(|d| format!(" ({})", crate::output::safe(d, false)))
                     .unwrap_or_default();
-                out.push(format!("{short}  {}{why}  {title}", task.state_label()));
+                let pending: Vec<&str> = graph
+                    .pending_deps(task)
+                    .into_iter()
+                    .map(crate::ids::short)
+                    .collect();
+                let next = crate::task::machine::next(task, &pending, now)
+                    .map(|n| format!("; next: {}", n.action))
+                    .unwrap_or_default();
+                out.push(format!(
+                    "{short}  {}{why}{next}  {title}",
+                    task.state_label()
+                ));
             }
         }
     }

@@ -185,16 +185,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// Formats a duration the way policy files write them (`1h30m`, `45s`, `250ms`).
+/// Formats a duration for people: `1h30m`, `45s`, `1.5s`, `250ms` (never a long count of
+/// milliseconds: past a second, tenths at most, and whole seconds past ten).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         return "0s".into();
     }
-    if !ms.is_multiple_of(1000) {
+    if ms < 1000 {
         return format!("{ms}ms");
     }
-    let mut secs = d.as_secs();
+    if ms < 10_000 && !ms.is_multiple_of(1000) {
+        return format!("{:.1}s", ms as f64 / 1000.0);
+    }
+    let mut secs = ((ms + 500) / 1000) as u64;
     let mut out = String::new();
     for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
         if secs >= size {
@@ -249,5 +253,7 @@ mod tests {
         assert!(parse_duration("1y").is_err());
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_duration(Duration::from_millis(1234)), "1.2s");
+        assert_eq!(format_duration(Duration::from_millis(61_400)), "1m1s");
     }
 }

@@ -14,7 +14,9 @@ use crate::task::machine::Actor;
 /// done; each is checkpointed on refs/loop/promote/<id>, so a killed or failed attempt is
 /// resumed by running the command again. Only the commit the judge approved is promoted; a
 /// person promoting by hand gets the gates run on the branch head first. Exits 0 when promoted
-/// (or already promoted), 4 when worth retrying, 5 when something must change first.
+/// (or already promoted), 4 when worth retrying, 5 when something must change first, 6 when a
+/// runner holds the task (its agent, judge or promotion is on it), 7 while the breaker is open
+/// or paused.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The task (any unique prefix of its id)

@@ -12,8 +12,12 @@ use crate::runner::{self, Finish, Options};
 /// One runner per repository (a second exits 6 naming the first). It recovers what dead
 /// holders left before dispatching anything new, runs up to loop.workers tasks at once, and
 /// sleeps until the next timer when nothing can run. With --once it exits 0 when the oracle
-/// says the batch is done, 1 when nothing else can progress (listing every unfinished task),
-/// and 3 when a config failure stops everything.
+/// says the batch is done, 1 when nothing else can progress (listing every unfinished task with
+/// what moves it on), 3 when a config failure stops everything, and 7 while a person holds the
+/// breaker (`git loop pause`).
+///
+/// Every re-run of an agent waits a full-jitter backoff and counts against `[retry]`: at most
+/// max_attempts a round, escalate_after rounds, then a person.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Stop when the batch is done or nothing else can progress

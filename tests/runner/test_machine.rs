@@ -194,8 +194,9 @@ fn a_promotion_refused_by_policy_blocks_the_task_until_its_branch_moves() {
     assert_eq!(task["state"], "blocked", "{task}");
     assert_eq!(task["reason"], "promotion_refused", "{task}");
     assert!(
-        out.stderr.contains("promotion_refused"),
-        "--once names it: {}",
+        out.stderr.contains("promotion_refused")
+            && out.stderr.contains("next: a new commit on its branch"),
+        "--once names it and what re-arms it: {}",
         out.stderr
     );
     let history = l.history(&id);
