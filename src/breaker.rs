@@ -332,7 +332,11 @@ pub fn observe(
             } else {
                 Vec::new()
             };
-            let fingerprint = fingerprint(repo, &files, t, &missing)?;
+            let mut fingerprint = fingerprint(repo, &files, t, &missing)?;
+            // A person's repin re-arms an opening over the finish line.
+            if let Some(pin) = repo.read_ref(crate::refs::ORACLE)? {
+                fingerprint.push_str(&format!("-{pin}"));
+            }
             problems.extend(missing);
             fingerprint
         }
@@ -344,11 +348,13 @@ pub fn observe(
             String::new()
         }
     };
-    if problems.is_empty() && crate::oracle::pin_mismatch(repo, policy)?.is_some() {
-        problems.push(format!(
-            "the protected policy sections on {} differ from the pin (`git loop init --repin` accepts them)",
-            policy.loop_.target
-        ));
+    // The finish line: a missing pin, or a target whose protected sections or pinned files
+    // differ from it, stops everything until a person re-pins.
+    if problems.is_empty()
+        && let Err(e) = crate::finish_line::frozen(repo, policy)
+    {
+        let said = crate::error::find(&e).map_or_else(|| format!("{e:#}"), |l| l.message.clone());
+        problems.push(said);
     }
     Ok((
         read,

@@ -870,38 +870,35 @@ impl<'r> Cx<'r> {
 
     fn oracle_pin(&self, policy: &Policy) -> Result<Check> {
         const NAME: &str = "oracle-pin";
-        match crate::oracle::read_pin(self.repo)? {
-            None => Ok(Check::warn(
-                NAME,
-                Class::Config,
-                "refs/loop/oracle does not exist: the finish line is not pinned; the first `git loop start` pins whatever the target has then",
-                "git loop init (it pins the protected sections of policy.toml)",
-            )),
-            Some((_, Err(why))) => Ok(Check::fail(
-                NAME,
-                Class::Config,
-                format!("refs/loop/oracle is unreadable: {why}"),
-                "git loop init --repin (it pins the sections committed on the target)",
-            )),
-            Some((_, Ok(pin))) => match crate::oracle::pin_mismatch(self.repo, policy)? {
-                Some(diff) => Ok(Check::fail(
+        match crate::finish_line::frozen(self.repo, policy) {
+            Ok(frozen) => {
+                let source = match crate::finish_line::read_pin(self.repo)? {
+                    Some((_, Ok(pin))) => pin.source,
+                    _ => String::new(),
+                };
+                let files = if frozen.paths.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and {}", frozen.paths.join(", "))
+                };
+                Ok(Check::ok(
                     NAME,
                     Class::Config,
-                    format!(
-                        "the protected sections ([gate], [review], [verify]) on {} differ from the pin:\n{diff}",
-                        policy.loop_.target
+                    format!("the protected sections{files} match the pin ({source})"),
+                ))
+            }
+            Err(e) => {
+                let (saw, fix) = match crate::error::find(&e) {
+                    Some(l) => (
+                        l.message.clone(),
+                        l.hint
+                            .clone()
+                            .unwrap_or_else(|| "git loop init --repin".into()),
                     ),
-                    format!(
-                        "if the change is intended, a person runs `git loop init --repin`; else revert it on {}",
-                        policy.loop_.target
-                    ),
-                )),
-                None => Ok(Check::ok(
-                    NAME,
-                    Class::Config,
-                    format!("the protected sections match the pin ({})", pin.source),
-                )),
-            },
+                    None => (format!("{e:#}"), "git loop init --repin".into()),
+                };
+                Ok(Check::fail(NAME, Class::Config, saw, fix))
+            }
         }
     }
 

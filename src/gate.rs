@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::error::{Class, LoopError};
+use crate::finish_line::Frozen;
 use crate::git::Repo;
 use crate::git::cli::Git;
 
@@ -144,11 +145,14 @@ fn run_one(
 
 /// Runs `commands` in a temporary detached worktree of `commit` under
 /// `<git-common-dir>/loop/tmp/<tag>-…`, removed afterwards (what is judged is what is
-/// committed, never a worktree's uncommitted state).
+/// committed, never a worktree's uncommitted state), with the pinned paths of the finish line
+/// put back as the target has them (see [`crate::finish_line::restore`]).
+#[allow(clippy::too_many_arguments)]
 pub fn run_at(
     repo: &Repo,
     git: &Git,
     commit: gix::ObjectId,
+    frozen: &Frozen,
     commands: &[Vec<String>],
     timeout: Duration,
     tag: &str,
@@ -161,7 +165,8 @@ pub fn run_at(
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{tag}-{:08x}", crate::rand::u64() as u32));
     git.worktree_add(&["--detach", "--quiet"], &path, &commit.to_string())?;
-    let results = run_all(commands, &path, timeout, started);
+    let restored = crate::finish_line::restore(repo, &git.in_worktree(&path), &path, frozen);
+    let results = restored.and_then(|()| run_all(commands, &path, timeout, started));
     let removed = repo.remove_worktree(&path, true);
     let results = results?;
     removed?;

@@ -6,10 +6,10 @@
 use anyhow::Result;
 use gix::ObjectId;
 
+use crate::finish_line::Frozen;
 use crate::gate;
 use crate::git::Repo;
 use crate::git::cli::Git;
-use crate::policy::Policy;
 use crate::task::Task;
 
 /// What the judge decided.
@@ -50,11 +50,14 @@ impl Verdict {
 pub fn judge(
     repo: &Repo,
     git: &Git,
-    policy: &Policy,
+    target: &str,
+    frozen: &Frozen,
     task: &Task,
-    target_tip: ObjectId,
     started: &dyn Fn(u32),
 ) -> Result<Verdict> {
+    let target_tip = frozen.target;
+    let gate = &frozen.sections.gate;
+    let review = &frozen.sections.review;
     let short = &task.id[..crate::ids::MIN_SHORT.min(task.id.len())];
     let Some(head) = repo.read_ref(&format!("refs/heads/{}", task.branch))? else {
         return Ok(Verdict::fail(
@@ -68,24 +71,24 @@ pub fn judge(
         return Ok(Verdict::fail(
             Some(head),
             "commits",
-            format!("{} has no commits beyond {}", task.branch, policy.loop_.target),
+            format!("{} has no commits beyond {target}", task.branch),
             "No new commits were found on the task branch. Commit the work; uncommitted work is not judged.".into(),
         ));
     }
     let base = repo.merge_base(target_tip, head)?.unwrap_or(target_tip);
     if let Some(diff) =
-        crate::oracle::protected_diff(repo, base, head, "before:policy.toml", "branch:policy.toml")?
+        crate::finish_line::branch_changes(repo, git, frozen, base, head, ("before", "branch"))?
     {
         return Ok(Verdict::fail(
             Some(head),
             "policy",
             format!(
-                "{} changes the protected sections of policy.toml",
+                "{} changes the protected sections of policy.toml or the files they run",
                 task.branch
             ),
             format!(
-                "The branch changed the gates of policy.toml, which are not the agent's to change. \
-                 Undo this change:\n{}",
+                "The branch changed the finish line (the gates, review or verify of policy.toml, \
+                 or the files they run), which is not the agent's to change. Undo this change:\n{}",
                 diff.trim_end()
             ),
         ));
@@ -95,8 +98,9 @@ pub fn judge(
         repo,
         git,
         head,
-        &policy.gate.commands,
-        policy.gate.timeout,
+        frozen,
+        &gate.commands,
+        gate.timeout,
         short,
         started,
     )?;
@@ -117,13 +121,14 @@ pub fn judge(
         v.results = results;
         return Ok(v);
     }
-    if !policy.review.command.is_empty() {
+    if !review.command.is_empty() {
         let review = gate::run_at(
             repo,
             git,
             head,
-            std::slice::from_ref(&policy.review.command),
-            policy.gate.timeout,
+            frozen,
+            std::slice::from_ref(&review.command),
+            gate.timeout,
             short,
             started,
         )?;

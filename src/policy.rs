@@ -80,6 +80,10 @@ pub const DEFAULT_BATCH: &str = "default";
 pub struct GateSection {
     pub commands: Vec<Vec<String>>,
     pub timeout: Duration,
+    /// Paths (files or directories, relative to the root) pinned with the finish line beside
+    /// the programs the gates run: a branch that changes them is refused, and gates run with
+    /// the target's versions of them (`tests/`, say).
+    pub protected_paths: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -194,7 +198,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
         ],
     ),
     ("triage", &["min_body_chars", "require_acceptance"]),
-    ("gate", &["commands", "timeout"]),
+    ("gate", &["commands", "timeout", "protected_paths"]),
     ("review", &["command"]),
     (
         "promote",
@@ -823,7 +827,13 @@ fn read_policy(cx: &Cx<'_>, root: &DeTable<'_>) -> Policy {
     let gate = GateSection {
         commands: s.commands("commands"),
         timeout: s.duration("timeout", Duration::from_secs(20 * MINUTE)),
+        protected_paths: s.strings("protected_paths", &[]),
     };
+    if let Some(v) = s.get("protected_paths") {
+        for path in &gate.protected_paths {
+            s.relative_path("protected_paths", v, path);
+        }
+    }
 
     let s = section("review");
     let review = ReviewSection {

@@ -119,6 +119,13 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         &["remote", "add", "origin", &remote.to_string_lossy()],
     )?;
     git(&repo, &["push", "-q", "origin", "main"])?;
+    // The person running the demo pins the finish line they just committed.
+    {
+        let r = crate::git::Repo::discover(&repo)?;
+        let tip = r.read_ref("refs/heads/main")?.context("main")?;
+        let line = crate::finish_line::at(&r, tip)?.context("a committed policy")?;
+        crate::finish_line::write_pin(&r, None, &line, format!("main at {tip}"))?;
+    }
     // The person's checkout moves off main: the loop promotes into it.
     git(&repo, &["checkout", "-q", "-b", "person"])?;
     let mut ids: Vec<(&str, String)> = Vec::new();

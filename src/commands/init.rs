@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::cli::Ctx;
+use crate::finish_line;
 use crate::git::Repo;
 use crate::policy::{self, Policy, toml_string};
 
@@ -55,15 +56,28 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         writeln!(ctx.out, "wrote {rel}")?;
         wrote.push(*rel);
     }
-    // The pin of the frozen finish line, from the policy as it is (unless one exists).
-    if crate::oracle::read_pin(&repo)?.is_none() {
-        let text = std::fs::read(root.join(policy::FILE))?;
-        let sections = crate::oracle::protected_sections(Some(&text));
-        if crate::oracle::write_pin(&repo, None, sections, "working tree".into())? {
-            writeln!(
-                ctx.out,
-                "pinned the protected policy sections in refs/loop/oracle"
-            )?;
+    // The pin of the frozen finish line, from what the target has committed (unless one
+    // exists): the person who runs init decides what done means.
+    let target_policy = Policy::load(&root).ok().flatten();
+    if finish_line::read_pin(&repo)?.is_none() {
+        match target_policy
+            .as_ref()
+            .map(|p| target_line(&repo, p))
+            .transpose()?
+            .flatten()
+        {
+            Some((line, source)) => {
+                if finish_line::write_pin(&repo, None, &line, source.clone())? {
+                    writeln!(
+                        ctx.out,
+                        "pinned the finish line of {source} in refs/loop/oracle"
+                    )?;
+                }
+            }
+            None => eprintln!(
+                "the finish line is not pinned yet: commit policy.toml on the target, then run \
+                 `git loop init --repin`"
+            ),
         }
     }
     // The hooks, where they are this repository's own (a global hooks directory is left to
@@ -90,30 +104,38 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
     Ok(())
 }
 
-/// A person accepts the protected sections as committed on the target.
+/// A person accepts the finish line as committed on the target.
 fn repin(ctx: &mut Ctx<'_>, repo: &Repo, root: &Path) -> Result<()> {
     let policy = Policy::load_required(root)?;
-    let (sections, source) = match crate::oracle::target_sections(repo, &policy)? {
-        Some((sections, tip)) => (sections, format!("{} at {tip}", policy.loop_.target)),
-        None => {
-            return Err(crate::error::config(format!(
-                "{} has no committed policy.toml to pin",
-                policy.loop_.target
-            ))
-            .with_hint("commit policy.toml on the target first")
-            .into());
-        }
+    let Some((line, source)) = target_line(repo, &policy)? else {
+        return Err(crate::error::config(format!(
+            "{} has no committed policy.toml to pin",
+            policy.loop_.target
+        ))
+        .with_hint("commit policy.toml on the target first")
+        .into());
     };
     loop {
-        let old = crate::oracle::read_pin(repo)?.map(|(tip, _)| tip);
-        if crate::oracle::write_pin(repo, old, sections.clone(), source.clone())? {
-            writeln!(
-                ctx.out,
-                "re-pinned the protected policy sections from {source}"
-            )?;
+        let old = finish_line::read_pin(repo)?.map(|(tip, _)| tip);
+        if finish_line::write_pin(repo, old, &line, source.clone())? {
+            writeln!(ctx.out, "re-pinned the finish line of {source}")?;
+            for (path, held) in &line.files {
+                writeln!(ctx.out, "  pinned {path} ({held})")?;
+            }
             return Ok(());
         }
     }
+}
+
+/// The finish line as the target has it committed (the remote's, as last fetched, when a
+/// remote is set), and where it was read.
+fn target_line(repo: &Repo, policy: &Policy) -> Result<Option<(finish_line::Line, String)>> {
+    let Some((tip, shown)) =
+        repo.last_seen_tip(policy.loop_.remote.as_deref(), &policy.loop_.target)?
+    else {
+        return Ok(None);
+    };
+    Ok(finish_line::at(repo, tip)?.map(|line| (line, format!("{shown} at {tip}"))))
 }
 
 fn policy_template(repo: &Repo, root: &Path) -> String {

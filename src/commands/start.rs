@@ -43,37 +43,8 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
     let repo = ctx.repo()?;
     let workdir = repo.require_workdir()?;
     let policy = Policy::load_required(&workdir)?;
-    // The frozen finish line: the target's protected sections must be the pinned ones.
-    match crate::oracle::read_pin(&repo)? {
-        Some(_) => {
-            if let Some(diff) = crate::oracle::pin_mismatch(&repo, &policy)? {
-                return Err(LoopError::new(
-                    Class::Config,
-                    format!(
-                        "the protected policy sections on {} differ from the pin:\n{}",
-                        policy.loop_.target,
-                        diff.trim_end()
-                    ),
-                )
-                .with_hint("if a person made this change on purpose, accept it with `git loop init --repin`")
-                .into());
-            }
-        }
-        None => {
-            if let Some((sections, tip)) = crate::oracle::target_sections(&repo, &policy)? {
-                crate::oracle::write_pin(
-                    &repo,
-                    None,
-                    sections,
-                    format!("{} at {tip}", policy.loop_.target),
-                )?;
-                eprintln!(
-                    "pinned the protected policy sections of {} in refs/loop/oracle",
-                    policy.loop_.target
-                );
-            }
-        }
-    }
+    // The frozen finish line: pinned by a person, and what the target has committed now.
+    crate::finish_line::frozen(&repo, &policy)?;
     if args.detach {
         return detach(ctx, &repo, &workdir, &args);
     }

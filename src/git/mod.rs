@@ -1111,6 +1111,25 @@ impl Repo {
         Ok(Some(self.blob(entry.object_id())?))
     }
 
+    /// The object at `path` (`/`-separated) in commit `commit` — a blob or a tree — with its
+    /// mode as git writes it (`100644`, `100755`, `120000`, `040000`, …), if there is one.
+    pub fn entry_at(&self, commit: ObjectId, path: &str) -> Result<Option<(ObjectId, String)>> {
+        let tree = self
+            .repo
+            .find_commit(commit)
+            .with_context(|| format!("{commit} is not a commit"))?
+            .tree()
+            .with_context(|| format!("reading the tree of {commit}"))?;
+        let path = path.trim_end_matches('/');
+        if path.is_empty() {
+            return Ok(Some((tree.id, "040000".to_string())));
+        }
+        Ok(tree
+            .lookup_entry_by_path(path)
+            .with_context(|| format!("looking up {path} in {commit}"))?
+            .map(|e| (e.object_id(), format!("{:06o}", e.mode().value()))))
+    }
+
     /// Sets the note of `object` in `notes_ref` to `text` (replacing any), by compare-and-swap
     /// on the notes ref; a lost race is retried.
     pub fn set_note(&self, notes_ref: &str, object: ObjectId, text: &str) -> Result<()> {

@@ -6,6 +6,7 @@ impl Promotion<'_> {
     pub(super) fn dry_run(&mut self) -> Result<Outcome> {
         let mut plan = Vec::new();
         let tip = self.target_tip()?;
+        self.freeze()?;
         self.check_manifest(tip)?;
         let shown_target = match self.remote() {
             Some(r) => format!("{r}/{}", self.target()),
@@ -42,7 +43,7 @@ impl Promotion<'_> {
                     Some(_) => plan.push("refuse: the branch moved after judging".to_string()),
                     None => plan.push(format!(
                         "run {} gate command(s) on {} and approve it",
-                        self.policy.gate.commands.len(),
+                        self.frozen()?.sections.gate.commands.len(),
                         &head.to_string()[..7]
                     )),
                 }
@@ -83,7 +84,7 @@ impl Promotion<'_> {
         }
         plan.push(format!(
             "run {} verify command(s)",
-            self.policy.verify.commands.len()
+            self.frozen()?.sections.verify.commands.len()
         ));
         plan.push(
             "remove the task's worktree (saving uncommitted work) and its branch".to_string(),

@@ -28,10 +28,11 @@ pub use checkpoint::Record;
 pub use done::rearm_waiting;
 
 use crate::error::{Class, LoopError};
+use crate::finish_line::Frozen;
 use crate::gate;
 use crate::git::cli::{Git, MergeTree, PROMOTE_ENV, Push, PushedRef};
 use crate::git::{Cas, CasOutcome, Repo, oid, tracking_ref};
-use crate::policy::{PROTECTED_SECTIONS, Policy, Strategy};
+use crate::policy::{Policy, Strategy};
 use crate::rescue::{rescue_files, rescue_worktree, save_rescue, worktree_link_valid};
 use crate::store::Store;
 use crate::task::machine::{self, Actor, Budget, Event};
@@ -186,6 +187,7 @@ pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Res
         by: options.by.clone(),
         actor: options.actor.clone(),
         budget: Budget::from(policy),
+        frozen: None,
         remote_tip: None,
         skipped: Vec::new(),
         release: options.release.clone(),
@@ -208,6 +210,8 @@ struct Promotion<'r> {
     by: String,
     actor: Actor,
     budget: Budget,
+    /// The finish line from the pin, once preflight found the target to match it.
+    frozen: Option<Frozen>,
     /// The remote target's tip as fetched in this run (one fetch per run: pushes carry a lease,
     /// so a stale view can only lose a race, never overwrite anything).
     remote_tip: Option<ObjectId>,
@@ -318,6 +322,21 @@ impl Promotion<'_> {
         Ok(())
     }
 
+    /// The finish line from the pin (see [`crate::finish_line::frozen`]), read on first use
+    /// against the target as this run last saw it.
+    fn frozen(&self) -> Result<&Frozen> {
+        self.frozen.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("the finish line is read by preflight, which has not run")
+        })
+    }
+
+    /// Reads the finish line from the pin, against the target as this run sees it now.
+    fn freeze(&mut self) -> Result<()> {
+        self.target_tip()?;
+        self.frozen = Some(crate::finish_line::frozen(self.repo, self.policy)?);
+        Ok(())
+    }
+
     /// Moves the task by `event` through the state machine, from the state read; the task as
     /// it is now is kept.
     fn transition(&mut self, event: Event) -> Result<()> {
@@ -362,6 +381,7 @@ impl Promotion<'_> {
             self.repo,
             &self.git,
             commit,
+            self.frozen()?,
             commands,
             timeout,
             self.short(),

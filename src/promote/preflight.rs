@@ -39,6 +39,7 @@ impl Promotion<'_> {
             }
         }
         let target_tip = self.target_tip()?;
+        self.freeze()?;
         self.check_manifest(target_tip)?;
 
         // Which commit this promotion is for. A recorded promotion goes on with its source,
@@ -233,23 +234,26 @@ impl Promotion<'_> {
             .repo
             .merge_base(target_tip, source)?
             .unwrap_or(target_tip);
-        let Some(diff) = crate::oracle::protected_diff(
+        let Some(diff) = crate::finish_line::branch_changes(
             self.repo,
+            &self.git,
+            self.frozen()?,
             base,
             source,
-            &format!("{}:policy.toml", self.target()),
-            &format!("{}:policy.toml", self.task.branch),
+            (self.target(), &self.task.branch),
         )?
         else {
             return Ok(());
         };
         Err(policy_error(format!(
-            "{} changes the protected sections of policy.toml ([{}]); the finish line is frozen:\n{}",
+            "{} changes the protected sections of policy.toml ([gate], [review], [verify]) or \
+             the files they run; the finish line is frozen:\n{}",
             self.task.branch,
-            PROTECTED_SECTIONS.join("], ["),
             diff.trim_end()
         ))
-        .with_hint("a person changes gates on the target itself and re-pins with `git loop init --repin`")
+        .with_hint(
+            "a person changes gates on the target itself and re-pins with `git loop init --repin`",
+        )
         .into())
     }
 
@@ -274,11 +278,8 @@ impl Promotion<'_> {
                     .into())
             }
             None => {
-                let results = self.run_in_temp_worktree(
-                    head,
-                    &self.policy.gate.commands.clone(),
-                    self.policy.gate.timeout,
-                )?;
+                let gate = self.frozen()?.sections.gate.clone();
+                let results = self.run_in_temp_worktree(head, &gate.commands, gate.timeout)?;
                 if let Some(failed) = results.iter().find(|r| !r.passed) {
                     return Err(policy_error(format!(
                         "the gate failed on {} ({}): {}\n{}",

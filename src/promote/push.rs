@@ -111,7 +111,9 @@ impl Promotion<'_> {
             // task branch's deletion: one atomic push does both, so the branch cannot go
             // without the target being updated. If that push fails for any reason, the plain
             // push below says why, and the branch is left to delete_remote_branch.
-            if self.policy.promote.delete_remote_branch && self.policy.verify.commands.is_empty() {
+            if self.policy.promote.delete_remote_branch
+                && self.frozen()?.sections.verify.commands.is_empty()
+            {
                 let branch_ref = self.branch_ref();
                 let branch_lease = format!("{branch_ref}:{}", self.rec().source);
                 if let Ok(Push::Ok(_)) = self.git.push(

@@ -8,12 +8,13 @@ impl Promotion<'_> {
             return Ok(());
         }
         crash_point(Phase::Verify, "before");
-        let commands = self.policy.verify.commands.clone();
+        let sections = &self.frozen()?.sections;
+        let (commands, timeout) = (sections.verify.commands.clone(), sections.gate.timeout);
         if commands.is_empty() {
             return self.skip(Phase::Verify, "no verify.commands");
         }
         let tip = self.target_tip()?;
-        let results = self.run_in_temp_worktree(tip, &commands, self.policy.gate.timeout)?;
+        let results = self.run_in_temp_worktree(tip, &commands, timeout)?;
         if let Some(failed) = results.iter().find(|r| !r.passed) {
             let title = format!(
                 "activation gap: {} fails verify on {}",

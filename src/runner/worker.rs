@@ -356,12 +356,22 @@ impl Worker<'_> {
         let task = self.store.load(&job.id)?.task;
         // The target as last seen: the judge compares the branch with the target it grew from,
         // and the promotion that follows fetches the remote's target anyway.
-        let tip = target_tip(job, repo, &self.git)?;
+        target_tip(job, repo, &self.git)?;
+        // The finish line from the pin, once the target is found to match it: never from a
+        // working file, never from the branch.
+        let frozen = crate::finish_line::frozen(repo, &job.policy)?;
         // Each gate's process group goes into the lease, so that a reaper ends it if we die.
         let started = |pgid| {
             let _ = record_pgid(repo, job, pgid);
         };
-        let verdict = crate::judge::judge(repo, &self.git, &job.policy, &task, tip, &started)?;
+        let verdict = crate::judge::judge(
+            repo,
+            &self.git,
+            &job.policy.loop_.target,
+            &frozen,
+            &task,
+            &started,
+        )?;
         if let Some(head) = verdict.head {
             let note = format!(
                 "task: {}\nrun: {}\njudged: {}\n{}\n",

@@ -58,6 +58,7 @@ impl Fixture {
         repo.git(&["add", "policy.toml", "loop/PROMPT.md"]);
         repo.git(&["commit", "-q", "-m", "set up git-loop"]);
         let remote = c.remote.then(|| repo.add_bare_remote());
+        repo.ok(&["init", "--repin"]);
         let id = repo.add("Add the feature", &[]);
         let wt = repo.add_task_worktree(&id);
         let in_wt = |args: &[&str]| {

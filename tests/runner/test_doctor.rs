@@ -178,6 +178,7 @@ fn an_untracked_agent_script_fails_in_the_original_and_passes_in_a_fresh_clone_o
     repo.git(&["add", "policy.toml", "loop/PROMPT.md"]);
     repo.git(&["commit", "-q", "-m", "set up git-loop"]);
     let remote = repo.add_bare_remote();
+    repo.ok(&["init", "--repin"]);
     write_executable(&repo.path("agent.sh"), "#!/bin/sh\necho LOOP_DONE\n");
 
     // The original has the script, so it runs here; a fresh clone would not have it.
@@ -214,14 +215,20 @@ fn an_untracked_agent_script_fails_in_the_original_and_passes_in_a_fresh_clone_o
     repo.git(&["push", "-q", "origin", "main"]);
     repo.git_at(&tmp, &["clone", "-q", &shown, "clone-after"]);
     let clone = tmp.join("clone-after");
+    // A fresh clone has no pin: nothing may be judged until a person pins the finish line.
+    let v = doctor_exits_at(&repo, &clone, &[], 3);
+    assert_check(&v, "runtime-files", "ok", &["agent.sh"]);
+    assert_check(&v, "oracle-pin", "fail", &["not pinned"]);
+    let out = repo.run_at(&clone, &["init", "--repin"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
     let v = doctor_exits_at(&repo, &clone, &[], 0);
     assert_eq!(v["ok"], true);
     assert_check(&v, "runtime-files", "ok", &["agent.sh"]);
     assert_check(&v, "policy-committed", "ok", &["origin/main"]);
     assert_check(&v, "remote", "ok", &["answered"]);
-    // What a clone lacks until someone acts are warnings, not failures: no hooks, no pin.
+    // What a clone lacks until someone acts are warnings, not failures: no hooks.
     assert_check(&v, "hooks", "warn", &["not installed"]);
-    assert_check(&v, "oracle-pin", "warn", &["refs/loop/oracle"]);
+    assert_check(&v, "oracle-pin", "ok", &["match the pin"]);
     // The original passes too now.
     let (out, _) = doctor(&repo, &[]);
     assert_eq!(out.code, 0, "{}", out.stdout);
@@ -589,11 +596,12 @@ fn a_gate_changed_on_the_target_without_a_repin_fails_with_the_diff() {
     repo.ok(&["init", "--repin"]);
     let v = doctor_exits(&repo, &[], 0);
     assert_check(&v, "oracle-pin", "ok", &[]);
-    // No pin at all: a warning that says how to pin.
+    // No pin at all (deleted, say, by an agent): nothing may be judged, so it fails, saying how
+    // a person pins.
     repo.git(&["update-ref", "-d", "refs/loop/oracle"]);
-    let (_, v) = doctor(&repo, &[]);
-    assert_check(&v, "oracle-pin", "warn", &["not pinned"]);
-    assert!(fix_of(&v, "oracle-pin").contains("git loop init"));
+    let v = doctor_exits(&repo, &[], 3);
+    assert_check(&v, "oracle-pin", "fail", &["not pinned"]);
+    assert!(fix_of(&v, "oracle-pin").contains("git loop init --repin"));
 }
 
 #[test]

@@ -191,8 +191,10 @@ fn direct_pushes_to_the_target_are_refused_but_promote_and_no_verify_pass() {
     let out = repo.git_out(&["push", "origin", "refs/loop/oracle"]);
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("refs/loop/oracle"), "{}", out.stderr);
+    repo.git(&["update-ref", "-d", "refs/loop/oracle"]);
     // The documented escape hatch.
     repo.git(&["push", "-q", "--no-verify", "origin", "main"]);
+    repo.ok(&["init", "--repin"]);
     assert_eq!(remote_main(&repo), repo.git(&["rev-parse", "main"]));
 
     // The same kind of push made by git loop promote passes the hook.

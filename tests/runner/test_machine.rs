@@ -467,16 +467,21 @@ fn a_runner_in_backoff_writes_a_heartbeat_per_phase_change_and_per_heartbeat_onl
 
 #[test]
 fn an_absurd_duration_or_count_is_a_config_error_naming_the_key() {
-    let l = setup(COMMIT_AND_DONE, "[lease]\nttl = \"10000d\"\n", false);
-    let out = l.repo.fails(&["start", "--once"], 3);
-    assert!(out.stderr.contains("[lease] ttl"), "{}", out.stderr);
-    let l = setup(COMMIT_AND_DONE, "[retry]\nmax_attempts = 100000\n", false);
-    let out = l.repo.fails(&["start", "--once"], 3);
-    assert!(
-        out.stderr.contains("[retry] max_attempts"),
-        "{}",
-        out.stderr
-    );
+    let l = setup(COMMIT_AND_DONE, "", false);
+    let policy = std::fs::read_to_string(l.repo.path("policy.toml")).expect("policy");
+    for (good, bad, key) in [
+        ("ttl = \"60s\"", "ttl = \"10000d\"", "[lease] ttl"),
+        (
+            "max_attempts = 5",
+            "max_attempts = 100000",
+            "[retry] max_attempts",
+        ),
+    ] {
+        assert!(policy.contains(good), "{policy}");
+        l.repo.write("policy.toml", policy.replace(good, bad));
+        let out = l.repo.fails(&["start", "--once"], 3);
+        assert!(out.stderr.contains(key), "{}", out.stderr);
+    }
 }
 
 #[test]

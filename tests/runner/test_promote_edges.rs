@@ -80,6 +80,14 @@ fn gates_tightened_on_the_target_do_not_refuse_a_branch_that_left_them_alone() {
     );
     f.repo
         .git(&["commit", "-q", "-am", "A person tightens verify"]);
+    // Until the person re-pins, nothing is promoted against a finish line nobody pinned.
+    let out = f.repo.fails(&["promote", f.short()], 3);
+    assert!(
+        out.stderr.contains("changed outside git-loop"),
+        "{}",
+        out.stderr
+    );
+    f.repo.ok(&["init", "--repin"]);
     let out = f.promote();
     assert_eq!(out.code, 0, "{}", out.stderr);
 
@@ -93,6 +101,7 @@ fn gates_tightened_on_the_target_do_not_refuse_a_branch_that_left_them_alone() {
     );
     g.repo
         .git(&["commit", "-q", "-am", "A person tightens verify"]);
+    g.repo.ok(&["init", "--repin"]);
     let out = g.promote();
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(

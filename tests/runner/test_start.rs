@@ -36,6 +36,8 @@ pub(crate) fn setup(agent: &str, extra: &str, remote: bool) -> Loop {
     repo.git(&["add", "-A"]);
     repo.git(&["commit", "-q", "-m", "set up git-loop"]);
     let remote = remote.then(|| repo.add_bare_remote());
+    // A person pins the finish line as committed.
+    repo.ok(&["init", "--repin"]);
     // Work happens elsewhere: the person's checkout is on another branch.
     repo.git(&["checkout", "-q", "-b", "person"]);
     Loop { repo, remote }
@@ -956,6 +958,7 @@ fn untracked_agent_in(manifest: &[&str]) -> (TestRepo, String) {
     repo.write("loop/PROMPT.md", PROMPT);
     repo.git(&["add", "policy.toml", "loop/PROMPT.md"]);
     repo.git(&["commit", "-q", "-m", "set up git-loop (agent.sh forgotten)"]);
+    repo.ok(&["init", "--repin"]);
     let id = repo
         .ok(&["task", "add", "work", "--body", "work"])
         .trim()
@@ -1079,7 +1082,16 @@ fn start_refuses_a_finish_line_that_differs_from_the_pin_until_a_person_repins()
     l.repo.git(&["checkout", "-q", "person"]);
     let out = l.start(&[]);
     assert_eq!(out.code, 3, "{}", out.stderr);
-    assert!(out.stderr.contains("differ from the pin"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("differs from the pin"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("\"Loosen the gate\""),
+        "names the commit that changed it: {}",
+        out.stderr
+    );
     assert!(
         out.stderr.contains("+commands = [[\"true\"]]"),
         "{}",
@@ -1097,19 +1109,32 @@ fn start_refuses_a_finish_line_that_differs_from_the_pin_until_a_person_repins()
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
+/// `init` pins the finish line a person committed — never a working file: before the policy is
+/// committed it says how to pin, and once it is, it pins the target's commit.
 #[test]
-fn init_pins_the_finish_line() {
+fn init_pins_the_finish_line_the_target_has_committed() {
     let repo = TestRepo::new();
-    let out = repo.ok(&["init"]);
+    let out = repo.run(&["init"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
-        out.contains("pinned the protected policy sections"),
-        "{out}"
+        repo.refs("refs/loop/oracle").is_empty(),
+        "nothing committed to pin"
     );
+    assert!(
+        out.stderr.contains("git loop init --repin"),
+        "{}",
+        out.stderr
+    );
+    repo.git(&["add", "policy.toml", "loop/PROMPT.md"]);
+    repo.git(&["commit", "-q", "-m", "Set up git-loop"]);
+    let out = repo.ok(&["init"]);
+    assert!(out.contains("pinned the finish line of main at"), "{out}");
     let pin = repo.show("refs/loop/oracle", "oracle.toml");
+    let head = repo.git(&["rev-parse", "main"]);
     assert!(
         pin.contains("sections = ")
             && pin.contains("gate")
-            && pin.contains("source = \"working tree\""),
+            && pin.contains(&format!("commit = \"{}\"", head.trim())),
         "{pin}"
     );
 }
