@@ -394,7 +394,14 @@ impl Worker<'_> {
                 format!("rejected: {}", verdict.step)
             },
             head: verdict.head.map(|h| h.to_string()),
-            tail: verdict.results.join("\n"),
+            // What each command did, and for a rejection what the next run is told.
+            tail: verdict
+                .results
+                .iter()
+                .cloned()
+                .chain((!verdict.passed).then(|| verdict.context.clone()))
+                .collect::<Vec<_>>()
+                .join("\n"),
             ..RunRecord::default()
         };
         if verdict.passed {

@@ -6,6 +6,7 @@ mod test_bad_input;
 mod test_cli;
 mod test_concurrency;
 mod test_doctor;
+mod test_finish_line;
 mod test_graph;
 mod test_hooks;
 mod test_machine;

@@ -16,7 +16,23 @@ const PROMPT: &str = "Task {id}: {title}\nattempt {attempt}\ncontext: {context}\
 
 /// A repository whose agent is `agent` (a shell script body), with `extra` policy lines.
 pub(crate) fn setup(agent: &str, extra: &str, remote: bool) -> Loop {
+    setup_with_files(agent, extra, remote, &[])
+}
+
+/// Like [`setup`], with `files` (path, contents; `.sh` files executable) committed too.
+pub(crate) fn setup_with_files(
+    agent: &str,
+    extra: &str,
+    remote: bool,
+    files: &[(&str, &str)],
+) -> Loop {
     let repo = TestRepo::new();
+    for (path, text) in files {
+        repo.write(path, text);
+        if path.ends_with(".sh") {
+            write_executable(&repo.path(path), text);
+        }
+    }
     let script = repo.path("agent.sh");
     write_executable(&script, &format!("#!/bin/sh\n{agent}\n"));
     let policy = format!(
