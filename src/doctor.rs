@@ -191,7 +191,7 @@ impl<'r> Cx<'r> {
     /// with the error that stopped it.
     fn checks(&self) -> Vec<Check> {
         use CheckFn::{Policy as P, Repo as R};
-        let named: [(&'static str, Class, CheckFn<'r>); 13] = [
+        let named: [(&'static str, Class, CheckFn<'r>); 14] = [
             ("policy-committed", Class::Config, P(Self::policy_committed)),
             ("runtime-files", Class::Config, P(Self::runtime_files)),
             ("programs", Class::Config, P(Self::programs)),
@@ -199,6 +199,7 @@ impl<'r> Cx<'r> {
             ("remote", Class::Config, P(Self::remote)),
             ("worktrees", Class::Transient, R(Self::worktrees)),
             ("branch-locks", Class::Transient, R(Self::branch_locks)),
+            ("git-locks", Class::Transient, R(Self::git_locks)),
             ("leases", Class::Transient, R(Self::leases)),
             ("runner", Class::Transient, R(Self::runner)),
             ("breaker", Class::Breaker, R(Self::breaker)),
@@ -648,6 +649,12 @@ impl<'r> Cx<'r> {
     fn worktrees(&self) -> Result<Check> {
         const NAME: &str = "worktrees";
         let mut saw = Vec::new();
+        for meta in self.repo.interrupted_adds(false)? {
+            saw.push(format!(
+                "{}: a worktree whose add was cut short (git-loop removes it)",
+                meta.display()
+            ));
+        }
         let worktrees = self.repo.worktrees()?;
         for wt in worktrees.iter().filter(|w| w.prunable) {
             saw.push(format!(
@@ -722,6 +729,35 @@ impl<'r> Cx<'r> {
             Class::Transient,
             saw.join("\n"),
             "git loop reap (or `git worktree prune`) releases them",
+        ))
+    }
+
+    fn git_locks(&self) -> Result<Check> {
+        const NAME: &str = "git-locks";
+        let stale = self.repo.stale_git_locks(crate::git::STALE_GIT_LOCK);
+        if stale.is_empty() {
+            return Ok(Check::ok(
+                NAME,
+                Class::Transient,
+                "no lock file left behind by a git that is gone",
+            ));
+        }
+        Ok(Check::warn(
+            NAME,
+            Class::Transient,
+            stale
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} is older than {}: a git killed while it held it left it, and every git \
+                         that needs that file fails",
+                        p.display(),
+                        crate::time::format_duration(crate::git::STALE_GIT_LOCK)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            "git loop reap removes them",
         ))
     }
 

@@ -381,7 +381,12 @@ pub fn trailers(message: &str) -> Vec<(String, String)> {
 /// `refs/loop/oracle`, or a target whose runtime manifest is broken.
 pub fn pre_push(repo: &Repo, policy: &Policy, refs: &str) -> Result<Vec<String>> {
     let target = format!("refs/heads/{}", policy.loop_.target);
-    let promoting = std::env::var_os(PROMOTE_ENV).is_some_and(|v| !v.is_empty());
+    // A promotion says so in the environment; what it may push is only what a promotion of
+    // that task, running now, has recorded as its merge (an environment is easy to forge).
+    let promoting = match std::env::var(PROMOTE_ENV) {
+        Ok(id) if !id.is_empty() => crate::promote::pushing(repo, &id)?,
+        _ => None,
+    };
     let mut refusals = Vec::new();
     for line in refs.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -402,11 +407,20 @@ pub fn pre_push(repo: &Repo, policy: &Policy, refs: &str) -> Result<Vec<String>>
         // Creating the target on a remote that lacks it publishes no ungated change over gated
         // work; every later update goes through promotion.
         let creating = remote_sha.bytes().all(|b| b == b'0');
-        if policy.promote.guard_target && !promoting && !creating {
+        let promoted = promoting.is_some_and(|m| crate::git::oid(local_sha).ok() == Some(m));
+        if policy.promote.guard_target && !promoted && !creating {
             refusals.push(format!(
                 "{} is promoted into by git-loop (promote.guard_target): a direct push would skip \
-                 the gates",
-                policy.loop_.target
+                 the gates{}",
+                policy.loop_.target,
+                if std::env::var_os(PROMOTE_ENV).is_some() {
+                    format!(
+                        " ({PROMOTE_ENV} names no running promotion that is pushing {})",
+                        &local_sha[..local_sha.len().min(7)]
+                    )
+                } else {
+                    String::new()
+                }
             ));
             continue;
         }

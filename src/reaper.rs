@@ -123,11 +123,45 @@ struct Reaper<'a> {
 
 impl Reaper<'_> {
     fn run(mut self) -> Result<Report> {
+        self.git_locks();
         self.leases()?;
         self.unleased_running()?;
         self.orphaned_worktrees()?;
         self.prune()?;
         Ok(self.report)
+    }
+
+    /// Lock files a killed git left (see [`Repo::stale_git_locks`]): they fail every git that
+    /// needs the file — a fetch into a remote-tracking ref, an index update — until removed.
+    fn git_locks(&mut self) {
+        for path in self.repo.stale_git_locks(crate::git::STALE_GIT_LOCK) {
+            let why = format!(
+                "a git that is gone left it (older than {})",
+                crate::time::format_duration(crate::git::STALE_GIT_LOCK)
+            );
+            let did = if self.opts.dry_run {
+                format!("would remove {}", path.display())
+            } else {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => format!("removed {}", path.display()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        self.report.failed.push(Kept {
+                            kind: "lock",
+                            task: path.display().to_string(),
+                            why: format!("could not remove it: {e}"),
+                        });
+                        continue;
+                    }
+                }
+            };
+            self.report.reaped.push(Reaped {
+                kind: "lock",
+                task: None,
+                why,
+                did: vec![did],
+            });
+        }
     }
 
     /// Leases past expiry, or whose holder died on this host.

@@ -30,6 +30,8 @@ const REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 ///   remote            loop.remote is configured and answers (not asked with --offline)
 ///   worktrees         no worktree deleted by hand; every loop worktree has a lease
 ///   branch-locks      no branch held by a stale worktree
+///   git-locks         no lock file of git's (a ref's, an index's, packed-refs') left by a git
+///                     that is gone (older than ten minutes)
 ///   leases            none expired, none held by a dead process on this host
 ///   runner            the runner lock and the freshness of runner heartbeats
 ///   breaker           closed, or open/paused with its reason

@@ -19,6 +19,14 @@ use crate::error::{Class, LoopError};
 /// milliseconds.
 const STALE_LOCK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How old a worktree's metadata, marked as being added but naming no checkout, must be to be
+/// taken for what a killed `git worktree add` left.
+const HALF_MADE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How old a lock file of git's (`*.lock` under the git dir, outside git-loop's own) must be
+/// to be taken for what a killed git left: git holds them for the length of one command.
+pub const STALE_GIT_LOCK: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The `git update-ref --stdin` process of each repository (by common dir) this process has
 /// deleted refs in.
 static REF_TRANSACTIONS: std::sync::LazyLock<
@@ -192,6 +200,33 @@ pub struct Worktree {
     pub branch: Option<String>,
     /// Its directory is gone: `git worktree prune` would remove it.
     pub prunable: bool,
+    /// Its git directory (the common dir for the main worktree).
+    pub git_dir: PathBuf,
+}
+
+impl Worktree {
+    /// What this worktree is in the middle of that works on `branch` (`refs/heads/…`): a
+    /// rebase of it, or a merge, cherry-pick or revert onto it while it is checked out. A
+    /// branch moved under such an operation makes git's own last step fail.
+    pub fn operating_on(&self, branch: &str) -> Option<&'static str> {
+        for (dir, what) in [("rebase-merge", "rebasing"), ("rebase-apply", "rebasing")] {
+            let head = std::fs::read_to_string(self.git_dir.join(dir).join("head-name"));
+            if head.is_ok_and(|h| h.trim() == branch) {
+                return Some(what);
+            }
+        }
+        if self.branch.as_deref() != Some(branch) {
+            return None;
+        }
+        [
+            ("MERGE_HEAD", "merging"),
+            ("CHERRY_PICK_HEAD", "cherry-picking"),
+            ("REVERT_HEAD", "reverting"),
+        ]
+        .into_iter()
+        .find(|(file, _)| self.git_dir.join(file).exists())
+        .map(|(_, what)| what)
+    }
 }
 
 /// The kind of an object.
@@ -775,6 +810,7 @@ impl Repo {
                 path,
                 branch: attached(self.common_dir()),
                 prunable: false,
+                git_dir: self.common_dir().to_path_buf(),
             });
         }
         for proxy in self.repo.worktrees().context("listing worktrees")? {
@@ -782,6 +818,7 @@ impl Repo {
             out.push(Worktree {
                 branch: attached(proxy.git_dir()),
                 prunable: proxy.is_prunable(),
+                git_dir: proxy.git_dir().to_path_buf(),
                 path,
             });
         }
@@ -852,12 +889,14 @@ impl Repo {
     /// prunes a locked worktree; holding the worktrees lock, no git-loop process is adding one,
     /// so such a mark was left by a process killed mid-add. Nothing in such a checkout was
     /// ever handed to an agent or a gate, and an add only ever fills an empty directory.
+    /// Also found: metadata marked so that names no checkout at all (an add killed before it
+    /// wrote its `gitdir`), once a minute old. Without `clear` nothing is locked or written: a
+    /// look that may also see an add that is under way.
     pub fn interrupted_adds(&self, clear: bool) -> Result<Vec<PathBuf>> {
-        let _held = self.worktrees_lock()?;
+        // Only a clear takes the worktrees lock (a look writes nothing, not even a lock file).
+        let _held = clear.then(|| self.worktrees_lock()).transpose()?;
         let mut found = Vec::new();
-        let Ok(ours) = std::fs::canonicalize(self.common_dir().join("loop")) else {
-            return Ok(found);
-        };
+        let ours = std::fs::canonicalize(self.common_dir().join("loop")).ok();
         let Ok(entries) = std::fs::read_dir(self.common_dir().join("worktrees")) else {
             return Ok(found);
         };
@@ -865,13 +904,29 @@ impl Repo {
             let meta = entry.path();
             let marked = std::fs::read_to_string(meta.join("locked"))
                 .is_ok_and(|mark| mark.trim() == "initializing");
-            let Ok(link) = std::fs::read_to_string(meta.join("gitdir")) else {
+            let link = std::fs::read_to_string(meta.join("gitdir")).unwrap_or_default();
+            if marked && link.trim().is_empty() {
+                // An add killed before it wrote where its checkout is: metadata that names no
+                // checkout at all (and that some readers of the worktree list choke on). One
+                // that young may be a live `git worktree add` of someone else's.
+                let old = std::fs::metadata(&meta)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= HALF_MADE_AFTER);
+                if old {
+                    if clear {
+                        std::fs::remove_dir_all(&meta)
+                            .with_context(|| format!("removing {}", meta.display()))?;
+                    }
+                    found.push(meta);
+                }
                 continue;
-            };
+            }
             let Some(checkout) = meta.join(link.trim()).parent().map(Path::to_path_buf) else {
                 continue;
             };
-            if !marked || !checkout.starts_with(&ours) {
+            if !marked || !ours.as_ref().is_some_and(|o| checkout.starts_with(o)) {
                 continue;
             }
             if clear {
@@ -888,6 +943,50 @@ impl Repo {
             found.push(checkout);
         }
         Ok(found)
+    }
+
+    /// Lock files of git's under the git dir — of refs, `packed-refs`, an index, `HEAD`, the
+    /// config, in the repository and its worktrees' metadata — older than `age`: a git killed
+    /// while it held them left them, and every later git that needs that file fails. git-loop's
+    /// own locks (`loop/`) are not git's and are never among them.
+    pub fn stale_git_locks(&self, age: std::time::Duration) -> Vec<PathBuf> {
+        fn walk(dir: &Path, age: std::time::Duration, deep: bool, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
+                    if deep {
+                        walk(&path, age, deep, out);
+                    }
+                    continue;
+                }
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|a| a >= age);
+                if old && path.extension().is_some_and(|e| e == "lock") {
+                    out.push(path);
+                }
+            }
+        }
+        let common = self.common_dir();
+        let mut out = Vec::new();
+        walk(common, age, false, &mut out);
+        walk(&common.join("refs"), age, true, &mut out);
+        if let Ok(entries) = std::fs::read_dir(common.join("worktrees")) {
+            for entry in entries.flatten() {
+                walk(&entry.path(), age, false, &mut out);
+            }
+        }
+        out.sort();
+        out
     }
 
     /// The repository with the fixed fallback identity when it configures none, for gix

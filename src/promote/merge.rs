@@ -104,6 +104,18 @@ impl Promotion<'_> {
                 .with_hint("promote again: the merge is rebuilt on the new tip")
                 .into());
             }
+            Advance::Busy(path, what) => {
+                return Err(LoopError::new(
+                    Class::Transient,
+                    format!(
+                        "the checkout in {} is {what} {}: the promotion waits until it is done",
+                        path.display(),
+                        self.target()
+                    ),
+                )
+                .with_hint("finish or abort it there; the promotion is tried again")
+                .into());
+            }
         }
         crash_point(Phase::Merge, "after");
         self.checkpoint(
@@ -316,10 +328,19 @@ impl Promotion<'_> {
         {
             return Ok(Advance::Diverged);
         }
-        let checkout =
-            self.repo.worktrees()?.into_iter().find(|w| {
-                w.branch.as_deref() == Some(name.as_str()) && !w.prunable && w.path.exists()
-            });
+        let worktrees = self.repo.worktrees()?;
+        // A person's git in the middle of something on the target finishes with an update of
+        // the branch from where it started: moving it meanwhile would fail their last step.
+        if let Some((wt, what)) = worktrees
+            .iter()
+            .filter(|w| !w.prunable)
+            .find_map(|w| w.operating_on(&name).map(|what| (w, what)))
+        {
+            return Ok(Advance::Busy(wt.path.clone(), what));
+        }
+        let checkout = worktrees
+            .into_iter()
+            .find(|w| w.branch.as_deref() == Some(name.as_str()) && !w.prunable && w.path.exists());
         match checkout {
             None => {
                 let edit = match current {

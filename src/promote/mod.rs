@@ -395,6 +395,8 @@ enum Advance {
     AlreadyThere,
     LeftDirty(PathBuf),
     Diverged,
+    /// A checkout is rebasing the target, or merging, cherry-picking or reverting onto it.
+    Busy(PathBuf, &'static str),
 }
 
 /// A promotion by hand of a task that another holder has leased — a runner's agent works on
@@ -465,6 +467,25 @@ fn lock_promotion(repo: &Repo, id: &str) -> Result<std::fs::File> {
         .with_hint("let it finish; run the promotion again to see where it stands")
         .into()
     })
+}
+
+/// The commit a promotion of task `id` that runs right now is pushing to the target: the
+/// merge its checkpoint recorded, while its lock is held (by the promoting process) and its
+/// target push is not recorded yet. `None` otherwise — whatever an environment says.
+pub fn pushing(repo: &Repo, id: &str) -> Result<Option<ObjectId>> {
+    if !crate::ids::is_full_id(id) || repo.read_ref(&crate::refs::task(id))?.is_none() {
+        return Ok(None);
+    }
+    let held = crate::lockfile::try_take(&promotion_lock_path(repo, id))?.is_none();
+    if !held {
+        return Ok(None);
+    }
+    let chain = Chain::load(repo, id)?;
+    Ok(chain.rec.and_then(|r| {
+        (r.has(Phase::Merge) && !r.has(Phase::PushTarget))
+            .then(|| r.merge.as_deref().and_then(|m| oid(m).ok()))
+            .flatten()
+    }))
 }
 
 /// The lock a promotion of task `id` holds while it runs.

@@ -179,6 +179,11 @@ impl Promotion<'_> {
                 self.target(),
                 self.target()
             )),
+            Advance::Busy(path, what) => self.notes.push(format!(
+                "the checkout in {} is {what} {}; the local branch was left as it is",
+                path.display(),
+                self.target()
+            )),
         }
         self.checkpoint(
             Phase::PushTarget,

@@ -508,6 +508,7 @@ pub fn apply(
                 .count() as u32;
             let wait = jittered(policy, in_a_row, clock).max(Duration::from_millis(100));
             t.next_at = Some(clock.now.plus(wait));
+            t.detail = Some(line.clone());
             backoff = Some(wait);
             format!(
                 "promoting: promotion failed ({in_a_row} in a row: {line}); next try after {}",
@@ -887,6 +888,19 @@ pub fn next(task: &Task, pending: &[&str], now: Timestamp) -> Option<Next> {
             &[Kind::Completed, Kind::Failed, Kind::Quota, Kind::GiveBack],
         ),
         State::AwaitingJudge => now_by("judged next".into(), &[Kind::Approved, Kind::Rejected]),
+        State::Promoting if task.detail.is_some() => timer(
+            &format!(
+                "promotion resumes (it failed: {})",
+                task.detail.as_deref().unwrap_or_default()
+            ),
+            &[
+                Kind::Promoted,
+                Kind::Wait,
+                Kind::PromotionRefused,
+                Kind::PromotionFailed,
+                Kind::BranchMoved,
+            ],
+        ),
         State::Promoting => timer(
             "promotion resumes",
             &[

@@ -14,7 +14,7 @@ const POLICY: &str = "[loop]\ntarget = \"main\"\n\
     [agent]\ncommand = [\"true\"]\n\
     [gate]\ncommands = [[\"true\"]]\n";
 
-const NAMES: [&str; 17] = [
+const NAMES: [&str; 18] = [
     "git-version",
     "repository",
     "ref-storage",
@@ -26,6 +26,7 @@ const NAMES: [&str; 17] = [
     "remote",
     "worktrees",
     "branch-locks",
+    "git-locks",
     "leases",
     "runner",
     "breaker",
@@ -156,7 +157,7 @@ fn a_clean_initialised_repository_passes_every_check() {
     // The table: one line per check, then the tally.
     let human = repo.ok(&["doctor"]);
     assert!(
-        human.contains("17 checks: 17 ok, 0 warn, 0 fail"),
+        human.contains("18 checks: 18 ok, 0 warn, 0 fail"),
         "{human}"
     );
     assert!(

@@ -192,6 +192,24 @@ fn direct_pushes_to_the_target_are_refused_but_promote_and_no_verify_pass() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("refs/loop/oracle"), "{}", out.stderr);
     repo.git(&["update-ref", "-d", "refs/loop/oracle"]);
+    // An environment that claims a promotion is not one: only the merge a running promotion
+    // recorded passes.
+    let id = repo.add("Not promoting anything", &[]);
+    for claim in [id.as_str(), "x"] {
+        let mut push = std::process::Command::new("git");
+        push.args(["push", "origin", "main"])
+            .current_dir(&repo.root)
+            .stdin(std::process::Stdio::null());
+        crate::common::hermetic(&mut push, &repo.home);
+        let out = push.env("GIT_LOOP_PROMOTE", claim).output().expect("push");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "GIT_LOOP_PROMOTE={claim} talked past the guard"
+        );
+        assert!(stderr.contains("names no running promotion"), "{stderr}");
+    }
+    assert_ne!(remote_main(&repo), repo.git(&["rev-parse", "main"]));
     // The documented escape hatch.
     repo.git(&["push", "-q", "--no-verify", "origin", "main"]);
     repo.ok(&["init", "--repin"]);

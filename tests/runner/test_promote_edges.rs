@@ -413,3 +413,40 @@ fn maintenance_after_a_promotion_honours_maintenance_auto_false() {
         }
     }
 }
+
+/// The person's checkout is in the middle of rebasing the (local) target: moving the branch
+/// under git's feet would fail the rebase's last step. The promotion waits (exit 4, saying
+/// why) and goes through once the rebase is over.
+#[test]
+fn a_promotion_waits_while_the_persons_checkout_rebases_the_target() {
+    let f = Fixture::new(Config::default());
+    let repo = &f.repo;
+    repo.write("c.txt", "main's\n");
+    repo.git(&["add", "c.txt"]);
+    repo.git(&["commit", "-q", "-m", "main's c"]);
+    repo.git(&["checkout", "-q", "-b", "side", "main~1"]);
+    repo.write("c.txt", "side's\n");
+    repo.git(&["add", "c.txt"]);
+    repo.git(&["commit", "-q", "-m", "side's c"]);
+    repo.git(&["checkout", "-q", "main"]);
+    assert_ne!(
+        repo.git_out(&["rebase", "side"]).code,
+        0,
+        "the rebase stops on a conflict"
+    );
+    let before = repo.git(&["rev-parse", "refs/heads/main"]);
+    let out = f.repo.fails(&["promote", f.short()], 4);
+    assert!(out.stderr.contains("is rebasing main"), "{}", out.stderr);
+    assert_eq!(
+        repo.git(&["rev-parse", "refs/heads/main"]),
+        before,
+        "main was left alone"
+    );
+    repo.git(&["rebase", "--abort"]);
+    let out = f.promote();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        repo.run(&["task", "show", f.short(), "--json"]).json()["state"],
+        "done"
+    );
+}

@@ -548,3 +548,106 @@ fn two_reaps_of_worktrees_of_no_task_save_each_once() {
         }
     }
 }
+
+/// Sets the modification time of `path` to `minutes` ago.
+fn age(path: &std::path::Path, minutes: u32) {
+    let out = std::process::Command::new("touch")
+        .args(["-d", &format!("{minutes} minutes ago")])
+        .arg(path)
+        .output()
+        .expect("touch");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// A git killed while it held `refs/remotes/origin/main.lock` stops every fetch into it (and
+/// so every promotion to the remote, and the oracle): doctor says so, reap removes it. A lock
+/// that may still be held (young) and git-loop's own lock files are left alone.
+#[test]
+fn a_lock_file_left_by_a_killed_git_is_reported_and_removed() {
+    let l = setup(COMMIT_AND_DONE, "", true);
+    let stale = l.repo.path(".git/refs/remotes/origin/main.lock");
+    std::fs::write(&stale, "").expect("lock");
+    age(&stale, 20);
+    let young = l.repo.path(".git/refs/heads/someone.lock");
+    std::fs::write(&young, "").expect("lock");
+    let ours = l.repo.path(".git/loop/locks/worktrees.lock");
+    std::fs::create_dir_all(ours.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&ours, "").expect("lock");
+    age(&ours, 60);
+    let update = ["update-ref", "refs/remotes/origin/main", "main"];
+    assert_ne!(
+        l.repo.git_out(&update).code,
+        0,
+        "the lock blocks every update of the ref"
+    );
+
+    let v = l.repo.run(&["doctor", "--json", "--offline"]).json();
+    let check = v["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "git-locks")
+        .expect("a git-locks check")
+        .clone();
+    assert_eq!(check["status"], "warn", "{check}");
+    let saw = check["saw"].as_str().expect("saw");
+    assert!(saw.contains("refs/remotes/origin/main.lock"), "{saw}");
+    assert!(
+        !saw.contains("someone.lock") && !saw.contains("loop/locks"),
+        "{saw}"
+    );
+
+    let report = reap(&l.repo, &["--dry-run"]);
+    assert_eq!(
+        reaped_tasks(&report, "lock").len(),
+        0,
+        "locks belong to no task"
+    );
+    assert!(stale.exists(), "a dry run removes nothing");
+    let report = reap(&l.repo, &[]);
+    let locks: Vec<&serde_json::Value> = report["reaped"]
+        .as_array()
+        .expect("reaped")
+        .iter()
+        .filter(|r| r["kind"] == "lock")
+        .collect();
+    assert_eq!(locks.len(), 1, "{report}");
+    assert!(!stale.exists() && young.exists() && ours.exists());
+    l.repo.git(&update);
+}
+
+/// Metadata an add killed before it wrote its `gitdir` left: doctor says so; the next task's
+/// worker and reap remove it, and the task runs.
+#[test]
+fn a_half_made_worktree_admin_dir_is_removed() {
+    let l = setup(COMMIT_AND_DONE, "", false);
+    let meta = l.repo.path(".git/worktrees/abc1234");
+    std::fs::create_dir_all(&meta).expect("mkdir");
+    std::fs::write(meta.join("locked"), "initializing\n").expect("locked");
+    std::fs::write(meta.join("gitdir"), "").expect("gitdir");
+    age(&meta, 5);
+    let v = l.repo.run(&["doctor", "--json", "--offline"]).json();
+    let check = v["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "worktrees")
+        .expect("a worktrees check")
+        .clone();
+    assert_eq!(check["status"], "warn", "{check}");
+    assert!(
+        check["saw"].as_str().expect("saw").contains("abc1234"),
+        "{check}"
+    );
+    let id = l.add("runs anyway");
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(l.show(&id)["state"], "done");
+    assert!(!meta.exists(), "the half-made metadata went");
+
+    std::fs::create_dir_all(&meta).expect("mkdir");
+    std::fs::write(meta.join("locked"), "initializing\n").expect("locked");
+    age(&meta, 5);
+    let report = reap(&l.repo, &[]);
+    assert!(!meta.exists(), "reap removes it too: {report}");
+}
