@@ -17,6 +17,10 @@ use crate::process::signal_group;
 /// The slowest the watch loop polls the agent.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How often the watch asks whether the run is still wanted (and for its progress mark): a
+/// task a person cancels is ended within about this long.
+const PROBE: Duration = Duration::from_millis(200);
+
 /// How to run one agent.
 pub struct Spec {
     pub argv: Vec<String>,
@@ -166,7 +170,7 @@ pub fn run(
     };
     let mut last_activity = Instant::now();
     let mut token_at: Option<Instant> = None;
-    let mut next_probe = Instant::now() + Duration::from_millis(500);
+    let mut next_probe = Instant::now() + PROBE;
     let mut pause = Duration::from_millis(1);
     let ended = loop {
         if let Some(status) = child.try_wait().context("waiting for the agent")? {
@@ -192,7 +196,7 @@ pub fn run(
                 Watch::Progress(_) => {}
                 Watch::Withdrawn => withdrawn = true,
             }
-            next_probe = Instant::now() + Duration::from_millis(500);
+            next_probe = Instant::now() + PROBE;
         }
         if token && token_at.is_none() {
             token_at = Some(Instant::now());

@@ -259,13 +259,43 @@ impl Breaker {
 /// The breaker and the commit it was read from (closed when there is none). A breaker ref
 /// that cannot be read counts as open, everywhere: it never silently admits work.
 pub fn read(repo: &Repo) -> Result<(Option<ObjectId>, Breaker)> {
-    let Some(tip) = repo.read_ref(refs::BREAKER)? else {
-        return Ok((None, Breaker::closed()));
+    let tip = match repo.ref_target(refs::BREAKER) {
+        Ok(crate::git::RefTarget::Missing) => return Ok((None, Breaker::closed())),
+        Ok(crate::git::RefTarget::Object(tip)) => tip,
+        Ok(crate::git::RefTarget::Symbolic(to)) => {
+            return Ok((
+                None,
+                Breaker::unreadable(format!("it is a symbolic ref to {to}")),
+            ));
+        }
+        Err(e) => return Ok((None, Breaker::unreadable(format!("{e:#}")))),
     };
     match crate::record::read::<Breaker>(repo, tip, RECORD) {
         Ok(b) => Ok((Some(tip), b)),
         Err(why) => Ok((Some(tip), Breaker::unreadable(why))),
     }
+}
+
+/// Writes `breaker` for a person (`pause`, `resume`): over the breaker read at `old`, or over
+/// one that cannot be read at all. `false` if it changed meanwhile.
+pub fn overwrite(
+    repo: &Repo,
+    old: Option<ObjectId>,
+    was: &Breaker,
+    breaker: &Breaker,
+) -> Result<bool> {
+    if was.class == Some(Cause::Unreadable) && old.is_none() {
+        let new = crate::record::write(
+            repo,
+            &format!("breaker: {}", breaker.state.as_str()),
+            RECORD,
+            breaker,
+            None,
+            &[],
+        )?;
+        return Ok(repo.replace_broken_ref(refs::BREAKER, new)? == CasOutcome::Applied);
+    }
+    write(repo, old, breaker)
 }
 
 /// Writes `breaker` over `old` by compare-and-swap; `false` if it changed meanwhile.

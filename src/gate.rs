@@ -44,18 +44,43 @@ impl CommandResult {
     }
 }
 
+/// How commands run: their time limit, who learns each process group as it starts, and the
+/// flag that ends them when the runner stops.
+#[derive(Clone, Copy)]
+pub struct Limits<'a> {
+    pub timeout: Duration,
+    pub started: &'a dyn Fn(u32),
+    pub stop: Option<&'a std::sync::atomic::AtomicBool>,
+}
+
+impl<'a> Limits<'a> {
+    /// A time limit alone.
+    pub fn timeout(timeout: Duration) -> Limits<'static> {
+        Limits {
+            timeout,
+            started: &|_| {},
+            stop: None,
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
 /// Runs `commands` one after another in `dir` until one fails, each in a process group of its
-/// own, told to `started` as it starts. A program that cannot be found is a `config` error; a
-/// failing command is a result, not an error.
+/// own, told to `limits.started` as it starts. A program that cannot be found is a `config`
+/// error; a failing command is a result, not an error; a stop ends the command and is an
+/// error (`transient`: nothing was judged).
 pub fn run_all(
     commands: &[Vec<String>],
     dir: &Path,
-    timeout: Duration,
-    started: &dyn Fn(u32),
+    limits: Limits<'_>,
 ) -> Result<Vec<CommandResult>> {
     let mut results = Vec::new();
     for argv in commands {
-        let result = run_one(argv, dir, timeout, started)?;
+        let result = run_one(argv, dir, limits)?;
         let passed = result.passed;
         results.push(result);
         if !passed {
@@ -65,12 +90,8 @@ pub fn run_all(
     Ok(results)
 }
 
-fn run_one(
-    argv: &[String],
-    dir: &Path,
-    timeout: Duration,
-    started_group: &dyn Fn(u32),
-) -> Result<CommandResult> {
+fn run_one(argv: &[String], dir: &Path, limits: Limits<'_>) -> Result<CommandResult> {
+    let timeout = limits.timeout;
     let (program, args) = argv.split_first().context("an empty command")?;
     let (reader, writer) = std::io::pipe().context("creating a pipe")?;
     let mut cmd = Command::new(program);
@@ -93,7 +114,7 @@ fn run_one(
         _ => anyhow::Error::new(e).context(format!("starting {}", argv.join(" "))),
     })?;
     drop(cmd);
-    started_group(child.id());
+    (limits.started)(child.id());
     // Read the output on a thread, keeping only its tail.
     let collector = std::thread::spawn(move || {
         let mut reader = reader;
@@ -121,6 +142,15 @@ fn run_one(
         if let Some(status) = child.try_wait().context("waiting for a command")? {
             break status;
         }
+        if limits.stopping() {
+            crate::process::signal_group(child.id(), crate::process::Signal::Kill);
+            let _ = child.wait();
+            return Err(LoopError::new(
+                Class::Transient,
+                format!("{} was ended: the runner is stopping", argv.join(" ")),
+            )
+            .into());
+        }
         if started.elapsed() > timeout {
             timed_out = true;
             crate::process::signal_group(child.id(), crate::process::Signal::Term);
@@ -147,16 +177,14 @@ fn run_one(
 /// `<git-common-dir>/loop/tmp/<tag>-…`, removed afterwards (what is judged is what is
 /// committed, never a worktree's uncommitted state), with the pinned paths of the finish line
 /// put back as the target has them (see [`crate::finish_line::restore`]).
-#[allow(clippy::too_many_arguments)]
 pub fn run_at(
     repo: &Repo,
     git: &Git,
     commit: gix::ObjectId,
     frozen: &Frozen,
     commands: &[Vec<String>],
-    timeout: Duration,
     tag: &str,
-    started: &dyn Fn(u32),
+    limits: Limits<'_>,
 ) -> Result<Vec<CommandResult>> {
     if commands.is_empty() {
         return Ok(Vec::new());
@@ -166,7 +194,7 @@ pub fn run_at(
     let path = dir.join(format!("{tag}-{:08x}", crate::rand::u64() as u32));
     git.worktree_add(&["--detach", "--quiet"], &path, &commit.to_string())?;
     let restored = crate::finish_line::restore(repo, &git.in_worktree(&path), &path, frozen);
-    let results = restored.and_then(|()| run_all(commands, &path, timeout, started));
+    let results = restored.and_then(|()| run_all(commands, &path, limits));
     let removed = repo.remove_worktree(&path, true);
     let results = results?;
     removed?;

@@ -53,7 +53,7 @@ pub fn judge(
     target: &str,
     frozen: &Frozen,
     task: &Task,
-    started: &dyn Fn(u32),
+    limits: crate::gate::Limits<'_>,
 ) -> Result<Verdict> {
     let target_tip = frozen.target;
     let gate = &frozen.sections.gate;
@@ -100,9 +100,11 @@ pub fn judge(
         head,
         frozen,
         &gate.commands,
-        gate.timeout,
         short,
-        started,
+        crate::gate::Limits {
+            timeout: gate.timeout,
+            ..limits
+        },
     )?;
     for r in &gates {
         results.push(r.summary());
@@ -128,9 +130,11 @@ pub fn judge(
             head,
             frozen,
             std::slice::from_ref(&review.command),
-            gate.timeout,
             short,
-            started,
+            crate::gate::Limits {
+                timeout: gate.timeout,
+                ..limits
+            },
         )?;
         for r in &review {
             results.push(format!("review: {}", r.summary()));

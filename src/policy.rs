@@ -916,6 +916,15 @@ fn read_policy(cx: &Cx<'_>, root: &DeTable<'_>) -> Policy {
         ttl: s.duration("ttl", Duration::from_secs(60 * MINUTE)),
         heartbeat: s.duration("heartbeat", Duration::from_secs(30)),
     };
+    if lease.heartbeat < Duration::from_secs(1)
+        && let Some(v) = s.get("heartbeat")
+    {
+        s.bad(
+            "heartbeat",
+            v,
+            "must be at least 1s: a heartbeat is a ref update, not worth more than one a second",
+        );
+    }
     if lease.heartbeat >= lease.ttl
         && let Some(v) = s.get("heartbeat").or_else(|| s.get("ttl"))
     {

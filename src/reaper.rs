@@ -17,12 +17,12 @@ use gix::ObjectId;
 use serde::Serialize;
 
 use crate::git::cli::Git;
-use crate::git::{Cas, CasOutcome, Repo, oid};
+use crate::git::{Cas, CasOutcome, Repo};
 use crate::lease::{self, Lease};
 use crate::process::{Signal, group_alive, signal_group};
 use crate::promote::promotion_lock_path;
 use crate::refs;
-use crate::rescue::{rescue_files, rescue_worktree, save_rescue, worktree_link_valid};
+use crate::rescue::save_checkout;
 use crate::store::{Edit, Store};
 use crate::task::State;
 use crate::task::machine::{Actor, Budget, Event, Failure, Refusal};
@@ -473,31 +473,12 @@ impl Reaper<'_> {
             }
         }
         let path = self.worktrees.join(name);
-        if path.exists() && !worktree_link_valid(&path) {
-            // Its git metadata is gone (a removal stopped half way): save the files as they are.
-            // What equals the task branch is kept there already.
-            let base = match self.store.load(task) {
-                Ok(stored) => self
-                    .repo
-                    .read_ref(&format!("refs/heads/{}", stored.task.branch))?,
-                Err(_) => None,
-            };
-            if let Some(rescue) = rescue_files(self.repo, &self.git, &path, task, base)? {
-                did.push(format!("saved its files in {rescue}"));
-            }
-        } else if path.join(".git").exists() {
-            let there = self.git.in_worktree(&path);
-            if let Ok(head) = there.run(&["rev-parse", "--verify", "--quiet", "HEAD"])
-                && let Ok(head) = oid(head.trim())
-                && !self.reachable_from_a_branch(head)?
-            {
-                let rescue = save_rescue(self.repo, task, head)?;
-                did.push(format!("saved its unbranched commits in {rescue}"));
-            }
-            if let Some(rescue) = rescue_worktree(self.repo, &there, task)? {
-                did.push(format!("saved its uncommitted work in {rescue}"));
-            }
-        }
+        // What equals the task branch is kept there already.
+        let base = match self.store.load(task) {
+            Ok(stored) => self.repo.read_ref(&refs::branch(&stored.task.branch))?,
+            Err(_) => None,
+        };
+        did.extend(save_checkout(self.repo, &self.git, &path, task, base)?);
         if path.exists() {
             self.remove(&path)?;
             did.push(format!("removed the worktree {}", path.display()));
@@ -508,19 +489,6 @@ impl Reaper<'_> {
     /// Removes a worktree (see [`crate::rescue::remove_worktree`]).
     fn remove(&self, path: &Path) -> Result<()> {
         crate::rescue::remove_worktree(self.repo, path).map(|_| ())
-    }
-
-    /// Whether `commit` is in the history of a local branch (then removing a worktree whose
-    /// HEAD it is loses nothing).
-    fn reachable_from_a_branch(&self, commit: ObjectId) -> Result<bool> {
-        for branch in self.repo.refs_under("refs/heads/")? {
-            if let Some(tip) = branch.id
-                && self.repo.is_ancestor(commit, tip)?
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     /// Deletes the lease held at `mine`; a running task goes back to `ready` in the same
@@ -548,6 +516,49 @@ impl Reaper<'_> {
             .collect();
         let holder = dead.map_or_else(|| "none".to_string(), |l| l.runner.clone());
         let stored = self.store.load(id)?;
+        // A judging or a promotion whose holder died counts: a gate or a verify command that
+        // kills its runner must not be run again for ever.
+        let counted = match (dead, stored.task.state) {
+            (Some(_), State::AwaitingJudge) => Some((
+                Event::Interrupted {
+                    why: format!("{why}; holder {holder}{saved}"),
+                },
+                "left it awaiting a judge (the interruption counts)",
+            )),
+            (Some(_), State::Promoting) => Some((
+                Event::PromotionFailed {
+                    signature: crate::retry::signature(
+                        "transient",
+                        "promote",
+                        "its holder died during the promotion",
+                    ),
+                    line: format!("its holder died during the promotion ({why}; holder {holder})"),
+                },
+                "left it promoting (the interruption counts)",
+            )),
+            _ => None,
+        };
+        if let Some((event, said)) = counted {
+            let actor = Actor::Reaper(self.opts.holder.clone());
+            match self
+                .store
+                .transition(id, &event, &actor, &self.budget, |_, edit| {
+                    edit.also = vec![delete.clone()];
+                    Ok(())
+                }) {
+                Ok(m) => {
+                    return Ok(Some(
+                        if matches!(m.task.state, State::AwaitingJudge | State::Promoting) {
+                            said.to_string()
+                        } else {
+                            format!("the task is {} now", m.task.state_label())
+                        },
+                    ));
+                }
+                Err(e) if Refusal::of(&e).is_none() => return Err(e),
+                Err(_) => {}
+            }
+        }
         if stored.task.state != State::Running {
             // The task keeps its state for the next runner: only the lease goes, with a word
             // in the task's history when work was saved (where to find it).

@@ -134,6 +134,55 @@ pub fn rescue_files(
     }
 }
 
+/// Saves what the checkout of task `id` at `path` holds that is nowhere else, before it goes:
+/// commits on a HEAD that no local branch holds (made on a detached HEAD), then uncommitted and
+/// untracked-not-ignored files; for a directory whose git link is gone, every file that
+/// differs from `branch_head`. Says what it saved. An error means something could not be
+/// saved: the checkout must then be left where it is.
+pub fn save_checkout(
+    repo: &Repo,
+    git: &Git,
+    path: &Path,
+    id: &str,
+    branch_head: Option<ObjectId>,
+) -> Result<Vec<String>> {
+    let mut did = Vec::new();
+    if !path.exists() {
+        return Ok(did);
+    }
+    if !worktree_link_valid(path) {
+        if let Some(rescue) = rescue_files(repo, git, path, id, branch_head)? {
+            did.push(format!("saved its files in {rescue}"));
+        }
+        return Ok(did);
+    }
+    let there = git.in_worktree(path);
+    if let Ok(head) = there.run(&["rev-parse", "--verify", "--quiet", "HEAD"])
+        && let Ok(head) = oid(head.trim())
+        && !reachable_from_a_branch(repo, head)?
+    {
+        let rescue = save_rescue(repo, id, head)?;
+        did.push(format!("saved its unbranched commits in {rescue}"));
+    }
+    if let Some(rescue) = rescue_worktree(repo, &there, id)? {
+        did.push(format!("saved its uncommitted work in {rescue}"));
+    }
+    Ok(did)
+}
+
+/// Whether `commit` is in the history of a local branch (then removing a worktree whose HEAD
+/// it is loses nothing).
+pub fn reachable_from_a_branch(repo: &Repo, commit: ObjectId) -> Result<bool> {
+    for branch in repo.refs_under("refs/heads/")? {
+        if let Some(tip) = branch.id
+            && repo.is_ancestor(commit, tip)?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Removes the worktree at `path` as `git worktree remove --force` does; a directory git does
 /// not know as one (or a half-removed one) is deleted instead, and one already gone is not an
 /// error. Returns whether it could not be removed as a worktree (then `git worktree prune` is

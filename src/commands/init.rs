@@ -29,6 +29,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
+    crate::task::machine::Actor::at_command_line(&ctx.cwd).refuse_agent("`git loop init`")?;
     let repo = ctx.repo()?;
     let root = repo.require_workdir()?;
     if args.repin {

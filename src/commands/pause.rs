@@ -26,12 +26,12 @@ pub fn pause(ctx: &mut Ctx<'_>, args: PauseArgs) -> Result<()> {
     if args.reason.trim().is_empty() {
         return Err(usage("--reason must say why the loop is paused").into());
     }
-    Actor::at_command_line().refuse_agent("`git loop pause`")?;
+    Actor::at_command_line(&ctx.cwd).refuse_agent("`git loop pause`")?;
     let repo = ctx.repo()?;
     loop {
-        let (tip, _) = breaker::read(&repo)?;
+        let (tip, was) = breaker::read(&repo)?;
         let b = Breaker::paused(&args.reason, Timestamp::now());
-        if breaker::write(&repo, tip, &b)? {
+        if breaker::overwrite(&repo, tip, &was, &b)? {
             writeln!(ctx.out, "paused: {}", args.reason)?;
             return Ok(());
         }
@@ -39,7 +39,7 @@ pub fn pause(ctx: &mut Ctx<'_>, args: PauseArgs) -> Result<()> {
 }
 
 pub fn resume(ctx: &mut Ctx<'_>, _args: ResumeArgs) -> Result<()> {
-    Actor::at_command_line().refuse_agent("`git loop resume`")?;
+    Actor::at_command_line(&ctx.cwd).refuse_agent("`git loop resume`")?;
     let repo = ctx.repo()?;
     loop {
         let (tip, b) = breaker::read(&repo)?;
@@ -47,7 +47,7 @@ pub fn resume(ctx: &mut Ctx<'_>, _args: ResumeArgs) -> Result<()> {
             writeln!(ctx.out, "the breaker is already closed")?;
             return Ok(());
         }
-        if breaker::write(&repo, tip, &Breaker::closed())? {
+        if breaker::overwrite(&repo, tip, &b, &Breaker::closed())? {
             writeln!(ctx.out, "resumed (the breaker was {})", b.describe())?;
             return Ok(());
         }

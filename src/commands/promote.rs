@@ -28,7 +28,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
-    let actor = Actor::at_command_line();
+    let actor = Actor::at_command_line(&ctx.cwd);
     actor.refuse_agent("`git loop promote`")?;
     let repo = ctx.repo()?;
     let policy = Policy::load_required(&repo.require_workdir()?)?;
@@ -47,6 +47,7 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
             by,
             actor,
             release: None,
+            stop: None,
         },
     )?;
     let short = &id[..crate::ids::MIN_SHORT];

@@ -118,6 +118,14 @@ pub fn file_identity(path: &Path) -> Option<FileIdentity> {
     })
 }
 
+/// What a ref is (see [`Repo::ref_target`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefTarget {
+    Missing,
+    Object(ObjectId),
+    Symbolic(String),
+}
+
 /// One edit of a compare-and-swap transaction. All edits of a transaction succeed or none does.
 #[derive(Clone, Debug)]
 pub enum Cas {
@@ -412,6 +420,47 @@ impl Repo {
             gix::refs::TargetRef::Object(id) => Some(id.to_owned()),
             gix::refs::TargetRef::Symbolic(_) => None,
         })
+    }
+
+    /// What the ref `name` is: missing, a commit (or other object), or a symbolic ref (to
+    /// what). An `Err` is a ref that cannot be read at all (a loose file holding garbage).
+    pub fn ref_target(&self, name: &str) -> Result<RefTarget> {
+        self.stable_read(|| {
+            let Some(r) = self
+                .repo
+                .try_find_reference(name)
+                .with_context(|| format!("reading ref {name}"))?
+            else {
+                return Ok(RefTarget::Missing);
+            };
+            Ok(match r.target() {
+                gix::refs::TargetRef::Object(id) => RefTarget::Object(id.to_owned()),
+                gix::refs::TargetRef::Symbolic(to) => {
+                    RefTarget::Symbolic(to.as_bstr().to_str_lossy().into_owned())
+                }
+            })
+        })
+    }
+
+    /// Puts git-loop's own ref `name` at `new` whatever it holds now — garbage, a symbolic
+    /// ref — for a person's command that overwrites a state ref that cannot be read (`git loop
+    /// resume` over an unreadable breaker). Its loose file is removed, then it is created by
+    /// compare-and-swap.
+    pub fn replace_broken_ref(&self, name: &str, new: ObjectId) -> Result<CasOutcome> {
+        if !crate::refs::is_ours(name) {
+            anyhow::bail!("{name} is not git-loop's to replace");
+        }
+        let file = self.common_dir().join(name);
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(anyhow::Error::new(e).context(format!("removing {}", file.display())));
+            }
+            _ => {}
+        }
+        self.cas(&[Cas::Create {
+            name: name.to_string(),
+            new,
+        }])
     }
 
     /// All refs under `prefix` (which ends in `/`), sorted by name.

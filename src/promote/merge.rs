@@ -262,6 +262,16 @@ impl Promotion<'_> {
         }
     }
 
+    /// The task this one is the `why` follow-up of, if it is one: its promotion filed this
+    /// task for that reason.
+    fn follow_up_of(&self, why: Reason) -> Option<String> {
+        let parent = self.task.discovered_from.as_deref()?;
+        let rec = Chain::load(self.repo, parent).ok()?.rec?;
+        (rec.follow_up.as_deref() == Some(self.id.as_str())
+            && rec.follow_up_reason.as_deref() == Some(why.as_str()))
+        .then(|| parent.to_string())
+    }
+
     /// Files a follow-up task (unless an open one with this title exists), makes this task
     /// wait for it as `blocked: <why>`, and records it in the checkpoint.
     pub(super) fn file_follow_up(
@@ -271,6 +281,23 @@ impl Promotion<'_> {
         why: Reason,
         detail: &str,
     ) -> Result<String> {
+        // A follow-up whose own promotion would file another of its kind (an activation gap
+        // whose verify fails too) would chain tasks for ever: a person looks instead.
+        if let Some(parent) = self.follow_up_of(why) {
+            let reason = format!(
+                "{detail}; this task is itself the {why} follow-up of task {}, and another would \
+                 only repeat it",
+                short(&parent)
+            );
+            self.transition(Event::Escalate {
+                why: reason.clone(),
+            })?;
+            return Err(policy_error(format!(
+                "task {} is escalated to a person: {reason}",
+                self.short()
+            ))
+            .into());
+        }
         let existing = self.store.list()?.into_iter().find_map(|l| {
             let t = l.task.ok()?;
             (t.discovered_from.as_deref() == Some(self.id.as_str())

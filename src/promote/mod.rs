@@ -95,6 +95,7 @@ impl Phase {
     }
 }
 
+#[derive(Clone)]
 pub struct Options {
     pub dry_run: bool,
     /// Who promotes: a runner id, or the person's name.
@@ -103,6 +104,8 @@ pub struct Options {
     pub actor: Actor,
     /// A runner's lease on the task, released with the task's move to `done`.
     pub release: Option<Release>,
+    /// The runner's stop flag: a stop ends the verify or gate commands that run.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A lease to release when the task is done: the one held by `runner` for run `run`.
@@ -122,6 +125,110 @@ pub enum Outcome {
 
 /// Runs one promotion attempt of task `id` (a full id).
 pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Result<Outcome> {
+    // A promotion by hand of a task another holder has (a runner's agent, judge or
+    // promotion) would pull the work from under it: busy, naming the holder. One that goes
+    // ahead holds the task's lease while it runs, so that no runner claims the task meanwhile
+    // (and if it dies, its lease is reaped like any holder's, or taken over by the next
+    // promotion by hand).
+    let hand = match (&options.release, options.dry_run) {
+        (None, false) => Some(HandLease::take(repo, id)?),
+        (None, true) => {
+            refuse_a_live_holder(repo, id)?;
+            None
+        }
+        _ => None,
+    };
+    let options = Options {
+        release: options
+            .release
+            .clone()
+            .or_else(|| hand.as_ref().map(HandLease::release)),
+        ..options.clone()
+    };
+    let outcome = promote_holding(repo, policy, id, &options);
+    if let Some(hand) = hand {
+        hand.drop_if_held(repo);
+    }
+    outcome
+}
+
+/// The lease a promotion by hand takes for its duration.
+struct HandLease {
+    runner: String,
+    run: String,
+    id: String,
+}
+
+impl HandLease {
+    fn take(repo: &Repo, id: &str) -> Result<HandLease> {
+        let runner = format!("promote-{}-{}", crate::process::host(), std::process::id());
+        let run = format!("{:013}", Timestamp::now().0 / 1000);
+        let lease = crate::lease::Lease::new(
+            id,
+            &runner,
+            &run,
+            crate::lease::Purpose::Promote,
+            Duration::from_secs(24 * 3600),
+        );
+        let new = lease.commit(repo)?;
+        let name = crate::refs::lease(id);
+        let edit = match crate::lease::read(repo, id)? {
+            None => Cas::Create { name, new },
+            // A promotion by hand that died: this one carries on from its checkpoints.
+            Some((old, Ok(l))) if l.runner.starts_with("promote-") && l.holder_dead() => {
+                Cas::Update { name, old, new }
+            }
+            Some(_) => {
+                refuse_a_live_holder(repo, id)?;
+                // The lease went between the two looks: try again.
+                return Err(LoopError::new(
+                    Class::Transient,
+                    format!(
+                        "the lease of task {} changed while the promotion started",
+                        short(id)
+                    ),
+                )
+                .into());
+            }
+        };
+        if repo.cas(&[edit])? != CasOutcome::Applied {
+            // Someone took it between the look and now.
+            refuse_a_live_holder(repo, id)?;
+            return Err(LoopError::new(
+                Class::Busy,
+                format!("task {} was leased while the promotion started", short(id)),
+            )
+            .into());
+        }
+        Ok(HandLease {
+            runner,
+            run,
+            id: id.to_string(),
+        })
+    }
+
+    fn release(&self) -> Release {
+        Release {
+            runner: self.runner.clone(),
+            run: self.run.clone(),
+        }
+    }
+
+    /// Deletes the lease if the promotion did not (it goes with `done`).
+    fn drop_if_held(self, repo: &Repo) {
+        if let Ok(Some((tip, Ok(l)))) = crate::lease::read(repo, &self.id)
+            && l.runner == self.runner
+            && l.run == self.run
+        {
+            let _ = repo.cas(&[Cas::Delete {
+                name: crate::refs::lease(&self.id),
+                old: tip,
+            }]);
+        }
+    }
+}
+
+fn promote_holding(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Result<Outcome> {
     // One promotion of a task at a time. The kernel releases the lock when its holder dies, so
     // while we hold it, a lock left on this task's checkpoint ref is a dead writer's.
     let _held = if options.dry_run {
@@ -136,9 +243,6 @@ pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Res
     };
     let store = Store::new(repo);
     let task = store.load(id)?.task;
-    if options.release.is_none() {
-        refuse_a_live_holder(repo, id)?;
-    }
     let chain = Chain::load(repo, id)?;
     if let Some(rec) = &chain.rec
         && rec.has(Phase::Done)
@@ -188,6 +292,7 @@ pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Res
         actor: options.actor.clone(),
         budget: Budget::from(policy),
         frozen: None,
+        stop: options.stop.clone(),
         remote_tip: None,
         skipped: Vec::new(),
         release: options.release.clone(),
@@ -212,6 +317,7 @@ struct Promotion<'r> {
     budget: Budget,
     /// The finish line from the pin, once preflight found the target to match it.
     frozen: Option<Frozen>,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// The remote target's tip as fetched in this run (one fetch per run: pushes carry a lease,
     /// so a stale view can only lose a race, never overwrite anything).
     remote_tip: Option<ObjectId>,
@@ -383,9 +489,12 @@ impl Promotion<'_> {
             commit,
             self.frozen()?,
             commands,
-            timeout,
             self.short(),
-            &|_| {},
+            gate::Limits {
+                timeout,
+                started: &|_| {},
+                stop: self.stop.as_deref(),
+            },
         )
     }
 }

@@ -281,7 +281,14 @@ impl Runner<'_> {
         let until =
             |at: Timestamp| now + Duration::from_micros(u64::try_from(at.0 - stamp.0).unwrap_or(0));
         let mut wake = now + LOOK;
-        for at in [timer, half_open].into_iter().flatten() {
+        // Only a timer still to come wakes the loop early. One already past that this pass
+        // did not act on waits for something else — a worker to finish (a message), the
+        // breaker, a mutex group — which the next look, or the message, brings.
+        for at in [timer, half_open]
+            .into_iter()
+            .flatten()
+            .filter(|at| *at > stamp)
+        {
             wake = wake.min(until(at));
         }
         wake.min(self.beats.next_due())

@@ -82,7 +82,11 @@ pub fn work(job: &Job) -> Result<String> {
     };
     match w.carry() {
         Err(e) if Refusal::of(&e).is_some() => w.let_go(&e),
-        other => other,
+        Err(e) => {
+            w.after_error(&e);
+            Err(e)
+        }
+        ok => ok,
     }
 }
 
@@ -106,14 +110,75 @@ impl Worker<'_> {
             purpose = Purpose::Judge;
         }
         if purpose == Purpose::Judge {
+            if self.stopping() {
+                return self.hand_back("before judging");
+            }
             self.phase(Phase::Judge);
             let task = self.judge()?;
             if task.state != State::Promoting {
                 return Ok(task.state_label());
             }
         }
+        if self.stopping() {
+            return self.hand_back("before promoting");
+        }
         self.phase(Phase::Promote);
         self.promote()
+    }
+
+    fn stopping(&self) -> bool {
+        self.job.stop.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The runner is stopping: the task stays where it is (awaiting its judge, or its
+    /// promotion), and only the lease goes, for the next runner.
+    fn hand_back(&self, when: &str) -> Result<String> {
+        if let Ok((tip, _)) = self.ours() {
+            self.repo.cas(&[Cas::Delete {
+                name: refs::lease(&self.job.id),
+                old: tip,
+            }])?;
+        }
+        let task = self.store.load(&self.job.id)?.task;
+        Ok(format!(
+            "{}: handed back {when}: the runner is stopping",
+            task.state_label()
+        ))
+    }
+
+    /// A failure outside any transition (the worktree could not be made, the finish line
+    /// changed, the judge's git failed) must not leave the task held: an agent run that never
+    /// got to its end counts as a failed attempt (a `config` one is handed back: the breaker
+    /// opens), and a judging or promotion lets go of its lease for the next try.
+    fn after_error(&self, e: &anyhow::Error) {
+        let Ok((tip, _)) = self.ours() else {
+            return;
+        };
+        let running = self
+            .store
+            .load(&self.job.id)
+            .is_ok_and(|s| s.task.state == State::Running);
+        let text = format!("{e:#}");
+        let line = text.lines().next().unwrap_or_default().to_string();
+        let moved = if !running {
+            None
+        } else if crate::error::class_of(e) == Class::Config {
+            Some(self.transition(Event::GiveBack(GiveBack::NotStarted), None, None, true))
+        } else {
+            let failure = Failure {
+                how: format!("the run failed: {line}"),
+                summary: line.clone(),
+                signature: retry::signature(crate::error::class_of(e).name(), "runner", &text),
+                context: format!("The previous attempt could not run: {text}"),
+            };
+            Some(self.transition(Event::Failed(failure), None, None, true))
+        };
+        if !matches!(moved, Some(Ok(_))) {
+            let _ = self.repo.cas(&[Cas::Delete {
+                name: refs::lease(&self.job.id),
+                old: tip,
+            }]);
+        }
     }
 
     fn phase(&self, phase: Phase) {
@@ -370,7 +435,11 @@ impl Worker<'_> {
             &job.policy.loop_.target,
             &frozen,
             &task,
-            &started,
+            crate::gate::Limits {
+                timeout: frozen.sections.gate.timeout,
+                started: &started,
+                stop: Some(&job.stop),
+            },
         )?;
         if let Some(head) = verdict.head {
             let note = format!(
@@ -441,6 +510,7 @@ impl Worker<'_> {
                     runner: job.runner.clone(),
                     run: job.run.clone(),
                 }),
+                stop: Some(job.stop.clone()),
             },
         );
         if let Err(e) = &result
@@ -462,22 +532,21 @@ impl Worker<'_> {
         // anything else waits a backoff that grows with the failures in a row, and the runner
         // counts it toward the breaker — and the lease goes in the same transaction.
         let event = match &result {
+            // A stop that ended a verify command is no failure of the promotion.
+            Err(_) if self.stopping() => None,
             Err(e) if promoting => {
                 let text = format!("{e:#}");
                 let line = text.lines().next().unwrap_or_default().to_string();
                 match crate::error::class_of(e) {
                     Class::Policy => Some(Event::PromotionRefused { detail: line }),
-                    Class::Transient | Class::Generic => Some(Event::PromotionFailed {
-                        signature: retry::signature(
-                            crate::error::class_of(e).name(),
-                            PROMOTE_STEP,
-                            &text,
-                        ),
-                        line,
-                    }),
                     // Config opens the breaker, which re-arms by itself; a breaker that is
                     // open refused the promotion: the task waits for it, as it is.
-                    _ => None,
+                    Class::Config | Class::Breaker => None,
+                    // Anything else is tried again after a backoff, a bounded number of times.
+                    class => Some(Event::PromotionFailed {
+                        signature: retry::signature(class.name(), PROMOTE_STEP, &text),
+                        line,
+                    }),
                 }
             }
             _ => None,
@@ -511,21 +580,38 @@ impl Worker<'_> {
         let mut said = Vec::new();
         let wt = worktree_path(repo, &job.id);
         let mut keep = Vec::new();
-        if crate::rescue::worktree_link_valid(&wt) {
-            let there = self.git.in_worktree(&wt);
-            match crate::rescue::rescue_worktree(repo, &there, &job.id) {
-                Ok(Some(rescue)) => said.push(format!("saved uncommitted work in {rescue}")),
-                Ok(None) => {}
-                Err(e) => said.push(format!("could not save the worktree: {e:#}")),
-            }
-            match crate::rescue::remove_worktree(repo, &wt) {
-                Ok(_) => said.push(format!("removed {}", wt.display())),
-                Err(e) => said.push(format!("left {}: {e:#}", wt.display())),
+        let task = self.store.load(&job.id).ok().map(|s| s.task);
+        let branch_head = match &task {
+            Some(t) => repo.read_ref(&refs::branch(&t.branch))?,
+            None => None,
+        };
+        // The worktree is this run's to clear unless the task's lease is someone else's now
+        // (another run may be working in it).
+        let someone_else = matches!(lease::read(repo, &job.id)?, Some((_, Ok(l))) if l.run != job.run || l.runner != job.runner);
+        if someone_else {
+            said.push(format!(
+                "left {}: the task is leased to another run",
+                wt.display()
+            ));
+        } else if wt.exists() {
+            match crate::rescue::save_checkout(repo, &self.git, &wt, &job.id, branch_head) {
+                Ok(saved) => {
+                    said.extend(saved);
+                    match crate::rescue::remove_worktree(repo, &wt) {
+                        Ok(_) => said.push(format!("removed {}", wt.display())),
+                        Err(e) => said.push(format!("left {}: {e:#}", wt.display())),
+                    }
+                }
+                // Nothing is removed that could not be saved: the worktree stays for a person
+                // (or the next reap) to look at.
+                Err(e) => said.push(format!(
+                    "left {} where it is: its work could not be saved: {e:#}",
+                    wt.display()
+                )),
             }
         }
-        let task = self.store.load(&job.id).ok().map(|s| s.task);
         if let Some(task) = &task
-            && let Some(head) = repo.read_ref(&refs::branch(&task.branch))?
+            && let Some(head) = branch_head
         {
             let in_target = target_tip(job, repo, &self.git)
                 .ok()

@@ -27,6 +27,12 @@ use crate::time::{Timestamp, format_duration};
 /// for people, without a document that grows with every failure.
 const SIGNATURES_KEPT: usize = 32;
 
+/// The signature of a branch that moved after it was judged.
+const BRANCH_MOVED: &str = "policy:judge:branch-moved-after-judging";
+
+/// The signature of a judging cut short (its runner died while the gates ran).
+const INTERRUPTED: &str = "transient:judge:interrupted";
+
 /// The time of a transition and the jitter of any backoff it sets (`0.0..=1.0`): the only
 /// inputs of [`apply`] that are not in the task, the event or the policy.
 #[derive(Clone, Copy, Debug)]
@@ -86,16 +92,38 @@ pub enum Actor {
 }
 
 impl Actor {
-    /// Who runs a command: an agent's run when `GIT_LOOP_TASK` is set (the runner sets it for
-    /// everything an agent starts), else a person.
-    pub fn at_command_line() -> Actor {
-        match std::env::var("GIT_LOOP_TASK") {
-            Ok(task) if !task.trim().is_empty() => Actor::Agent {
-                task,
-                run: std::env::var("GIT_LOOP_RUN").unwrap_or_default(),
-            },
-            _ => Actor::Person,
+    /// Who runs a command in `cwd`: an agent's run when the runner's variables are set (it
+    /// sets `GIT_LOOP_TASK`, `GIT_LOOP_RUN` and `GIT_LOOP_WORKTREE` for everything an agent
+    /// starts) or when the command runs inside git-loop's own directory (a task's worktree, a
+    /// gate's checkout); else a person. An agent that clears its environment and leaves its
+    /// worktree is told apart only by the sandbox, which keeps it from writing loop state at all.
+    pub fn at_command_line(cwd: &std::path::Path) -> Actor {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let (task, run, worktree) = (
+            var("GIT_LOOP_TASK"),
+            var("GIT_LOOP_RUN"),
+            var("GIT_LOOP_WORKTREE"),
+        );
+        if task.is_some() || run.is_some() || worktree.is_some() {
+            return Actor::Agent {
+                task: task.unwrap_or_default(),
+                run: run.unwrap_or_default(),
+            };
         }
+        let inside_loop = crate::git::Repo::discover(cwd).ok().is_some_and(|repo| {
+            let loop_dir = repo.common_dir().join("loop");
+            match (cwd.canonicalize(), loop_dir.canonicalize()) {
+                (Ok(cwd), Ok(dir)) => cwd.starts_with(dir),
+                _ => false,
+            }
+        });
+        if inside_loop {
+            return Actor::Agent {
+                task: String::new(),
+                run: String::new(),
+            };
+        }
+        Actor::Person
     }
 
     /// How the actor is named in a task's history.
@@ -103,9 +131,10 @@ impl Actor {
         match self {
             Actor::Person => "a person".to_string(),
             Actor::Runner(id) | Actor::Reaper(id) => id.clone(),
-            Actor::Agent { task, run } => {
+            Actor::Agent { task, run } if !task.is_empty() => {
                 format!("the agent of task {} (run {run})", crate::ids::short(task))
             }
+            Actor::Agent { .. } => "an agent's run".to_string(),
         }
     }
 
@@ -114,10 +143,14 @@ impl Actor {
         match self {
             Actor::Agent { task, .. } => Err(Refusal::new(
                 Class::Policy,
-                format!(
-                    "{what} is not allowed from inside an agent's run (GIT_LOOP_TASK={})",
-                    crate::ids::short(task)
-                ),
+                if task.is_empty() {
+                    format!("{what} is not allowed from inside an agent's run (in git-loop's own directory)")
+                } else {
+                    format!(
+                        "{what} is not allowed from inside an agent's run (GIT_LOOP_TASK={})",
+                        crate::ids::short(task)
+                    )
+                },
             )
             .hint(
                 "an agent may only file discovered work: `git loop task add --from ID`, or \
@@ -168,6 +201,9 @@ pub enum Event {
     Approved { head: String, summary: String },
     /// The judge rejected the run.
     Rejected(Failure),
+    /// The judging was cut short (its runner died while the gates ran): judged again, but
+    /// the same interruption `retry.same_signature` times in a row ends the round.
+    Interrupted { why: String },
     /// A promotion starts; `approve` when it approved a head itself (a person's promotion ran
     /// the gates): the head and how many gate commands passed.
     Promote { approve: Option<(String, usize)> },
@@ -181,6 +217,9 @@ pub enum Event {
     },
     /// The promotion was refused for a reason retrying cannot change (class `policy`).
     PromotionRefused { detail: String },
+    /// The promotion cannot finish without a person (its follow-up would file another of
+    /// its kind: an activation gap whose own verify fails).
+    Escalate { why: String },
     /// The promotion failed in a way worth trying again later.
     PromotionFailed { signature: String, line: String },
     /// The approved work is in the target and verified.
@@ -209,10 +248,12 @@ pub enum Kind {
     GiveBack,
     Approved,
     Rejected,
+    Interrupted,
     Promote,
     BranchMoved,
     Wait,
     PromotionRefused,
+    Escalate,
     PromotionFailed,
     Promoted,
     Unblocked,
@@ -233,10 +274,12 @@ impl Event {
             Event::GiveBack(_) => Kind::GiveBack,
             Event::Approved { .. } => Kind::Approved,
             Event::Rejected(_) => Kind::Rejected,
+            Event::Interrupted { .. } => Kind::Interrupted,
             Event::Promote { .. } => Kind::Promote,
             Event::BranchMoved { .. } => Kind::BranchMoved,
             Event::Wait { .. } => Kind::Wait,
             Event::PromotionRefused { .. } => Kind::PromotionRefused,
+            Event::Escalate { .. } => Kind::Escalate,
             Event::PromotionFailed { .. } => Kind::PromotionFailed,
             Event::Promoted { .. } => Kind::Promoted,
             Event::Unblocked { .. } => Kind::Unblocked,
@@ -259,10 +302,12 @@ impl Event {
             Event::GiveBack(GiveBack::NotStarted) => "an agent that could not start",
             Event::Approved { .. } => "the judge's approval",
             Event::Rejected(_) => "the judge's rejection",
+            Event::Interrupted { .. } => "an interrupted judging",
             Event::Promote { .. } => "a promotion",
             Event::BranchMoved { .. } => "a branch moved after judging",
             Event::Wait { .. } => "a promotion's follow-up task",
             Event::PromotionRefused { .. } => "a refused promotion",
+            Event::Escalate { .. } => "an escalation",
             Event::PromotionFailed { .. } => "a failed promotion",
             Event::Promoted { .. } => "a finished promotion",
             Event::Unblocked { .. } => "a follow-up task's completion",
@@ -327,6 +372,18 @@ pub fn apply(
     clock: Clock,
 ) -> Result<Transition, Refusal> {
     actor.refuse_agent(&format!("changing task {}", crate::ids::short(&task.id)))?;
+    let persons = matches!(
+        event,
+        Event::Cancel | Event::Gate { .. } | Event::Reopen { .. } | Event::Edited { .. }
+    );
+    if persons && *actor != Actor::Person {
+        return Err(refusal(
+            task,
+            event,
+            actor,
+            format!("only a person decides that, not {}", actor.name()),
+        ));
+    }
     let mut t = task.clone();
     let from = task.state_label();
     let refuse = |why: String| refusal(task, event, actor, why);
@@ -436,7 +493,8 @@ pub fn apply(
         Event::Approved { head, summary } => {
             expect(task, event, actor, &[State::AwaitingJudge])?;
             t.approved = Some(head.clone());
-            t.signatures.clear();
+            // The signatures stay until the task is done: a branch that keeps moving after
+            // its approval repeats one, and that ends the round.
             t.context = None;
             t.rework = false;
             t.set_state(State::Promoting, None, None);
@@ -466,8 +524,44 @@ pub fn apply(
                 return Ok(unchanged(task));
             }
             t.next_at = None;
-            t.set_state(State::AwaitingJudge, None, Some(detail.clone()));
-            format!("{from} -> awaiting_judge: branch moved after judging")
+            // Judging again is a re-run like an agent's: it counts.
+            let used_up = task.attempts >= policy.retry.max_attempts;
+            if !used_up {
+                t.attempts = task.attempts + 1;
+            }
+            push_signature(&mut t, BRANCH_MOVED);
+            if used_up || crate::retry::repeated(&t.signatures, policy.retry.same_signature) {
+                let why = "the branch moved after judging, again".to_string();
+                format!("{from} -> {}", exhaust(&mut t, &why, policy, clock))
+            } else {
+                t.set_state(State::AwaitingJudge, None, Some(detail.clone()));
+                format!("{from} -> awaiting_judge: branch moved after judging")
+            }
+        }
+        Event::Interrupted { why } => {
+            expect(task, event, actor, &[State::AwaitingJudge])?;
+            let used_up = task.attempts >= policy.retry.max_attempts;
+            if !used_up {
+                t.attempts = task.attempts + 1;
+            }
+            push_signature(&mut t, INTERRUPTED);
+            if used_up || crate::retry::repeated(&t.signatures, policy.retry.same_signature) {
+                let why = format!("judging was interrupted, again ({why})");
+                format!("{from} -> {}", exhaust(&mut t, &why, policy, clock))
+            } else {
+                t.detail = Some(format!("judging was interrupted: {why}"));
+                format!("awaiting_judge: judging interrupted ({why}); judged again")
+            }
+        }
+        Event::Escalate { why } => {
+            expect(task, event, actor, &[State::Promoting])?;
+            t.next_at = None;
+            t.set_state(
+                State::HumanGated,
+                Some(Reason::Escalated),
+                Some(why.clone()),
+            );
+            format!("{from} -> human_gated: escalated: {why}")
         }
         Event::Wait { reason, on, detail } => {
             if !matches!(reason, Reason::Conflict | Reason::VerifyFailed) {
@@ -506,14 +600,26 @@ pub fn apply(
                 .rev()
                 .take_while(|s| s.split(':').nth(1) == step)
                 .count() as u32;
-            let wait = jittered(policy, in_a_row, clock).max(Duration::from_millis(100));
-            t.next_at = Some(clock.now.plus(wait));
-            t.detail = Some(line.clone());
-            backoff = Some(wait);
-            format!(
-                "promoting: promotion failed ({in_a_row} in a row: {line}); next try after {}",
-                format_duration(wait)
-            )
+            if in_a_row >= policy.retry.max_attempts {
+                // Tried as often as an agent would be: a person looks, or a new commit.
+                t.next_at = None;
+                let detail = format!("the promotion failed {in_a_row} times in a row: {line}");
+                t.set_state(
+                    State::Blocked,
+                    Some(Reason::PromotionRefused),
+                    Some(detail.clone()),
+                );
+                format!("promoting -> blocked: promotion_refused: {detail}")
+            } else {
+                let wait = jittered(policy, in_a_row, clock).max(Duration::from_millis(100));
+                t.next_at = Some(clock.now.plus(wait));
+                t.detail = Some(line.clone());
+                backoff = Some(wait);
+                format!(
+                    "promoting: promotion failed ({in_a_row} in a row: {line}); next try after {}",
+                    format_duration(wait)
+                )
+            }
         }
         Event::Promoted { commit } => {
             if task.state == State::Done && task.promoted_commit.as_deref() == Some(commit) {
@@ -521,6 +627,7 @@ pub fn apply(
             }
             expect(task, event, actor, &[State::Promoting])?;
             t.promoted_commit = Some(commit.clone());
+            t.signatures.clear();
             t.next_at = None;
             t.set_state(State::Done, None, None);
             format!("{from} -> done: promoted as {}", crate::ids::short(commit))
@@ -887,7 +994,10 @@ pub fn next(task: &Task, pending: &[&str], now: Timestamp) -> Option<Next> {
             "the agent runs (no lease: `git loop start` or `git loop reap` takes it back)".into(),
             &[Kind::Completed, Kind::Failed, Kind::Quota, Kind::GiveBack],
         ),
-        State::AwaitingJudge => now_by("judged next".into(), &[Kind::Approved, Kind::Rejected]),
+        State::AwaitingJudge => now_by(
+            "judged next".into(),
+            &[Kind::Approved, Kind::Rejected, Kind::Interrupted],
+        ),
         State::Promoting if task.detail.is_some() => timer(
             &format!(
                 "promotion resumes (it failed: {})",
@@ -970,7 +1080,7 @@ mod tests {
         }
     }
 
-    const ALL: [Kind; 19] = [
+    const ALL: [Kind; 21] = [
         Kind::Lease,
         Kind::Completed,
         Kind::Failed,
@@ -978,10 +1088,12 @@ mod tests {
         Kind::GiveBack,
         Kind::Approved,
         Kind::Rejected,
+        Kind::Interrupted,
         Kind::Promote,
         Kind::BranchMoved,
         Kind::Wait,
         Kind::PromotionRefused,
+        Kind::Escalate,
         Kind::PromotionFailed,
         Kind::Promoted,
         Kind::Unblocked,
@@ -994,13 +1106,15 @@ mod tests {
 
     /// The events the loop itself makes, without a person's or a stop's (a stop and an agent
     /// that cannot start give their attempt back: a person, or the breaker, bounds those).
-    const LOOP: [Kind; 13] = [
+    const LOOP: [Kind; 15] = [
         Kind::Lease,
         Kind::Completed,
         Kind::Failed,
         Kind::Quota,
         Kind::Approved,
         Kind::Rejected,
+        Kind::Interrupted,
+        Kind::Escalate,
         Kind::BranchMoved,
         Kind::Wait,
         Kind::PromotionRefused,
@@ -1062,6 +1176,12 @@ mod tests {
                 summary: "approved".into(),
             },
             Kind::Rejected => Event::Rejected(failure(rng)),
+            Kind::Interrupted => Event::Interrupted {
+                why: "the runner died".into(),
+            },
+            Kind::Escalate => Event::Escalate {
+                why: "its follow-up fails as it did".into(),
+            },
             Kind::Promote => Event::Promote {
                 approve: (rng.below(2) == 0).then(|| (format!("{:040x}", rng.below(3)), 1)),
             },
@@ -1179,7 +1299,7 @@ mod tests {
             let mut rng = Rng(seed.wrapping_mul(0xd1b5_4a32_d192_ed03));
             let mut t = task();
             let mut now = Timestamp(1_800_000_000_000_000);
-            let (mut runs, mut quota_runs) = (0u32, 0u32);
+            let (mut runs, mut quota_runs, mut judged) = (0u32, 0u32, 0u32);
             for _ in 0..2000 {
                 let kind = *rng.pick(&LOOP);
                 let e = event(kind, &mut rng);
@@ -1190,6 +1310,7 @@ mod tests {
                 match kind {
                     Kind::Lease => runs += 1,
                     Kind::Quota => quota_runs += 1,
+                    Kind::Approved | Kind::Rejected | Kind::Interrupted => judged += 1,
                     _ => {}
                 }
                 if let Some(wait) = next.backoff
@@ -1214,6 +1335,11 @@ mod tests {
             assert!(
                 runs - quota_runs <= r.max_attempts * rounds,
                 "seed {seed}: {runs} runs ({quota_runs} quota hits), budget {} × {rounds}",
+                r.max_attempts
+            );
+            assert!(
+                judged <= (r.max_attempts + 1) * rounds,
+                "seed {seed}: judged {judged} times, budget {} × {rounds}",
                 r.max_attempts
             );
             assert!(

@@ -248,8 +248,10 @@ fn waits_for(marker: &std::path::Path) -> String {
 }
 
 /// A person acts on a task while its agent runs: their decision stands, the agent's group is
-/// gone, the work is in rescue refs, and the refusal is in the log.
-fn a_persons_decision_while_the_agent_runs_stands(act: &[&str], state: &str) {
+/// gone, the work is in rescue refs, and the refusal is in the log. With `claims`, the agent
+/// claims completion right after the person acts (its claim is refused); without, it would run
+/// for ever, and only the runner's watch of its task ends it.
+fn a_persons_decision_while_the_agent_runs_stands(act: &[&str], state: &str, claims: bool) {
     let marker = tempfile::tempdir().expect("tmp");
     let marker = marker.path().join("go");
     let l = setup(&waits_for(&marker), "", false);
@@ -270,8 +272,10 @@ fn a_persons_decision_while_the_agent_runs_stands(act: &[&str], state: &str) {
     let mut args: Vec<&str> = act.to_vec();
     args.insert(2, &id);
     l.repo.ok(&args);
-    // If the agent is still running, it now claims completion.
-    std::fs::write(&marker, "").expect("marker");
+    if claims {
+        // If the agent is still running, it now claims completion.
+        std::fs::write(&marker, "").expect("marker");
+    }
     wait_for("the agent to be ended", Duration::from_secs(20), || {
         !running_group(&pgid)
     });
@@ -317,7 +321,7 @@ fn a_persons_decision_while_the_agent_runs_stands(act: &[&str], state: &str) {
 
 #[test]
 fn a_cancel_while_the_agent_runs_stands() {
-    a_persons_decision_while_the_agent_runs_stands(&["task", "cancel"], "cancelled");
+    a_persons_decision_while_the_agent_runs_stands(&["task", "cancel"], "cancelled", false);
 }
 
 #[test]
@@ -325,6 +329,7 @@ fn a_gate_while_the_agent_runs_stands() {
     a_persons_decision_while_the_agent_runs_stands(
         &["task", "gate", "--reason", "I will do this one"],
         "human_gated",
+        true,
     );
 }
 
@@ -512,4 +517,320 @@ fn loop_commands_are_refused_from_inside_an_agents_run() {
         );
     }
     assert_eq!(l.show(&id)["state"], "ready", "nothing changed");
+}
+
+/// A task whose backoff has passed but which cannot run yet (the one worker is busy) must not
+/// make the runner's loop spin: it wakes for messages and its once-a-second look only.
+#[test]
+fn a_due_task_that_must_wait_for_a_worker_does_not_spin_the_loop() {
+    let l = setup(
+        "sleep 600",
+        "[loop]\nworkers = 1\n[agent]\nstall_timeout = \"60s\"\n",
+        false,
+    );
+    let first = l.add("keeps the worker busy");
+    l.repo.ok(&["task", "edit", &first, "--priority", "5"]);
+    let second = l.add("due, waiting");
+    l.repo.poke(&second, "next_at", "\"2020-01-01T00:00:00Z\"");
+    let mut runner = l.repo.spawn(&["start"]);
+    wait_for("the first agent to run", Duration::from_secs(30), || {
+        lease_pgid(&l.repo, &first).is_some()
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(runner.terminate(), Some(0), "{}", runner.stderr_text());
+    let refs = l.repo.refs("refs/loop/runners/");
+    let name = refs[0].split(' ').next().expect("name");
+    let beat: toml::Table = l
+        .repo
+        .record(name, "heartbeat.toml")
+        .expect("a heartbeat")
+        .parse()
+        .expect("toml");
+    let passes = beat["iteration"].as_integer().expect("iteration");
+    assert!(
+        passes < 60,
+        "{passes} passes of the loop in about 4 s: it spins"
+    );
+    assert_eq!(l.show(&second)["attempts"], 0);
+}
+
+/// An activation gap whose own verify fails would file another, and that one another: the
+/// chain stops at the first, which goes to a person.
+#[test]
+fn a_verify_that_always_fails_files_one_activation_gap_then_asks_a_person() {
+    let l = setup(
+        COMMIT_AND_DONE,
+        &format!("{BUDGET}[verify]\ncommands = [[\"false\"]]\n"),
+        false,
+    );
+    let id = l.add("merged, never verified");
+    let out = once_within(&l, Duration::from_secs(120));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let tasks = l.repo.run(&["task", "list", "--json"]).json();
+    let tasks = tasks.as_array().expect("tasks");
+    assert_eq!(tasks.len(), 2, "the task and one activation gap: {tasks:?}");
+    let gap = tasks
+        .iter()
+        .find(|t| t["id"] != id.as_str())
+        .expect("the gap");
+    assert_eq!(gap["state"], "human_gated", "{gap}");
+    assert_eq!(gap["reason"], "escalated", "{gap}");
+    assert_eq!(l.show(&id)["state"], "blocked");
+}
+
+/// A test the agent writes kills the runner while the gates run (SIGKILL, from the pid in
+/// runner.holder). Every start judges the task again — but the interruptions count, and the
+/// task goes to a person within its budget. (In a sandbox the gate cannot reach the runner,
+/// and the task is judged like any other.)
+#[test]
+fn a_gate_that_kills_its_runner_is_judged_again_only_within_the_budget() {
+    let agent = "\
+mkdir -p t && printf 'kill -9 $(sed -n \"s/^pid = //p\" \"$(git rev-parse --git-common-dir)/loop/runner.holder\") 2>/dev/null; exit 0\\n' > t/kill.sh
+echo w > \"work-$1.txt\" && git add -A && git commit -q -m \"attempt $1\"
+echo LOOP_DONE";
+    let l = setup(
+        agent,
+        &format!(
+            "{BUDGET}[gate]\ncommands = [[\"sh\", \"-c\", \"for t in t/*; do sh $t; done\"]]\n"
+        ),
+        false,
+    );
+    let id = l.add("its tests kill the runner");
+    let mut ended = None;
+    for _ in 0..8 {
+        let out = once_within(&l, Duration::from_secs(60));
+        if out.code == 0 {
+            ended = Some(out);
+            break;
+        }
+    }
+    let out = ended.expect("a start that ended by itself within 8");
+    let task = l.show(&id);
+    assert!(
+        task["state"] == "human_gated" || task["state"] == "done",
+        "{task}\n{}",
+        out.stderr
+    );
+    assert!(
+        l.agent_runs(&id).len() <= MAX_RUNS,
+        "{} agent runs",
+        l.agent_runs(&id).len()
+    );
+}
+
+/// The work of a cancelled run that cannot be saved (a nested repository makes `git add`
+/// fail) is never removed: the worktree stays where it is, and the refusal says so.
+#[test]
+fn a_refused_runs_worktree_that_cannot_be_saved_is_left_in_place() {
+    let agent = "\
+echo w > w.txt && git add w.txt && git commit -q -m w
+echo notes > notes.txt
+git init -q sub
+sleep 600";
+    let l = setup(agent, "", false);
+    let id = l.add("leaves a nested repository");
+    let wt = l.repo.worktree_path(&id[..7]);
+    let mut runner = l.repo.spawn(&["start"]);
+    wait_for("the agent to work", Duration::from_secs(30), || {
+        wt.join("sub/.git").exists()
+    });
+    l.repo.ok(&["task", "cancel", &id]);
+    wait_for("the refusal", Duration::from_secs(20), || {
+        !l.repo.refs(&format!("refs/loop/refused/{id}")).is_empty()
+    });
+    let said = l.repo.git(&[
+        "log",
+        "-1",
+        "--format=%s",
+        &format!("refs/loop/refused/{id}"),
+    ]);
+    assert!(said.contains("could not be saved"), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(wt.join("notes.txt")).expect("notes.txt is still there"),
+        "notes\n"
+    );
+    assert_eq!(runner.terminate(), Some(0), "{}", runner.stderr_text());
+}
+
+/// Commits a cancelled agent made on a detached HEAD (on no branch) are saved.
+#[test]
+fn a_refused_runs_detached_commits_are_saved() {
+    let agent = "\
+echo w > w.txt && git add w.txt && git commit -q -m w
+git checkout -q --detach
+echo d > detached.txt && git add detached.txt && git commit -q -m detached-work
+git rev-parse HEAD > \"$(git rev-parse --git-common-dir)/../detached-head\"
+sleep 600";
+    let l = setup(agent, "", false);
+    let id = l.add("works on no branch");
+    let mut runner = l.repo.spawn(&["start"]);
+    let marker = l.repo.path("detached-head");
+    wait_for("the detached commit", Duration::from_secs(30), || {
+        marker.exists()
+    });
+    let detached = std::fs::read_to_string(&marker)
+        .expect("sha")
+        .trim()
+        .to_string();
+    l.repo.ok(&["task", "cancel", &id]);
+    wait_for("the refusal", Duration::from_secs(20), || {
+        !l.repo.refs(&format!("refs/loop/refused/{id}")).is_empty()
+    });
+    let held = l
+        .repo
+        .git(&["for-each-ref", "--contains", &detached, "refs/loop/rescue/"]);
+    assert!(
+        !held.trim().is_empty(),
+        "the detached commit is in a rescue ref"
+    );
+    assert_eq!(runner.terminate(), Some(0), "{}", runner.stderr_text());
+}
+
+/// The task's worktree cannot be made (a person has its branch checked out): each run that
+/// cannot start is a failed attempt — never a task left `running` with no lease.
+#[test]
+fn a_run_that_cannot_start_counts_and_never_leaves_the_task_running() {
+    // (Failures in a row open the breaker too, by default after three; here the task's own
+    // budget is what is watched.)
+    let l = setup(
+        COMMIT_AND_DONE,
+        &format!("{BUDGET}[breaker]\nfailures = 10\n"),
+        false,
+    );
+    let id = l.add("its branch is taken");
+    let branch = format!("loop/{}", &id[..7]);
+    l.repo.git(&["checkout", "-q", "-b", &branch, "main"]);
+    let out = once_within(&l, Duration::from_secs(60));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let task = l.show(&id);
+    assert_eq!(task["state"], "human_gated", "{task}");
+    assert!(
+        l.history(&id).iter().any(|h| h.contains("the run failed")),
+        "{:?}",
+        l.history(&id)
+    );
+    assert!(l.repo.refs("refs/loop/leases/").is_empty());
+}
+
+/// A promotion by hand while the runner's own promotion of the task runs exits 6, naming it.
+#[test]
+fn a_hand_promotion_during_the_runners_promotion_exits_6() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let go = dir.path().join("go");
+    let l = setup(
+        COMMIT_AND_DONE,
+        &format!(
+            "[verify]\ncommands = [[\"sh\", \"-c\", \"while [ ! -e '{}' ]; do sleep 0.1; done\"]]\n",
+            go.display()
+        ),
+        false,
+    );
+    let id = l.add("promoted slowly");
+    let mut runner = l.repo.spawn(&["start"]);
+    wait_for("the promotion to verify", Duration::from_secs(60), || {
+        l.show(&id)["state"] == "promoting" && !l.repo.refs("refs/loop/leases/").is_empty()
+    });
+    let out = l.repo.fails(&["promote", &id], 6);
+    assert!(out.stderr.contains("is leased to"), "{}", out.stderr);
+    std::fs::write(&go, "").expect("go");
+    wait_for("the task to be done", Duration::from_secs(60), || {
+        l.show(&id)["state"] == "done"
+    });
+    assert_eq!(runner.terminate(), Some(0), "{}", runner.stderr_text());
+}
+
+/// A stop while the gates run ends them and hands the task back for the next runner: nothing
+/// is merged after the stop.
+#[test]
+fn a_stop_while_the_judge_runs_ends_the_gates_and_hands_the_task_back() {
+    let l = setup(
+        COMMIT_AND_DONE,
+        "[gate]\ncommands = [[\"sh\", \"-c\", \"sleep 600\"]]\ntimeout = \"20m\"\n",
+        false,
+    );
+    let id = l.add("judged slowly");
+    let mut runner = l.repo.spawn(&["start"]);
+    wait_for("the judge to run", Duration::from_secs(60), || {
+        l.show(&id)["state"] == "awaiting_judge"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let began = Instant::now();
+    assert_eq!(runner.terminate(), Some(0), "{}", runner.stderr_text());
+    assert!(
+        began.elapsed() < Duration::from_secs(15),
+        "the gate was ended, not waited for"
+    );
+    assert_eq!(l.show(&id)["state"], "awaiting_judge");
+    assert!(l.repo.refs("refs/loop/leases/").is_empty(), "handed back");
+    assert!(
+        !l.repo
+            .git(&["ls-tree", "--name-only", "main"])
+            .contains("work-")
+    );
+}
+
+/// A breaker ref that cannot be read — garbage, or a symbolic ref — counts as open
+/// everywhere, and `resume` writes a closed one over it.
+#[test]
+fn an_unreadable_breaker_counts_as_open_everywhere_until_resumed() {
+    let l = setup(COMMIT_AND_DONE, "", false);
+    let id = l.add("waits");
+    l.repo
+        .git(&["branch", &format!("loop/{}", &id[..7]), "main"]);
+    for broken in ["garbage", "symbolic"] {
+        match broken {
+            "garbage" => l.repo.write(".git/refs/loop/breaker", "not-a-sha\n"),
+            _ => {
+                l.repo.git(&[
+                    "symbolic-ref",
+                    "refs/loop/breaker",
+                    "refs/loop/nothing-here",
+                ]);
+            }
+        }
+        let status = l.repo.run(&["status", "--json"]).json();
+        assert_eq!(status["breaker"]["state"], "open", "{broken}: {status}");
+        assert_eq!(status["breaker"]["class"], "unreadable", "{broken}");
+        l.repo.fails(&["start", "--once"], 7);
+        l.repo.fails(&["promote", &id], 7);
+        l.repo.ok(&["resume"]);
+        let status = l.repo.run(&["status", "--json"]).json();
+        assert_eq!(status["breaker"]["state"], "closed", "{broken}: {status}");
+    }
+    assert_eq!(l.show(&id)["attempts"], 0);
+}
+
+/// From inside a loop worktree, a task command is an agent's even with its variables cleared.
+#[test]
+fn a_task_command_from_inside_a_loop_worktree_is_an_agents() {
+    let l = setup(COMMIT_AND_DONE, "", false);
+    let id = l.add("cancelled by someone");
+    l.repo.ok(&["task", "cancel", &id]);
+    let other = l.add("whose worktree it is");
+    let wt = l.repo.add_task_worktree(&other);
+    let out = l.repo.run_at(&wt, &["task", "reopen", &id]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("inside an agent's run"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(l.show(&id)["state"], "cancelled");
+}
+
+#[test]
+fn a_heartbeat_more_often_than_a_second_is_refused() {
+    let l = setup(COMMIT_AND_DONE, "", false);
+    let policy = std::fs::read_to_string(l.repo.path("policy.toml")).expect("policy");
+    l.repo.write(
+        "policy.toml",
+        policy.replace("heartbeat = \"1s\"", "heartbeat = \"10ms\""),
+    );
+    let out = l.repo.fails(&["start", "--once"], 3);
+    assert!(
+        out.stderr
+            .contains("[lease] heartbeat: must be at least 1s"),
+        "{}",
+        out.stderr
+    );
 }

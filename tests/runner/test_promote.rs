@@ -194,11 +194,13 @@ fn two_promotions_at_once_merge_once() {
             })
             .collect();
         assert!(codes.contains(&0), "one finishes: {codes:?}");
+        // The other finds the task leased to the first (6), or, racing it to the lease, the
+        // promotion's lock or lease changing (4), or had nothing left to do (0).
         assert!(
-            codes.iter().all(|c| *c == 0 || *c == 4),
-            "the other is 0 or 4: {codes:?}"
+            codes.iter().all(|c| [0, 4, 6].contains(c)),
+            "the other is 0, 4 or 6: {codes:?}"
         );
-        if codes.contains(&4) {
+        if codes.iter().any(|c| *c != 0) {
             let out = f.promote();
             assert_eq!(out.code, 0, "{}", out.stderr);
         }

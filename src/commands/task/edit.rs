@@ -55,7 +55,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
-    let actor = Actor::at_command_line();
+    let actor = Actor::at_command_line(&ctx.cwd);
     actor.refuse_agent("`git loop task edit`")?;
     let repo = ctx.repo()?;
     let policy = policy(&repo)?;

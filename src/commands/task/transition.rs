@@ -66,7 +66,7 @@ pub fn reopen(ctx: &mut Ctx<'_>, args: ReopenArgs) -> Result<()> {
 
 /// A person's event, through the state machine (refused from inside an agent's run).
 fn transition(ctx: &mut Ctx<'_>, prefix: &str, event: Event) -> Result<()> {
-    let actor = Actor::at_command_line();
+    let actor = Actor::at_command_line(&ctx.cwd);
     actor.refuse_agent(&format!("`git loop task {}`", verb(&event)))?;
     let repo = ctx.repo()?;
     let store = Store::new(&repo);
