@@ -2,7 +2,7 @@
 //! its own process group, stdin closed, output to a log file with its tail kept; completion is
 //! the token anywhere in the output, whatever decorates it; silence without progress is a stall.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -128,23 +128,25 @@ pub fn run(
     // The collector wakes the watch loop when output ends (usually: the agent exited) or the
     // token arrives, so a quick agent is not left waiting for the next poll.
     let (wake_tx, wake_rx) = std::sync::mpsc::channel::<()>();
+    // Set once the agent's group is ended: the collector then stops reading soon after, even
+    // if something that left the group keeps the pipe open.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let collector = {
         let seen = Arc::clone(&seen);
         let token = spec.token.clone();
         let keep = spec.tail_bytes.max(token.len() * 4);
+        let done = Arc::clone(&done);
         std::thread::spawn(move || {
-            let mut reader = reader;
-            let mut buf = [0u8; 16 * 1024];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let _ = log.write_all(&buf[..n]);
-                let Ok(mut s) = seen.lock() else { break };
-                s.tail.extend_from_slice(&buf[..n]);
+            crate::process::read_pipe(reader, &done, |chunk| {
+                let _ = log.write_all(chunk);
+                let Ok(mut s) = seen.lock() else { return };
+                s.tail.extend_from_slice(chunk);
                 // Look for the token in what just arrived, with enough before it to catch a
                 // token split across reads, once escape sequences are taken out.
-                let from = s.tail.len().saturating_sub(n + token.len() * 4 + 64);
+                let from = s
+                    .tail
+                    .len()
+                    .saturating_sub(chunk.len() + token.len() * 4 + 64);
                 if !s.token && has_token(&s.tail[from..], &token) {
                     s.token = true;
                     let _ = wake_tx.send(());
@@ -154,7 +156,7 @@ pub fn run(
                     s.tail.drain(..cut);
                 }
                 s.last_output = Some(Instant::now());
-            }
+            });
             let _ = log.flush();
         })
     };
@@ -232,8 +234,10 @@ pub fn run(
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => pause = (pause * 2).min(POLL),
         }
     };
-    // Whatever the leader did, nothing of its group outlives the run.
+    // Whatever the leader did, nothing of its group outlives the run; what it wrote is read,
+    // and nothing else is waited for.
     signal_group(pgid, crate::process::Signal::Kill);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = collector.join();
     let s = seen
         .lock()

@@ -101,15 +101,33 @@ pub fn find(err: &anyhow::Error) -> Option<&LoopError> {
     })
 }
 
-/// The class an error exits with.
+/// The class an error exits with. A full disk is a transient failure (the loop waits and
+/// tries again once there is room), whoever met it.
 pub fn class_of(err: &anyhow::Error) -> Class {
-    find(err).map_or(Class::Generic, |e| e.class)
+    match find(err) {
+        Some(e) => e.class,
+        None if disk_full(err) => Class::Transient,
+        None => Class::Generic,
+    }
+}
+
+/// Whether the error is, or was caused by, a full disk (in-process, or as git says it).
+pub fn disk_full(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(libc::ENOSPC)
+        }) || e.to_string().contains("No space left on device")
+    })
 }
 
 /// The exit code for an error.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     class_of(err).code()
 }
+
+/// What a person is told when the disk is full.
+pub const DISK_FULL_HINT: &str =
+    "hint: the disk is full: free some space (`df -h .`); the loop tries again by itself\n";
 
 /// Renders an error for stderr: `error: WHAT`, the causes, then `hint: HOW` where one exists.
 pub fn render(err: &anyhow::Error) -> String {
@@ -130,6 +148,8 @@ pub fn render(err: &anyhow::Error) -> String {
             out.push_str(part);
             out.push('\n');
         }
+    } else if disk_full(err) {
+        out.push_str(DISK_FULL_HINT);
     }
     out
 }

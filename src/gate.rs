@@ -1,7 +1,6 @@
 //! Running gate and verify commands: each an argv (never through a shell), in a given
 //! directory, in its own process group, with a time limit and the tail of its output kept.
 
-use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -115,25 +114,25 @@ fn run_one(argv: &[String], dir: &Path, limits: Limits<'_>) -> Result<CommandRes
     })?;
     drop(cmd);
     (limits.started)(child.id());
-    // Read the output on a thread, keeping only its tail.
-    let collector = std::thread::spawn(move || {
-        let mut reader = reader;
-        let mut tail: Vec<u8> = Vec::new();
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            tail.extend_from_slice(&buf[..n]);
-            if tail.len() > 2 * TAIL {
+    // Read the output on a thread, keeping only its tail, until the command's group is ended
+    // (and a moment after), whatever else holds the pipe open.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let collector = {
+        let done = std::sync::Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut tail: Vec<u8> = Vec::new();
+            crate::process::read_pipe(reader, &done, |chunk| {
+                tail.extend_from_slice(chunk);
+                if tail.len() > 2 * TAIL {
+                    tail.drain(..tail.len() - TAIL);
+                }
+            });
+            if tail.len() > TAIL {
                 tail.drain(..tail.len() - TAIL);
             }
-        }
-        if tail.len() > TAIL {
-            tail.drain(..tail.len() - TAIL);
-        }
-        String::from_utf8_lossy(&tail).into_owned()
-    });
+            String::from_utf8_lossy(&tail).into_owned()
+        })
+    };
     let started = Instant::now();
     let mut timed_out = false;
     // Polls start quick, for the many gates that take milliseconds, and slow down to 20 ms.
@@ -145,6 +144,8 @@ fn run_one(argv: &[String], dir: &Path, limits: Limits<'_>) -> Result<CommandRes
         if limits.stopping() {
             crate::process::signal_group(child.id(), crate::process::Signal::Kill);
             let _ = child.wait();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = collector.join();
             return Err(LoopError::new(
                 Class::Transient,
                 format!("{} was ended: the runner is stopping", argv.join(" ")),
@@ -163,6 +164,7 @@ fn run_one(argv: &[String], dir: &Path, limits: Limits<'_>) -> Result<CommandRes
     };
     // Members of the group that outlived the leader would keep the pipe open.
     crate::process::signal_group(child.id(), crate::process::Signal::Kill);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
     let tail = collector.join().unwrap_or_default();
     Ok(CommandResult {
         argv: argv.to_vec(),

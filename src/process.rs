@@ -23,6 +23,58 @@ pub fn limit_malloc_arenas() {
     }
 }
 
+/// How long the output of an ended process group is still read: what its members wrote before
+/// they were killed is in the pipe; a descendant that left the group (`setsid`) and holds the
+/// pipe open is not waited for past this.
+pub const DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Reads `reader` until it ends, handing each chunk to `on_data`, or until `done` has been set
+/// for [`DRAIN`] with nothing more to read: a pipe that something outside the process group
+/// keeps open never holds its reader. Returns whether the pipe really ended.
+pub fn read_pipe(
+    reader: std::io::PipeReader,
+    done: &std::sync::atomic::AtomicBool,
+    mut on_data: impl FnMut(&[u8]),
+) -> bool {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut reader = reader;
+    let mut buf = [0u8; 16 * 1024];
+    let mut done_at: Option<std::time::Instant> = None;
+    loop {
+        if done.load(std::sync::atomic::Ordering::SeqCst) {
+            let at = *done_at.get_or_insert_with(std::time::Instant::now);
+            if at.elapsed() >= DRAIN {
+                return false;
+            }
+        }
+        if !readable(reader.as_raw_fd(), 100) {
+            continue;
+        }
+        match reader.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => on_data(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Whether `fd` has something to read (or its end) within `ms` milliseconds.
+#[allow(unsafe_code)]
+fn readable(fd: std::os::fd::RawFd, ms: i32) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `poll` is handed one valid, initialised pollfd that lives on this stack frame
+    // for the whole call, and a count of 1; it only writes that struct's `revents`. `fd` is an
+    // open descriptor the caller owns for the duration (a pipe's read end).
+    let n = unsafe { libc::poll(&mut poll, 1, ms) };
+    n > 0 && poll.revents != 0
+}
+
 /// The executable file `name` in a directory of PATH.
 pub fn which(name: &str) -> Option<std::path::PathBuf> {
     let paths = std::env::var_os("PATH")?;
@@ -137,9 +189,9 @@ pub fn group_alive(pgid: u32) -> bool {
 /// `kill(-id, sig)` for a group, `kill(id, sig)` for a process; true if the call succeeded.
 /// Refuses ids that would address something other than one group or process: 0 (the
 /// caller's own group) and 1 (init, or with the minus, `-1`: every process the caller may
-/// signal), and ids beyond `pid_t`. One of the crate's two `unsafe` calls (the other tunes
-/// malloc, above): the standard library has no way to signal a process group, nor a process
-/// it did not spawn.
+/// signal), and ids beyond `pid_t`. One of the crate's three `unsafe` calls (the others tune
+/// malloc and poll a pipe, above): the standard library has no way to signal a process group,
+/// nor a process it did not spawn.
 #[allow(unsafe_code)]
 fn kill(id: u32, group: bool, sig: libc::c_int) -> bool {
     let Ok(id) = libc::pid_t::try_from(id) else {

@@ -82,7 +82,9 @@ pub fn repeated(signatures: &[String], n: u32) -> bool {
             .all(|s| *s == signatures[signatures.len() - 1])
 }
 
-/// Whether an agent's output or exit code says it hit a quota or rate limit.
+/// Whether an agent's output or exit code says it hit a quota or rate limit. A pattern matches
+/// as a word (or words): not inside a longer word or number, so `429` is found in `HTTP 429`
+/// but not in `(node:12429)`, a UUID, or `after 14290 ms`.
 pub fn is_quota(tail: &str, code: Option<i32>, patterns: &[String], codes: &[i32]) -> bool {
     if code.is_some_and(|c| codes.contains(&c)) {
         return true;
@@ -90,7 +92,15 @@ pub fn is_quota(tail: &str, code: Option<i32>, patterns: &[String], codes: &[i32
     let lower = tail.to_lowercase();
     patterns
         .iter()
-        .any(|p| !p.is_empty() && lower.contains(&p.to_lowercase()))
+        .any(|p| !p.is_empty() && has_word(&lower, &p.to_lowercase()))
+}
+
+/// Whether `text` holds `word` with no letter, digit or `_` right before or after it.
+fn has_word(text: &str, word: &str) -> bool {
+    let inside = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    text.match_indices(word).any(|(at, _)| {
+        !inside(text[..at].chars().next_back()) && !inside(text[at + word.len()..].chars().next())
+    })
 }
 
 #[cfg(test)]
@@ -139,6 +149,24 @@ mod tests {
             assert!(backoff(&p, n) <= backoff_cap(&p, n));
         }
         assert!(repeated(&["a".into(), "b".into(), "b".into()], 2));
+        let p = ["429".to_string(), "rate limit".to_string()];
+        for quota in [
+            "HTTP 429 Too Many Requests",
+            "error: 429",
+            "Rate limit reached.",
+            "(429)",
+        ] {
+            assert!(is_quota(quota, None, &p, &[]), "{quota}");
+        }
+        for not in [
+            "(node:12429) warning",
+            "id 7f3a429b-1c2d",
+            "build failed after 14290 ms",
+            "rate limiting",
+            "x4290",
+        ] {
+            assert!(!is_quota(not, None, &p, &[]), "{not}");
+        }
         assert!(!repeated(&["a".into(), "b".into()], 2));
     }
 }

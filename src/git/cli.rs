@@ -115,6 +115,9 @@ impl Git {
         S: AsRef<OsStr>,
     {
         let mut cmd = Command::new("git");
+        // git-loop reads what git prints (push porcelain, worktree lists, errors it classifies):
+        // in git's own words, whatever the user's language.
+        cmd.env("LC_ALL", "C").env_remove("LANGUAGE");
         // git-loop runs maintenance itself, once per promotion, not after every fetch and push.
         cmd.arg("-c").arg("maintenance.auto=false");
         cmd.arg("-C").arg(&self.dir).args(args);

@@ -159,7 +159,10 @@ impl Worker<'_> {
             .load(&self.job.id)
             .is_ok_and(|s| s.task.state == State::Running);
         let text = format!("{e:#}");
-        let line = text.lines().next().unwrap_or_default().to_string();
+        let mut line = text.lines().next().unwrap_or_default().to_string();
+        if crate::error::disk_full(e) {
+            line = format!("the disk is full: {line}");
+        }
         let moved = if !running {
             None
         } else if crate::error::class_of(e) == Class::Config {

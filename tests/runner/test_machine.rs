@@ -834,3 +834,92 @@ fn a_heartbeat_more_often_than_a_second_is_refused() {
         out.stderr
     );
 }
+
+/// A small file system a test mounted (as root), unmounted when the test ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The disk fills up under the runner (its prompt files go to a full file system): the run is
+/// a transient failure that says so — counted, the task released, never left `running`.
+#[test]
+fn a_full_disk_is_a_transient_failure_and_the_task_is_released() {
+    let l = setup(
+        COMMIT_AND_DONE,
+        &format!("{BUDGET}[breaker]\nfailures = 10\n"),
+        false,
+    );
+    let full = l.repo.root.parent().expect("tmp").join("full");
+    std::fs::create_dir_all(&full).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&full)
+        .output()
+        .expect("mount");
+    if !mounted.status.success() {
+        eprintln!(
+            "skipped: a small file system cannot be mounted here ({})",
+            String::from_utf8_lossy(&mounted.stderr).trim()
+        );
+        return;
+    }
+    let _guard = Mounted(full.clone());
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=4096", "count=1000"])
+        .arg(format!("of={}", full.join("fill").display()))
+        .output();
+    std::fs::create_dir_all(l.repo.path(".git/loop")).expect("mkdir");
+    std::os::unix::fs::symlink(&full, l.repo.path(".git/loop/prompts")).expect("symlink");
+    let id = l.add("meets a full disk");
+    let out = once_within(&l, Duration::from_secs(60));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let task = l.show(&id);
+    assert_ne!(task["state"], "running", "{task}");
+    assert!(
+        l.history(&id)
+            .iter()
+            .any(|h| h.contains("the disk is full")),
+        "{:?}",
+        l.history(&id)
+    );
+    assert!(l.repo.refs("refs/loop/leases/").is_empty(), "released");
+}
+
+/// Ends the processes whose pids a test's agent or gate wrote to `file`, one per line.
+fn end_listed(file: &std::path::Path) {
+    for pid in std::fs::read_to_string(file).unwrap_or_default().lines() {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status();
+    }
+}
+
+/// A descendant that leaves the agent's group (`setsid`) and keeps its output pipe open, and
+/// one a gate starts the same way, hold neither the worker nor the judge: the task is done,
+/// and `--once` ends, long before they would.
+#[test]
+fn a_setsid_child_holding_the_output_pipe_holds_neither_agent_nor_gate() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pids = dir.path().join("pids");
+    let agent = format!(
+        "setsid sleep 600 & echo $! >> '{p}'\n{COMMIT_AND_DONE}",
+        p = pids.display()
+    );
+    let l = setup(
+        &agent,
+        &format!(
+            "[gate]\ncommands = [[\"sh\", \"-c\", \"setsid sleep 600 & echo $! >> '{}'; exit 0\"]]\n",
+            pids.display()
+        ),
+        false,
+    );
+    let id = l.add("leaves a daemon behind");
+    let out = once_within(&l, Duration::from_secs(60));
+    end_listed(&pids);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(l.show(&id)["state"], "done");
+}
