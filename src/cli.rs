@@ -118,7 +118,23 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Commands that act on the loop beyond its tasks' states (those go through the state
+/// machine, which knows who acts): refused from inside an agent's run, which may only file
+/// discovered work and read.
+fn refused_to_agents(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Start(_) => Some("`git loop start`"),
+        Command::Stop(_) => Some("`git loop stop`"),
+        Command::Reap(_) => Some("`git loop reap`"),
+        Command::Hooks(_) => Some("`git loop hooks`"),
+        _ => None,
+    }
+}
+
 fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    if let Some(what) = refused_to_agents(&command) {
+        crate::task::machine::Actor::at_command_line(&ctx.cwd).refuse_agent(what)?;
+    }
     match command {
         Command::Init(args) => commands::init::run(ctx, args),
         Command::Task(cmd) => commands::task::run(ctx, cmd),

@@ -191,10 +191,11 @@ impl<'r> Cx<'r> {
     /// with the error that stopped it.
     fn checks(&self) -> Vec<Check> {
         use CheckFn::{Policy as P, Repo as R};
-        let named: [(&'static str, Class, CheckFn<'r>); 14] = [
+        let named: [(&'static str, Class, CheckFn<'r>); 15] = [
             ("policy-committed", Class::Config, P(Self::policy_committed)),
             ("runtime-files", Class::Config, P(Self::runtime_files)),
             ("programs", Class::Config, P(Self::programs)),
+            ("sandbox", Class::Config, P(Self::sandbox)),
             ("hooks", Class::Config, R(Self::hooks)),
             ("remote", Class::Config, P(Self::remote)),
             ("worktrees", Class::Transient, R(Self::worktrees)),
@@ -730,6 +731,79 @@ impl<'r> Cx<'r> {
             saw.join("\n"),
             "git loop reap (or `git worktree prune`) releases them",
         ))
+    }
+
+    fn sandbox(&self, policy: &Policy) -> Result<Check> {
+        const NAME: &str = "sandbox";
+        Ok(
+            match crate::sandbox::Sandbox::for_policy(self.repo, policy) {
+                Ok(crate::sandbox::Sandbox::Bwrap { path, writable }) => Check::ok(
+                    NAME,
+                    Class::Config,
+                    format!(
+                        "agents, gates and verify run in a sandbox ({}): the system, the home \
+                     directory, the repository and its checkouts are read-only to them but for \
+                     their own checkout, the temporary directories and {}; nothing they start \
+                     outlives them",
+                        path.display(),
+                        if writable.is_empty() {
+                            "nothing else".to_string()
+                        } else {
+                            writable
+                                .iter()
+                                .map(|w| w.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ),
+                ),
+                Ok(crate::sandbox::Sandbox::Seatbelt { path, .. }) => Check::warn(
+                    NAME,
+                    Class::Config,
+                    format!(
+                        "agents, gates and verify run under {}: writes outside their checkout, \
+                     the temporary directories, agent.writable, the object store and their own \
+                     branch are denied; but it is untested, and what they start in a new \
+                     session outlives them (SHORTCOMINGS.md)",
+                        path.display()
+                    ),
+                    "run agents on Linux with bubblewrap for the full sandbox",
+                ),
+                Ok(sandbox @ crate::sandbox::Sandbox::None { .. })
+                    if sandbox.is_off_by_policy() =>
+                {
+                    let why = sandbox.describe();
+                    Check::warn(
+                        NAME,
+                        Class::Config,
+                        format!(
+                            "agents run unsandboxed ({}): an agent can write git-loop's refs, \
+                         the person's files and every checkout, and its setsid daemons outlive it",
+                            why.trim_start_matches("none: ")
+                        ),
+                        "set agent.sandbox = \"auto\" in policy.toml (Linux, with bubblewrap)",
+                    )
+                }
+                Ok(crate::sandbox::Sandbox::None { why }) => Check::warn(
+                    NAME,
+                    Class::Config,
+                    format!("agents run unsandboxed: {why}"),
+                    if cfg!(target_os = "linux") {
+                        "install bubblewrap (`apt-get install bubblewrap`; it needs unprivileged user \
+                     namespaces), or set agent.sandbox = \"none\" to say it is meant"
+                    } else {
+                        "git-loop has no sandbox on this system yet (SHORTCOMINGS.md); set \
+                     agent.sandbox = \"none\" to say it is meant"
+                    },
+                ),
+                Err(e) => Check::fail(
+                    NAME,
+                    Class::Config,
+                    crate::error::find(&e).map_or_else(|| format!("{e:#}"), |l| l.message.clone()),
+                    "install bubblewrap (`apt-get install bubblewrap`), or set agent.sandbox = \"auto\"",
+                ),
+            },
+        )
     }
 
     fn git_locks(&self) -> Result<Check> {

@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Class, LoopError};
 use crate::git::Repo;
 use crate::git::cli::Git;
-use crate::policy::{FILE, GateSection, PROTECTED_SECTIONS, Policy, ReviewSection, VerifySection};
+use crate::policy::{
+    FILE, GateSection, PROTECTED_AGENT_KEYS, PROTECTED_SECTIONS, Policy, ReviewSection,
+    VerifySection,
+};
 use crate::refs;
 use crate::time::Timestamp;
 
@@ -58,6 +61,10 @@ pub struct Sections {
     pub gate: GateSection,
     pub review: ReviewSection,
     pub verify: VerifySection,
+    /// `agent.sandbox` and `agent.writable`: what agents run in is part of the finish line,
+    /// so that no branch can open the sandbox for the runs after it.
+    pub sandbox: crate::sandbox::Mode,
+    pub writable: Vec<String>,
 }
 
 /// The finish line to judge, promote and verify by: the pinned sections, the pinned paths, and
@@ -87,6 +94,18 @@ pub fn protected_sections(file: Option<&[u8]>) -> String {
             out.push_str(&toml::to_string(&one).unwrap_or_default());
         }
     }
+    // And the keys of [agent] that say what agents run in.
+    let mut agent = toml::Table::new();
+    for key in PROTECTED_AGENT_KEYS {
+        if let Some(value) = table.get("agent").and_then(|a| a.get(*key)) {
+            agent.insert((*key).to_string(), value.clone());
+        }
+    }
+    if !agent.is_empty() {
+        let mut one = toml::Table::new();
+        one.insert("agent".to_string(), toml::Value::Table(agent));
+        out.push_str(&toml::to_string(&one).unwrap_or_default());
+    }
     out
 }
 
@@ -95,7 +114,25 @@ impl Sections {
     pub fn parse(sections: &str) -> Result<Sections, LoopError> {
         // The sections are checked as the rest of a policy would be: they are one, with an
         // agent command that is never run.
-        let text = format!("[agent]\ncommand = [\"-\"]\n{sections}");
+        let unreadable = |e: &dyn std::fmt::Display| {
+            LoopError::new(
+                Class::Config,
+                format!("refs/loop/oracle holds sections that do not parse: {e}"),
+            )
+            .with_hint("a person re-pins with `git loop init --repin`")
+        };
+        let mut table: toml::Table = sections.parse().map_err(|e| unreadable(&e))?;
+        let agent = table
+            .entry("agent")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(agent) = agent.as_table_mut() else {
+            return Err(unreadable(&"[agent] is not a table"));
+        };
+        agent.insert(
+            "command".into(),
+            toml::Value::Array(vec![toml::Value::String("-".into())]),
+        );
+        let text = toml::to_string(&table).map_err(|e| unreadable(&e))?;
         let policy = Policy::parse(&text, "the pinned finish line").map_err(|e| {
             LoopError::new(
                 Class::Config,
@@ -107,6 +144,8 @@ impl Sections {
             gate: policy.gate,
             review: policy.review,
             verify: policy.verify,
+            sandbox: policy.agent.sandbox,
+            writable: policy.agent.writable,
         })
     }
 

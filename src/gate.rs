@@ -12,6 +12,7 @@ use crate::error::{Class, LoopError};
 use crate::finish_line::Frozen;
 use crate::git::Repo;
 use crate::git::cli::Git;
+use crate::sandbox::{Sandbox, Session};
 
 /// How much of a command's output is kept for messages and records.
 const TAIL: usize = 8 * 1024;
@@ -50,6 +51,8 @@ pub struct Limits<'a> {
     pub timeout: Duration,
     pub started: &'a dyn Fn(u32),
     pub stop: Option<&'a std::sync::atomic::AtomicBool>,
+    /// The sandbox the commands run in (none when `None`).
+    pub sandbox: Option<&'a Sandbox>,
 }
 
 impl<'a> Limits<'a> {
@@ -59,6 +62,7 @@ impl<'a> Limits<'a> {
             timeout,
             started: &|_| {},
             stop: None,
+            sandbox: None,
         }
     }
 
@@ -77,9 +81,22 @@ pub fn run_all(
     dir: &Path,
     limits: Limits<'_>,
 ) -> Result<Vec<CommandResult>> {
+    run_all_in(commands, dir, limits, None, &|| Ok(()))
+}
+
+/// Runs `commands` in `dir`, `before` each (what puts the pinned files back: a command that
+/// runs the branch's code may have changed them for the next).
+fn run_all_in(
+    commands: &[Vec<String>],
+    dir: &Path,
+    limits: Limits<'_>,
+    session: Option<&Session>,
+    before: &dyn Fn() -> Result<()>,
+) -> Result<Vec<CommandResult>> {
     let mut results = Vec::new();
     for argv in commands {
-        let result = run_one(argv, dir, limits)?;
+        before()?;
+        let result = run_one(argv, dir, limits, session)?;
         let passed = result.passed;
         results.push(result);
         if !passed {
@@ -89,11 +106,30 @@ pub fn run_all(
     Ok(results)
 }
 
-fn run_one(argv: &[String], dir: &Path, limits: Limits<'_>) -> Result<CommandResult> {
+fn run_one(
+    argv: &[String],
+    dir: &Path,
+    limits: Limits<'_>,
+    session: Option<&Session>,
+) -> Result<CommandResult> {
     let timeout = limits.timeout;
-    let (program, args) = argv.split_first().context("an empty command")?;
+    let (program, _) = argv.split_first().context("an empty command")?;
+    let run = match session {
+        Some(s) if s.is_on() => {
+            crate::sandbox::check_program(program, dir).map_err(|why| {
+                LoopError::new(
+                    Class::Config,
+                    format!("{program}: {why} (running {})", argv.join(" ")),
+                )
+                .with_hint("install it, or fix the command in policy.toml")
+            })?;
+            s.wrap(argv.to_vec(), dir)
+        }
+        _ => argv.to_vec(),
+    };
+    let (exe, args) = run.split_first().context("an empty command")?;
     let (reader, writer) = std::io::pipe().context("creating a pipe")?;
-    let mut cmd = Command::new(program);
+    let mut cmd = Command::new(exe);
     cmd.args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -178,7 +214,7 @@ fn run_one(argv: &[String], dir: &Path, limits: Limits<'_>) -> Result<CommandRes
 /// Runs `commands` in a temporary detached worktree of `commit` under
 /// `<git-common-dir>/loop/tmp/<tag>-…`, removed afterwards (what is judged is what is
 /// committed, never a worktree's uncommitted state), with the pinned paths of the finish line
-/// put back as the target has them (see [`crate::finish_line::restore`]).
+/// put back as the target has them before each command (see [`crate::finish_line::restore`]).
 pub fn run_at(
     repo: &Repo,
     git: &Git,
@@ -195,8 +231,22 @@ pub fn run_at(
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{tag}-{:08x}", crate::rand::u64() as u32));
     git.worktree_add(&["--detach", "--quiet"], &path, &commit.to_string())?;
-    let restored = crate::finish_line::restore(repo, &git.in_worktree(&path), &path, frozen);
-    let results = restored.and_then(|()| run_all(commands, &path, limits));
+    let there = git.in_worktree(&path);
+    let restore = || crate::finish_line::restore(repo, &there, &path, frozen);
+    let session = match limits.sandbox {
+        Some(sandbox) => Some(Session::prepare(
+            sandbox,
+            repo,
+            &path,
+            crate::sandbox::Owner::Gate { tag },
+        )?),
+        None => None,
+    };
+    let results = run_all_in(commands, &path, limits, session.as_ref(), &restore);
+    // What a gate wrote to its scratch (objects, refs) is its own: dropped.
+    if let Some(s) = session {
+        s.discard();
+    }
     let removed = repo.remove_worktree(&path, true);
     let results = results?;
     removed?;

@@ -242,8 +242,8 @@ pub struct PostCommit {
 }
 
 /// In a loop worktree: note the new commit (task, run), mark progress for stall detection, and
-/// file tasks from `Loop-Task:` / `Loop-Blocker:` trailers. Elsewhere, and during a rebase,
-/// nothing.
+/// file tasks from `Loop-Task:` / `Loop-Blocker:` trailers. Elsewhere, during a rebase, and in
+/// a sandboxed run (whose commits the runner takes after it), nothing.
 pub fn post_commit(repo: &Repo, cwd: &Path) -> Result<PostCommit> {
     let mut out = PostCommit::default();
     if repo.operation_in_progress() {
@@ -265,18 +265,39 @@ pub fn post_commit(repo: &Repo, cwd: &Path) -> Result<PostCommit> {
         }
     };
     out.task = Some(task_id.clone());
+    // In a sandbox, which cannot write refs, the runner takes every new commit of the run
+    // after it (see `runner::worker`).
+    if std::env::var_os("GIT_LOOP_OUTBOX").is_some() {
+        return Ok(out);
+    }
     let head = repo.head_commit()?.context("HEAD has no commit")?;
     let run = std::env::var("GIT_LOOP_RUN").unwrap_or_default();
+    mark_progress(repo, &task_id, head)?;
+    out.filed = take_commit(repo, &store, &task_id, &run, head)?;
+    Ok(out)
+}
+
+/// What a commit of a task's run means to the loop: a note on it (task, run), and the tasks its
+/// `Loop-Task:` / `Loop-Blocker:` trailers file (a blocker makes the task wait for it). The
+/// post-commit hook does it as the commit is made; the runner does it again after a run for
+/// every new commit of the branch (inside a sandbox the hook cannot write refs). Filing twice
+/// files once.
+pub fn take_commit(
+    repo: &Repo,
+    store: &Store<'_>,
+    task_id: &str,
+    run: &str,
+    commit: gix::ObjectId,
+) -> Result<Vec<(String, &'static str)>> {
     let note = if run.is_empty() {
         format!("task: {task_id}\n")
     } else {
         format!("task: {task_id}\nrun: {run}\n")
     };
-    repo.set_note(crate::refs::NOTES, head, &note)?;
-    mark_progress(repo, &task_id, head)?;
-
-    let message = repo.commit_info(head)?.message;
+    repo.set_note(crate::refs::NOTES, commit, &note)?;
+    let message = repo.commit_info(commit)?.message;
     let subject = message.lines().next().unwrap_or_default().to_string();
+    let mut filed = Vec::new();
     for (key, title) in trailers(&message) {
         let kind: &'static str = match key.as_str() {
             "Loop-Task" => "Loop-Task",
@@ -285,25 +306,94 @@ pub fn post_commit(repo: &Repo, cwd: &Path) -> Result<PostCommit> {
         };
         let body = format!(
             "Filed by the {kind} trailer of commit {} (\"{}\") in task {}.\n",
-            &head.to_string()[..7],
+            &commit.to_string()[..7],
             crate::output::safe(&subject, false),
             &task_id[..7]
         );
-        let filed = file_discovered(repo, &store, &task_id, &title, &body)?;
+        let id = file_discovered(repo, store, task_id, &title, &body, None)?;
         if kind == "Loop-Blocker" {
-            let blocker = filed.clone();
-            store.update(&task_id, |t| {
-                if t.after.contains(&blocker) {
-                    return Ok(Edit::new("unchanged"));
-                }
-                t.after.push(blocker.clone());
-                Ok(Edit::new(format!(
-                    "edit: after: waits for {} (Loop-Blocker)",
-                    &blocker[..7]
-                )))
-            })?;
+            wait_for(store, task_id, &id)?;
         }
-        out.filed.push((filed, kind));
+        filed.push((id, kind));
+    }
+    Ok(filed)
+}
+
+/// Makes task `id` wait for `blocker` (a `Loop-Blocker:` it filed).
+fn wait_for(store: &Store<'_>, id: &str, blocker: &str) -> Result<()> {
+    store.update(id, |t| {
+        if t.after.iter().any(|a| a == blocker) {
+            return Ok(Edit::new("unchanged"));
+        }
+        t.after.push(blocker.to_string());
+        Ok(Edit::new(format!(
+            "edit: after: waits for {} (Loop-Blocker)",
+            &blocker[..7]
+        )))
+    })?;
+    Ok(())
+}
+
+/// One task an agent's run filed to its outbox (`git loop task add` inside a sandbox, which
+/// cannot write refs), as a JSON line.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Outboxed {
+    /// The id `task add` printed, which the task is filed under when it is still free.
+    pub id: String,
+    pub title: String,
+    #[serde(default)]
+    pub body: String,
+    /// The run's task waits for it.
+    #[serde(default)]
+    pub blocker: bool,
+}
+
+/// Appends `task` to the outbox at `path`.
+pub fn write_outbox(path: &Path, task: &Outboxed) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string(task)?)?;
+    Ok(())
+}
+
+/// Files the tasks a run of task `from` wrote to its outbox (`text`: JSON lines; each task
+/// discovered from it, and triaged like any task). Lines that do not read are skipped, said in
+/// the result; at most 100 are taken.
+pub fn file_outbox(
+    repo: &Repo,
+    store: &Store<'_>,
+    from: &str,
+    text: &str,
+) -> Result<Vec<std::result::Result<String, String>>> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()).take(100) {
+        let entry: Outboxed = match serde_json::from_str(line) {
+            Ok(e) => e,
+            Err(e) => {
+                out.push(Err(format!("an outbox line that does not read: {e}")));
+                continue;
+            }
+        };
+        let body = if entry.body.trim().is_empty() {
+            format!(
+                "Filed by the run of task {} (its outbox).\n",
+                crate::ids::short(from)
+            )
+        } else {
+            entry.body.clone()
+        };
+        match file_discovered(repo, store, from, &entry.title, &body, Some(&entry.id)) {
+            Ok(id) => {
+                if entry.blocker {
+                    wait_for(store, from, &id)?;
+                }
+                out.push(Ok(id));
+            }
+            Err(e) => out.push(Err(format!("{e:#}"))),
+        }
     }
     Ok(out)
 }
@@ -322,31 +412,48 @@ pub fn mark_progress(repo: &Repo, id: &str, commit: gix::ObjectId) -> Result<()>
     Ok(())
 }
 
-/// Files a task discovered from `from`, unless an open one with this title already is.
+/// Files a task discovered from `from`, unless an open one with this title already is, under
+/// the id `wanted` when it is a free full id.
 fn file_discovered(
     repo: &Repo,
     store: &Store<'_>,
     from: &str,
     title: &str,
     body: &str,
+    wanted: Option<&str>,
 ) -> Result<String> {
     let title = title.trim();
     task::check_title(title)?;
-    if let Some(existing) = store.list()?.into_iter().find_map(|l| {
-        let t = l.task.ok()?;
-        (t.discovered_from.as_deref() == Some(from)
+    let tasks: Vec<Task> = store
+        .list()?
+        .into_iter()
+        .filter_map(|l| l.task.ok())
+        .collect();
+    if let Some(existing) = tasks.iter().find(|t| {
+        t.discovered_from.as_deref() == Some(from)
             && t.title == title
-            && !matches!(t.state, State::Done | State::Cancelled))
-        .then_some(t.id)
+            && !matches!(t.state, State::Done | State::Cancelled)
     }) {
-        return Ok(existing);
+        return Ok(existing.id.clone());
     }
     let parent = store.load(from)?.task;
     let policy = repo.workdir().map(Policy::load).transpose()?.flatten();
     let triage = policy.map(|p| p.triage).unwrap_or_default();
     let ids = store.ids()?;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let id = crate::ids::generate(&refs);
+    // An id the run chose (what `task add` printed inside its sandbox) is taken only when no
+    // task has it, nor its short id (its branch's name).
+    let id = match wanted {
+        Some(w)
+            if crate::ids::is_full_id(w)
+                && !refs
+                    .iter()
+                    .any(|r| crate::ids::short(r) == crate::ids::short(w)) =>
+        {
+            w.to_string()
+        }
+        _ => crate::ids::generate(&refs),
+    };
     let thin = task::triage(body, &triage);
     let mut task = Task::new(
         id.clone(),
@@ -357,8 +464,52 @@ fn file_discovered(
     );
     task.priority = parent.priority;
     task.discovered_from = Some(from.to_string());
+    hold_past_the_limit(&tasks, &triage, &mut task);
     store.create(&task)?;
     Ok(id)
+}
+
+/// Discovered work is bounded: below one task a person filed, at most `triage.max_discovered`
+/// tasks an agent filed run before a person looks. `task`, discovered (from `discovered_from`)
+/// past that, waits for them (`human_gated: discovery_limit`), and runs no agent that could
+/// file more.
+pub fn hold_past_the_limit(tasks: &[Task], triage: &crate::policy::TriageSection, task: &mut Task) {
+    let Some(from) = task.discovered_from.as_deref() else {
+        return;
+    };
+    let parents: std::collections::HashMap<&str, &str> = tasks
+        .iter()
+        .filter_map(|t| Some((t.id.as_str(), t.discovered_from.as_deref()?)))
+        .collect();
+    let root = root_of(&parents, from);
+    let below = parents
+        .keys()
+        .filter(|id| **id != root && root_of(&parents, id) == root)
+        .count();
+    if below >= triage.max_discovered as usize {
+        task.state = State::HumanGated;
+        task.reason = Some(task::Reason::DiscoveryLimit);
+        task.detail = Some(format!(
+            "{below} tasks were already discovered below task {} (triage.max_discovered = {}); \
+             `git loop task reopen` runs this one",
+            crate::ids::short(root),
+            triage.max_discovered
+        ));
+    }
+}
+
+/// The task a person filed that `id` was discovered from, through its `discovered_from` chain
+/// (`id` itself when it was not discovered; a chain that loops ends where it meets itself).
+fn root_of<'a>(parents: &std::collections::HashMap<&'a str, &'a str>, id: &'a str) -> &'a str {
+    let mut at = id;
+    let mut seen = std::collections::HashSet::new();
+    while seen.insert(at) {
+        match parents.get(at) {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    at
 }
 
 /// The `Key: value` lines of a message's trailer block (its last paragraph).

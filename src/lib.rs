@@ -34,6 +34,7 @@ pub mod refs;
 pub mod rescue;
 pub mod retry;
 pub mod runner;
+pub mod sandbox;
 pub mod store;
 pub mod task;
 pub mod time;

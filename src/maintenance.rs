@@ -60,7 +60,19 @@ pub fn after_promotion(repo: &Repo, git: &Git) {
         ]);
     }
     if needs_ref_packing(repo.common_dir()) {
-        let _ = git.output(&["pack-refs", "--all", "--prune"]);
+        // Task branches stay loose: a sandboxed agent's git moves its branch in a directory
+        // mounted over `refs/heads/loop/`, which a prune that emptied it would remove from
+        // under the sandbox. (`--exclude` is git 2.42's; an older git packs them too.)
+        let packed = git.output(&[
+            "pack-refs",
+            "--all",
+            "--prune",
+            "--exclude",
+            "refs/heads/loop/*",
+        ]);
+        if !packed.is_ok_and(|o| o.status.success()) {
+            let _ = git.output(&["pack-refs", "--all", "--prune"]);
+        }
     }
 }
 

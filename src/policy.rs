@@ -21,6 +21,9 @@ pub const COMMAND_PLACEHOLDERS: &[&str] =
 /// The sections whose contents are the frozen finish line (SPEC §9).
 pub const PROTECTED_SECTIONS: &[&str] = &["gate", "review", "verify"];
 
+/// The keys of `[agent]` protected with those sections: what agents run in.
+pub const PROTECTED_AGENT_KEYS: &[&str] = &["sandbox", "writable"];
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     pub loop_: LoopSection,
@@ -56,12 +59,34 @@ pub struct AgentSection {
     pub quota_patterns: Vec<String>,
     pub quota_exit_codes: Vec<i32>,
     pub quota_cooldown: Duration,
+    /// Where agents, gates and verify commands run: `auto` (bwrap where it works), `bwrap`
+    /// or `none` (see [`crate::sandbox`]).
+    pub sandbox: crate::sandbox::Mode,
+    /// What a sandboxed run may write besides its checkout and the temporary directories:
+    /// absolute paths, or `~/…` in the home directory, each only if it exists when the run
+    /// starts (the agent CLIs' own state and caches). Everything else is read-only to it.
+    pub writable: Vec<String>,
 }
+
+/// `agent.writable` by default: where the agent CLIs git-loop knows keep their state, and the
+/// caches they fill.
+pub const DEFAULT_WRITABLE: &[&str] = &[
+    "~/.cache",
+    "~/.claude",
+    "~/.claude.json",
+    "~/.codex",
+    "~/.aider",
+    "~/.npm",
+    "~/.local/state",
+];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TriageSection {
     pub min_body_chars: u64,
     pub require_acceptance: bool,
+    /// How many tasks agents may file, discovered, below one task a person filed before the
+    /// next is held (`human_gated: discovery_limit`) for a person to look at.
+    pub max_discovered: u32,
 }
 
 impl Default for TriageSection {
@@ -69,6 +94,7 @@ impl Default for TriageSection {
         TriageSection {
             min_body_chars: 140,
             require_acceptance: true,
+            max_discovered: 20,
         }
     }
 }
@@ -195,9 +221,14 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "quota_patterns",
             "quota_exit_codes",
             "quota_cooldown",
+            "sandbox",
+            "writable",
         ],
     ),
-    ("triage", &["min_body_chars", "require_acceptance"]),
+    (
+        "triage",
+        &["min_body_chars", "require_acceptance", "max_discovered"],
+    ),
     ("gate", &["commands", "timeout", "protected_paths"]),
     ("review", &["command"]),
     (
@@ -800,6 +831,35 @@ fn read_policy(cx: &Cx<'_>, root: &DeTable<'_>) -> Policy {
             }
         },
     };
+    let sandbox = match s.opt_string("sandbox").as_deref() {
+        None => crate::sandbox::Mode::Auto,
+        Some(m) => crate::sandbox::Mode::parse(m).unwrap_or_else(|| {
+            let v = s.get("sandbox").expect("was read");
+            s.bad(
+                "sandbox",
+                v,
+                format!("unknown sandbox {m:?}: use \"auto\", \"bwrap\" or \"none\""),
+            );
+            crate::sandbox::Mode::Auto
+        }),
+    };
+    let writable = s.strings("writable", DEFAULT_WRITABLE);
+    for path in &writable {
+        let fine = (path.starts_with('/') || path.starts_with("~/") || path == "~")
+            && path != "/"
+            && !path.split('/').any(|c| c == "..");
+        if !fine {
+            let v = s.get("writable").expect("was read");
+            s.bad(
+                "writable",
+                v,
+                format!(
+                    "{path:?} is not a path a sandbox can open: use an absolute path other than \
+                     \"/\", or one in the home directory (\"~/.cache\"), without \"..\""
+                ),
+            );
+        }
+    }
     let agent = AgentSection {
         command,
         prompt,
@@ -810,6 +870,8 @@ fn read_policy(cx: &Cx<'_>, root: &DeTable<'_>) -> Policy {
         quota_patterns: s.strings("quota_patterns", &["rate limit", "usage limit", "429"]),
         quota_exit_codes,
         quota_cooldown: s.duration("quota_cooldown", DEFAULT_QUOTA_COOLDOWN),
+        sandbox,
+        writable,
     };
 
     let s = section("triage");
@@ -821,6 +883,7 @@ fn read_policy(cx: &Cx<'_>, root: &DeTable<'_>) -> Policy {
             0..(1 << 32),
         ) as u64,
         require_acceptance: s.bool("require_acceptance", defaults.require_acceptance),
+        max_discovered: s.count("max_discovered", defaults.max_discovered, 0, MAX_COUNT),
     };
 
     let s = section("gate");

@@ -12,7 +12,7 @@ use crate::ids::short;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use gix::ObjectId;
 use serde::Serialize;
 
@@ -125,6 +125,7 @@ impl Reaper<'_> {
     fn run(mut self) -> Result<Report> {
         self.git_locks();
         self.leases()?;
+        self.scratch_left()?;
         self.unleased_running()?;
         self.orphaned_worktrees()?;
         self.prune()?;
@@ -206,6 +207,87 @@ impl Reaper<'_> {
                 continue;
             };
             self.reclaim("lease", &id, mine, Some(&lease), why);
+        }
+        Ok(())
+    }
+
+    /// Scratch directories of sandboxed runs whose runner died: a run's is taken (its objects,
+    /// and its task's branch — forward, else into a rescue ref), a gate's dropped. Nothing is
+    /// touched while a live lease holds the task, whichever run it is.
+    fn scratch_left(&mut self) -> Result<()> {
+        let leftovers = crate::sandbox::leftovers(self.repo);
+        if leftovers.is_empty() {
+            return Ok(());
+        }
+        let now = Timestamp::now();
+        let held: Vec<String> = lease::all(self.repo)?
+            .into_iter()
+            .filter(|(_, _, l)| match l {
+                Ok(l) => !l.holder_dead() && !l.expired(now),
+                // A lease that does not read is the lease reaping's to judge: keep off.
+                Err(_) => true,
+            })
+            .map(|(id, _, _)| id)
+            .collect();
+        let ids = self.store.ids()?;
+        for left in leftovers {
+            let task = match &left {
+                crate::sandbox::Leftover::Run { task, .. } => Some(task.clone()),
+                crate::sandbox::Leftover::Gate { tag, .. } => {
+                    ids.iter().find(|id| crate::ids::short(id) == *tag).cloned()
+                }
+            };
+            // A gate's scratch whose task is not known is anyone's: kept while any lease lives.
+            let busy = match &task {
+                Some(t) => held.contains(t),
+                None => !held.is_empty(),
+            };
+            if busy {
+                continue;
+            }
+            let dir = left.dir().to_path_buf();
+            let (why, would) = match &left {
+                crate::sandbox::Leftover::Run { run, .. } => (
+                    format!("the scratch of sandboxed run {run}, whose runner died"),
+                    "would take its work and remove",
+                ),
+                crate::sandbox::Leftover::Gate { .. } => (
+                    "a sandboxed gate's scratch, whose judge died".to_string(),
+                    "would remove",
+                ),
+            };
+            if self.opts.dry_run {
+                self.report.reaped.push(Reaped {
+                    kind: "scratch",
+                    task,
+                    why,
+                    did: vec![format!("{would} {}", dir.display())],
+                });
+                continue;
+            }
+            let done = match &left {
+                crate::sandbox::Leftover::Run { task, .. } => {
+                    crate::sandbox::take_leftover(self.repo, &dir, task)
+                }
+                crate::sandbox::Leftover::Gate { .. } => std::fs::remove_dir_all(&dir)
+                    .map(|()| Vec::new())
+                    .with_context(|| format!("removing {}", dir.display())),
+            };
+            match done {
+                Ok(mut did) => {
+                    did.push(format!("removed {}", dir.display()));
+                    self.report.reaped.push(Reaped {
+                        kind: "scratch",
+                        task,
+                        why,
+                        did,
+                    });
+                }
+                Err(e) => {
+                    let id = task.unwrap_or_default();
+                    self.fail("scratch", &id, &[], &e)
+                }
+            }
         }
         Ok(())
     }
@@ -470,6 +552,22 @@ impl Reaper<'_> {
                     "removed the gate checkout {}",
                     self.tmp.join(tmp).display()
                 ));
+            }
+        }
+        // A sandboxed run's work is in its scratch (its commits, the branch where it left it):
+        // taken first, so that the checkout is saved against the branch as the run left it.
+        for left in crate::sandbox::leftovers(self.repo) {
+            match &left {
+                crate::sandbox::Leftover::Run { task: of, dir, .. } if of == task => {
+                    did.extend(crate::sandbox::take_leftover(self.repo, dir, task)?);
+                    did.push(format!("removed the run's scratch {}", dir.display()));
+                }
+                crate::sandbox::Leftover::Gate { tag, dir } if tag == name => {
+                    std::fs::remove_dir_all(dir)
+                        .with_context(|| format!("removing {}", dir.display()))?;
+                    did.push(format!("removed the gate's scratch {}", dir.display()));
+                }
+                _ => {}
             }
         }
         let path = self.worktrees.join(name);

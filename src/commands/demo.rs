@@ -26,6 +26,10 @@ pub struct Args {
 /// Act as the demo's agent (used by `git loop demo`).
 #[derive(Debug, clap::Args)]
 pub struct SimArgs {
+    /// Where the agent remembers which scripted trouble it has had (outside the repository,
+    /// which its sandbox keeps read-only; the demo's policy lists it in agent.writable)
+    #[arg(long, value_name = "D")]
+    state: PathBuf,
     /// The prompt file
     prompt: PathBuf,
 }
@@ -94,16 +98,20 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         repo.join("policy.toml"),
         format!(
             "[loop]\ntarget = \"main\"\nremote = \"origin\"\nworkers = 2\n\n\
-             [agent]\ncommand = [{bin}, \"sim-agent\", \"{{prompt_file}}\"]\n\
+             [agent]\ncommand = [{bin}, \"sim-agent\", \"--state\", {state}, \"{{prompt_file}}\"]\n\
+             writable = [{state}]\n\
              stall_timeout = \"20s\"\ntimeout = \"60s\"\nexit_grace = \"2s\"\nquota_cooldown = \"300ms\"\n\n\
              [triage]\nmin_body_chars = 0\nrequire_acceptance = false\n\n\
              [gate]\ncommands = [[\"sh\", \"test.sh\"]]\ntimeout = \"1m\"\n\n\
              [retry]\ninitial = \"200ms\"\nmax = \"1s\"\n\n\
              [lease]\nttl = \"5m\"\nheartbeat = \"5s\"\n\n\
              [runtime]\nmanifest = [\"policy.toml\", \"loop/PROMPT.md\", \"test.sh\", \"calc.sh\"]\n",
-            bin = crate::policy::toml_string(&bin.to_string_lossy())
+            bin = crate::policy::toml_string(&bin.to_string_lossy()),
+            state = crate::policy::toml_string(&root.join("agent-state").to_string_lossy()),
         ),
     )?;
+    // The agent's memory, which the policy lets it write from its sandbox (agent.writable).
+    std::fs::create_dir_all(root.join("agent-state"))?;
     git(&repo, &["add", "-A"])?;
     git(
         &repo,
@@ -235,13 +243,9 @@ pub fn sim_agent(ctx: &mut Ctx<'_>, args: SimArgs) -> Result<()> {
         .unwrap_or("other");
     let out = &mut *ctx.out;
     writeln!(out, "sim-agent: task \"{title}\", attempt {attempt}")?;
-    let common = Command::new("git")
-        .args(["rev-parse", "--git-common-dir"])
-        .output()?;
-    let marker_dir = PathBuf::from(String::from_utf8_lossy(&common.stdout).trim())
-        .join("loop")
-        .join("demo");
-    std::fs::create_dir_all(&marker_dir)?;
+    let marker_dir = args.state;
+    std::fs::create_dir_all(&marker_dir)
+        .with_context(|| format!("creating {}", marker_dir.display()))?;
     let once = |what: &str| -> bool {
         let marker = marker_dir.join(format!("{key}-{what}"));
         if marker.exists() {

@@ -26,6 +26,8 @@ const REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 ///                     committed on the target: a fresh clone has them
 ///   programs          the agent, gate, review and verify programs resolve on PATH or in the
 ///                     repository
+///   sandbox           agents, gates and verify run in the OS sandbox (agent.sandbox; warns
+///                     when they run unsandboxed, fails when "bwrap" is asked for and absent)
 ///   hooks             the shims are installed, current (else a diff) and chain correctly
 ///   remote            loop.remote is configured and answers (not asked with --offline)
 ///   worktrees         no worktree deleted by hand; every loop worktree has a lease

@@ -201,14 +201,19 @@ exit_grace = "30s"            # still running this long after the token: ended
 quota_patterns = ["rate limit", "usage limit", "429"]
 quota_exit_codes = []
 quota_cooldown = "10m"        # first wait after a quota hit; doubles while it persists
+sandbox = "auto"              # "auto" (bwrap where it works) | "bwrap" | "none"
+# What a sandboxed agent may write besides its checkout and /tmp (if it exists when it starts):
+writable = ["~/.cache", "~/.claude", "~/.claude.json", "~/.codex", "~/.aider", "~/.npm", "~/.local/state"]
 
 [triage]
 min_body_chars = 140          # thinner tasks are held as blocked: thin_task
 require_acceptance = true     # the body must say how done is checked
+max_discovered = 20           # tasks agents file below one of a person's before a person looks
 
 [gate]                        # protected: the agent's branch may not change it
 {gate}
 timeout = "20m"
+protected_paths = []          # files or directories pinned with the gates, e.g. ["tests/"]
 
 [review]                      # protected; optional second-model reviewer
 command = []

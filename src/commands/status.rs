@@ -44,6 +44,8 @@ struct RunnerJson {
     next_at: Option<String>,
     last_output: Option<String>,
     failure_streak: u32,
+    /// What its agents run in: `bwrap (<path>)`, or `none: <why>`.
+    sandbox: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -135,6 +137,7 @@ fn collect(ctx: &Ctx<'_>) -> Result<StatusJson> {
             next_at: b.next_at.map(|t| t.to_rfc3339()),
             last_output: b.last_output.map(|t| t.to_rfc3339()),
             failure_streak: b.failure_streak,
+            sandbox: b.sandbox,
         });
     }
     let store = Store::new(&repo);
@@ -231,13 +234,20 @@ fn draw(out: &mut dyn std::io::Write, s: &StatusJson) -> Result<()> {
     for r in &s.runners {
         writeln!(
             out,
-            "runner: {} (host {}, pid {}), phase {}, heartbeat {:.0}s ago{}{}",
+            "runner: {} (host {}, pid {}), phase {}, heartbeat {:.0}s ago{}{}{}",
             r.runner,
             r.host,
             r.pid,
             r.phase,
             r.heartbeat_age_secs,
             if r.stale { " — stale" } else { "" },
+            match r.sandbox.as_deref() {
+                Some(s) if s.starts_with("none: ") =>
+                    format!(", agents unsandboxed ({})", &s["none: ".len()..]),
+                Some(s) if s.starts_with("sandbox-exec") =>
+                    ", agents in sandbox-exec (weaker than bwrap, untested)".to_string(),
+                _ => String::new(),
+            },
             if r.tasks.is_empty() {
                 String::new()
             } else {

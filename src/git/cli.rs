@@ -120,6 +120,13 @@ impl Git {
         cmd.env("LC_ALL", "C").env_remove("LANGUAGE");
         // git-loop runs maintenance itself, once per promotion, not after every fetch and push.
         cmd.arg("-c").arg("maintenance.auto=false");
+        // Never a program a checkout's config names to watch the file system: git-loop runs
+        // git in checkouts agents have worked in.
+        cmd.arg("-c").arg("core.fsmonitor=false");
+        // Nor a git in a repository an agent made inside its checkout: its config (filters,
+        // hooks, fsmonitor) is the agent's. git-loop's git never looks into submodules.
+        cmd.arg("-c").arg("submodule.recurse=false");
+        cmd.arg("-c").arg("diff.ignoreSubmodules=all");
         cmd.arg("-C").arg(&self.dir).args(args);
         cmd.stdin(Stdio::null());
         if self.fallback_identity {
@@ -208,6 +215,25 @@ impl Git {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs git with the file `input` as its stdin (read by git, never into memory here); fails
+    /// unless it exits 0.
+    pub fn run_file_stdin<S: AsRef<OsStr>>(&self, args: &[S], input: std::fs::File) -> Result<()> {
+        let mut cmd = self.command(args);
+        cmd.stdin(Stdio::from(input))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        tracing::debug!("running {} in {}", describe(args), self.dir.display());
+        let out = cmd.output().context("cannot run git")?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "{} failed: {}",
+                describe(args),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// `git worktree add <options> <path> <commitish>`, the worktree marked `locked`
@@ -439,15 +465,26 @@ impl Git {
     /// git itself refuses to overwrite them).
     pub fn has_tracked_changes(&self) -> Result<bool> {
         Ok(!self
-            .run(&["status", "--porcelain", "--untracked-files=no"])?
+            .run(&[
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--ignore-submodules=all",
+            ])?
             .trim()
             .is_empty())
     }
 
-    /// Whether the work tree has uncommitted changes or untracked files that are not ignored.
+    /// Whether the work tree has uncommitted changes or untracked files that are not ignored
+    /// (submodules aside: git would run a git in each, with the submodule's own config).
     pub fn is_dirty(&self) -> Result<bool> {
         Ok(!self
-            .run(&["status", "--porcelain", "--untracked-files=normal"])?
+            .run(&[
+                "status",
+                "--porcelain",
+                "--untracked-files=normal",
+                "--ignore-submodules=all",
+            ])?
             .trim()
             .is_empty())
     }

@@ -705,6 +705,53 @@ impl Repo {
             .detach())
     }
 
+    /// Takes every loose object of the object directory `dir` into this store, each only if
+    /// its contents hash to its name. Returns how many were taken, and refused.
+    pub fn import_loose(&self, dir: &Path) -> Result<(usize, usize)> {
+        use gix::objs::Write as _;
+        let store = gix::odb::loose::Store::at(dir, gix::hash::Kind::Sha1);
+        let (mut taken, mut refused) = (0, 0);
+        let mut buf = Vec::new();
+        for id in store.iter() {
+            let Ok(id) = id else {
+                refused += 1;
+                continue;
+            };
+            let Ok(Some(data)) = store.try_find(&id, &mut buf) else {
+                refused += 1;
+                continue;
+            };
+            let kind = data.kind;
+            let good = gix::objs::compute_hash(gix::hash::Kind::Sha1, kind, data.data)
+                .is_ok_and(|actual| actual == id);
+            if !good {
+                refused += 1;
+                continue;
+            }
+            self.repo
+                .write_buf(kind, data.data)
+                .map_err(|e| anyhow::anyhow!("writing object {id}: {e}"))?;
+            taken += 1;
+        }
+        Ok((taken, refused))
+    }
+
+    /// Takes a pack into the store through `git index-pack`, which checks every object.
+    pub fn import_pack(&self, pack: &Path) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let git = cli::Git::new(self.common_dir(), false);
+        // Not through a symbolic link, and not blocking on a FIFO: a regular file or nothing.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(pack)
+            .with_context(|| format!("opening {}", pack.display()))?;
+        if !file.metadata()?.is_file() {
+            anyhow::bail!("{} is not a regular file", pack.display());
+        }
+        git.run_file_stdin(&["index-pack", "--stdin", "--strict", "--fix-thin"], file)
+    }
+
     /// Writes a tree: `base` (or the empty tree) with blobs put at the given `/`-separated paths.
     pub fn write_tree(
         &self,
@@ -1291,7 +1338,19 @@ impl Repo {
             let mut notes = repo
                 .notes()
                 .context("opening notes")?
+                .with_refs([notes_ref])
+                .map_err(|e| anyhow::anyhow!("opening {notes_ref}: {e}"))?
                 .with_commit_message(format!("git-loop: note on {}", object.to_hex_with_len(7)));
+            // The same note again writes nothing (a run's commits are noted by the hook, and
+            // again by the runner after the run).
+            let same = notes
+                .get(object)
+                .map_err(|e| anyhow::anyhow!("reading notes in {notes_ref}: {e}"))?
+                .iter()
+                .any(|n| n.blob.data.as_slice() == text.as_bytes());
+            if same {
+                return Ok(());
+            }
             match notes.replace_at_ref(name.as_ref(), object, text) {
                 Ok(_) => return Ok(()),
                 Err(e) if is_lock_failure(&e) => {

@@ -355,7 +355,16 @@ impl Promotion<'_> {
         {
             return Ok(Advance::Diverged);
         }
-        let worktrees = self.repo.worktrees()?;
+        // The person's checkouts, never git-loop's own: an agent's worktree metadata is the
+        // agent's to write, and its HEAD or a `rebase-merge/head-name` there naming the target
+        // would otherwise make the promotion wait for ever, or merge in the agent's checkout.
+        let own = self.repo.common_dir().join("loop");
+        let worktrees: Vec<_> = self
+            .repo
+            .worktrees()?
+            .into_iter()
+            .filter(|w| !w.path.starts_with(&own))
+            .collect();
         // A person's git in the middle of something on the target finishes with an update of
         // the branch from where it started: moving it meanwhile would fail their last step.
         if let Some((wt, what)) = worktrees

@@ -293,6 +293,7 @@ fn promote_holding(repo: &Repo, policy: &Policy, id: &str, options: &Options) ->
         budget: Budget::from(policy),
         frozen: None,
         stop: options.stop.clone(),
+        sandbox: crate::sandbox::Sandbox::for_policy(repo, policy)?,
         remote_tip: None,
         skipped: Vec::new(),
         release: options.release.clone(),
@@ -318,6 +319,8 @@ struct Promotion<'r> {
     /// The finish line from the pin, once preflight found the target to match it.
     frozen: Option<Frozen>,
     stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Where gates and verify commands run.
+    sandbox: crate::sandbox::Sandbox,
     /// The remote target's tip as fetched in this run (one fetch per run: pushes carry a lease,
     /// so a stale view can only lose a race, never overwrite anything).
     remote_tip: Option<ObjectId>,
@@ -494,6 +497,7 @@ impl Promotion<'_> {
                 timeout,
                 started: &|_| {},
                 stop: self.stop.as_deref(),
+                sandbox: Some(&self.sandbox),
             },
         )
     }

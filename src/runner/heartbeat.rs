@@ -84,6 +84,9 @@ pub struct Heartbeat {
     pub next_action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_at: Option<Timestamp>,
+    /// What the runner's agents run in: `bwrap (<path>)`, or `none: <why>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 /// Every runner heartbeat in the repository.
@@ -119,7 +122,7 @@ pub struct Beats {
 
 impl Beats {
     /// The heartbeat of a runner starting now, written every `every` at least.
-    pub fn new(runner: &str, every: Duration) -> Beats {
+    pub fn new(runner: &str, every: Duration, sandbox: &crate::sandbox::Sandbox) -> Beats {
         let now = Timestamp::now();
         let holder = Holder::me();
         Beats {
@@ -136,6 +139,7 @@ impl Beats {
                 failure_streak: 0,
                 next_action: "recover".into(),
                 next_at: None,
+                sandbox: Some(sandbox.describe()),
             },
             every,
             written: None,

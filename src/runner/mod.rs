@@ -128,7 +128,17 @@ pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) 
     let (tx, rx) = mpsc::channel();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let signals = forward_signals(&tx, &stop)?;
-    let beats = heartbeat::Beats::new(&id, policy.lease.heartbeat);
+    // What agents run in, said once: `bwrap` asked for and missing stops the runner here.
+    let sandbox = crate::sandbox::Sandbox::for_policy(&repo, &policy)?;
+    if let crate::sandbox::Sandbox::None { why } = &sandbox {
+        // Said loudly when it is not what the policy asked for.
+        if sandbox.is_off_by_policy() {
+            tracing::info!("agents run unsandboxed: {why}");
+        } else {
+            tracing::warn!("agents run unsandboxed: {why}");
+        }
+    }
+    let beats = heartbeat::Beats::new(&id, policy.lease.heartbeat, &sandbox);
     let mut runner = Runner {
         workdir: workdir.to_path_buf(),
         repo,

@@ -24,6 +24,7 @@ use crate::lease::{self, Purpose};
 use crate::policy::Policy;
 use crate::refs;
 use crate::retry;
+use crate::sandbox::{Sandbox, Session};
 use crate::store::{Edit, Store};
 use crate::task::machine::{Actor, Budget, Event, Failure, GiveBack, Refusal, Transition};
 use crate::task::{State, Task};
@@ -79,6 +80,7 @@ pub fn work(job: &Job) -> Result<String> {
         git: Git::new(&job.workdir, !repo.has_identity()).locking_worktrees(repo.common_dir()),
         actor: Actor::Runner(job.runner.clone()),
         budget: Budget::from(&job.policy),
+        sandbox: Sandbox::for_policy(&repo, &job.policy)?,
     };
     match w.carry() {
         Err(e) if Refusal::of(&e).is_some() => w.let_go(&e),
@@ -97,6 +99,7 @@ struct Worker<'a> {
     git: Git,
     actor: Actor,
     budget: Budget,
+    sandbox: Sandbox,
 }
 
 impl Worker<'_> {
@@ -244,20 +247,25 @@ impl Worker<'_> {
         let task = stored.task;
         let policy = &job.policy;
         let wt = worktree(job, repo, &self.git, &task)?;
-        let template_path = wt.join(&policy.agent.prompt);
-        let template = std::fs::read_to_string(&template_path).map_err(|e| {
-            LoopError::new(
-                Class::Config,
-                format!(
-                    "the prompt template {} cannot be read: {e}",
-                    policy.agent.prompt
-                ),
-            )
-            .with_hint(format!(
-                "commit {} on {}",
-                policy.agent.prompt, policy.loop_.target
-            ))
-        })?;
+        // The prompt template as the target has it committed — never the worktree's copy, which
+        // the agent of an earlier attempt may have rewritten or deleted.
+        let target = target_tip(job, repo, &self.git)?;
+        let template = repo
+            .file_at(target, &policy.agent.prompt)?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .ok_or_else(|| {
+                LoopError::new(
+                    Class::Config,
+                    format!(
+                        "the prompt template {} is not committed on {}",
+                        policy.agent.prompt, policy.loop_.target
+                    ),
+                )
+                .with_hint(format!(
+                    "commit {} on {}",
+                    policy.agent.prompt, policy.loop_.target
+                ))
+            })?;
         let attempt = task.attempts.to_string();
         let context = task.context.clone().unwrap_or_default();
         let prompt = agent::render(
@@ -293,14 +301,45 @@ impl Worker<'_> {
             .iter()
             .map(|a| agent::render(a, &values, "agent.command"))
             .collect::<Result<Vec<_>>>()?;
+        // The sandbox: the worktree writable, the repository and the person's checkout not;
+        // the branch and new objects go to a scratch the runner takes from after the run.
+        let session = Session::prepare(
+            &self.sandbox,
+            repo,
+            &wt,
+            crate::sandbox::Owner::Run {
+                task: &task.id,
+                run: &job.run,
+                branch: &task.branch,
+            },
+        )?;
+        let mut env = vec![
+            ("GIT_LOOP_TASK".into(), task.id.clone()),
+            ("GIT_LOOP_RUN".into(), job.run.clone()),
+            ("GIT_LOOP_WORKTREE".into(), wt_shown.clone()),
+        ];
+        if let Some(outbox) = session.outbox() {
+            env.push((
+                "GIT_LOOP_OUTBOX".into(),
+                outbox.to_string_lossy().into_owned(),
+            ));
+        }
+        let runnable = match (session.is_on(), argv.first()) {
+            (true, Some(program)) => crate::sandbox::check_program(program, &wt).map_err(|why| {
+                LoopError::new(
+                    Class::Config,
+                    format!("the agent program {program} cannot be run: {why}"),
+                )
+                .with_hint("fix agent.command in policy.toml, or install the program")
+                .into()
+            }),
+            _ => Ok(()),
+        };
+        let start_head = repo.read_ref(&refs::branch(&task.branch))?;
         let spec = agent::Spec {
-            argv,
+            argv: session.wrap(argv, &wt),
             cwd: wt.clone(),
-            env: vec![
-                ("GIT_LOOP_TASK".into(), task.id.clone()),
-                ("GIT_LOOP_RUN".into(), job.run.clone()),
-                ("GIT_LOOP_WORKTREE".into(), wt_shown.clone()),
-            ],
+            env,
             log: agent::log_path(repo.common_dir(), &task.id, &job.run),
             tail_bytes: policy.agent.tail_bytes as usize,
             token: policy.loop_.completion_token.clone(),
@@ -314,25 +353,40 @@ impl Worker<'_> {
         let watcher = repo.another_handle();
         let mut seen_tip = stored.commit;
         let mut withdrawn: Option<String> = None;
-        let outcome = agent::run(
-            &spec,
-            || match still_ours(&watcher, job, &mut seen_tip) {
-                Ok(()) => agent::Watch::Progress(
-                    watcher
-                        .read_ref(&branch_ref)
-                        .ok()
-                        .flatten()
-                        .map(|id| id.to_string()),
-                ),
-                Err(why) => {
-                    withdrawn = Some(why);
-                    agent::Watch::Withdrawn
+        let outcome = runnable.and_then(|()| {
+            agent::run(
+                &spec,
+                || match still_ours(&watcher, job, &mut seen_tip) {
+                    Ok(()) => agent::Watch::Progress(session.branch_mark().unwrap_or_else(|| {
+                        watcher
+                            .read_ref(&branch_ref)
+                            .ok()
+                            .flatten()
+                            .map(|id| id.to_string())
+                    })),
+                    Err(why) => {
+                        withdrawn = Some(why);
+                        agent::Watch::Withdrawn
+                    }
+                },
+                |pgid| {
+                    let _ = record_pgid(repo, job, pgid);
+                },
+            )
+        });
+        // What the run made: its objects and its branch, out of the sandbox's scratch.
+        let outbox = match session.harvest(repo) {
+            Ok((said, outbox)) => {
+                for s in said {
+                    tracing::warn!("{}: {s}", short(&job.id));
                 }
-            },
-            |pgid| {
-                let _ = record_pgid(repo, job, pgid);
-            },
-        );
+                outbox
+            }
+            Err(e) => {
+                tracing::warn!("{}: taking the run's work: {e:#}", short(&job.id));
+                None
+            }
+        };
         let mut rec = run_record(job, &task, started);
         let outcome = match outcome {
             Ok(o) => o,
@@ -350,6 +404,9 @@ impl Worker<'_> {
             Err(e) => return Err(e),
         };
         let head = repo.read_ref(&branch_ref)?;
+        // Discovered work (trailers of the run's new commits, the outbox), and notes on those
+        // commits: what the post-commit hook does outside a sandbox, done for the run.
+        self.take_discoveries(&task, start_head, head, outbox.as_deref());
         rec.token_seen = outcome.token_seen;
         rec.tail = outcome.tail.clone();
         rec.head = head.map(|h| h.to_string());
@@ -417,6 +474,49 @@ impl Worker<'_> {
         self.transition(Event::Failed(failure), Some(&rec), head, true)
     }
 
+    /// What a run leaves for the loop besides its branch: notes on its new commits, the tasks
+    /// their `Loop-Task:` / `Loop-Blocker:` trailers name, and the tasks it put in its outbox.
+    /// Trouble here is said, never the run's failure.
+    fn take_discoveries(
+        &self,
+        task: &Task,
+        start: Option<ObjectId>,
+        head: Option<ObjectId>,
+        outbox: Option<&str>,
+    ) {
+        let (repo, job) = (self.repo, self.job);
+        let mut commits = Vec::new();
+        let mut next = head.filter(|h| Some(*h) != start);
+        while let Some(c) = next {
+            if Some(c) == start || commits.len() >= 50 {
+                break;
+            }
+            commits.push(c);
+            next = repo
+                .commit_info(c)
+                .ok()
+                .and_then(|i| i.parents.first().copied());
+        }
+        for c in commits.into_iter().rev() {
+            if let Err(e) = crate::hooks::take_commit(repo, &self.store, &task.id, &job.run, c) {
+                tracing::warn!("{}: the commit {c}: {e:#}", short(&task.id));
+            }
+        }
+        if let Some(text) = outbox {
+            match crate::hooks::file_outbox(repo, &self.store, &task.id, text) {
+                Ok(filed) => {
+                    for f in filed {
+                        match f {
+                            Ok(id) => tracing::info!("{}: filed {}", short(&task.id), short(&id)),
+                            Err(why) => tracing::warn!("{}: outbox: {why}", short(&task.id)),
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("{}: outbox: {e:#}", short(&task.id)),
+            }
+        }
+    }
+
     // ---- the judge ------------------------------------------------------------------------
 
     fn judge(&self) -> Result<Task> {
@@ -442,6 +542,7 @@ impl Worker<'_> {
                 timeout: frozen.sections.gate.timeout,
                 started: &started,
                 stop: Some(&job.stop),
+                sandbox: Some(&self.sandbox),
             },
         )?;
         if let Some(head) = verdict.head {

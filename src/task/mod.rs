@@ -97,6 +97,9 @@ pub enum Reason {
     /// Blocked: the promotion was refused for a reason retrying cannot change; re-armed by a
     /// new commit on the task branch or a person's `task reopen`.
     PromotionRefused,
+    /// Human-gated at filing: `triage.max_discovered` tasks already descend, discovered, from
+    /// the task a person filed that this one comes from.
+    DiscoveryLimit,
 }
 
 impl Reason {
@@ -109,6 +112,7 @@ impl Reason {
             Reason::AttemptsExhausted => "attempts_exhausted",
             Reason::Escalated => "escalated",
             Reason::PromotionRefused => "promotion_refused",
+            Reason::DiscoveryLimit => "discovery_limit",
         }
     }
 }

@@ -14,7 +14,7 @@ const POLICY: &str = "[loop]\ntarget = \"main\"\n\
     [agent]\ncommand = [\"true\"]\n\
     [gate]\ncommands = [[\"true\"]]\n";
 
-const NAMES: [&str; 18] = [
+const NAMES: [&str; 19] = [
     "git-version",
     "repository",
     "ref-storage",
@@ -22,6 +22,7 @@ const NAMES: [&str; 18] = [
     "policy-committed",
     "runtime-files",
     "programs",
+    "sandbox",
     "hooks",
     "remote",
     "worktrees",
@@ -157,7 +158,7 @@ fn a_clean_initialised_repository_passes_every_check() {
     // The table: one line per check, then the tally.
     let human = repo.ok(&["doctor"]);
     assert!(
-        human.contains("18 checks: 18 ok, 0 warn, 0 fail"),
+        human.contains("19 checks: 19 ok, 0 warn, 0 fail"),
         "{human}"
     );
     assert!(
@@ -876,4 +877,69 @@ fn help_and_the_manual_page_name_every_check() {
         "the table keeps its lines"
     );
     assert!(section.contains("macos\\-privacy"));
+}
+
+/// A `bwrap` first on PATH that cannot make a sandbox (as where user namespaces are off).
+fn broken_bwrap(bin: &Path) -> String {
+    write_executable(
+        &bin.join("bwrap"),
+        "#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n",
+    );
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[test]
+fn the_sandbox_check_warns_when_agents_run_unsandboxed_and_fails_when_bwrap_is_asked_for() {
+    let repo = setup_with(&POLICY.replace("[agent]\n", "[agent]\nsandbox = \"none\"\n"));
+    let v = doctor_exits(&repo, &[], 0);
+    assert_check(
+        &v,
+        "sandbox",
+        "warn",
+        &["unsandboxed", "agent.sandbox is \"none\""],
+    );
+
+    let bin = tempfile::tempdir().expect("tmp");
+    let path = broken_bwrap(bin.path());
+    // doctor with the broken bwrap first on PATH: its exit code and report.
+    let doctor = |repo: &TestRepo| {
+        let out = repo
+            .cmd(&["doctor", "--json"])
+            .env("PATH", &path)
+            .output()
+            .expect("doctor");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        (out.status.code(), v)
+    };
+    let (code, v) = doctor(&setup_with(POLICY));
+    assert_eq!(code, Some(0), "auto falls back: a warning");
+    assert_check(&v, "sandbox", "warn", &["unsandboxed", "No permissions"]);
+    assert!(fix_of(&v, "sandbox").contains("bubblewrap"));
+
+    let repo = setup_with(&POLICY.replace("[agent]\n", "[agent]\nsandbox = \"bwrap\"\n"));
+    let (code, v) = doctor(&repo);
+    assert_eq!(code, Some(3));
+    assert_check(
+        &v,
+        "sandbox",
+        "fail",
+        &["agent.sandbox is \"bwrap\"", "No permissions"],
+    );
+    // And the runner will not start without the sandbox it was told to use.
+    let out = repo
+        .cmd(&["start", "--once"])
+        .env("PATH", &path)
+        .output()
+        .expect("start");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bubblewrap"));
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::test_start::{COMMIT_AND_DONE, setup_with_files, wait_for};
+use crate::test_start::{COMMIT_AND_DONE, UNSANDBOXED, setup_with_files, wait_for};
 
 /// Tiny budgets, so that a task that can never pass ends with a person quickly.
 const BUDGET: &str = "[retry]\ninitial = \"50ms\"\nmax = \"100ms\"\nmax_attempts = 2\n\
@@ -143,9 +143,12 @@ root=$(cd \"$(git rev-parse --git-common-dir)/..\" && pwd)
 sed 's/^commands = .*gate-ok.*$/commands = [[\"true\"]]/' \"$root/policy.toml\" > /tmp/p.$$ && cat /tmp/p.$$ > \"$root/policy.toml\"; rm -f /tmp/p.$$
 echo w > \"work-$1.txt\" && git add work-*.txt && git commit -q -m \"attempt $1\"
 echo LOOP_DONE";
+    // Unsandboxed, so that the person's policy.toml is reachable: the pin alone must hold.
     let l = setup_with_files(
         agent,
-        &format!("{BUDGET}[gate]\ncommands = [[\"sh\", \"-c\", \"test -f gate-ok\"]]\n"),
+        &format!(
+            "{UNSANDBOXED}{BUDGET}[gate]\ncommands = [[\"sh\", \"-c\", \"test -f gate-ok\"]]\n"
+        ),
         false,
         &[],
     );
@@ -244,4 +247,35 @@ fn a_deleted_pin_or_weaker_gates_on_the_target_open_the_breaker() {
         "nothing was promoted by the weaker gate"
     );
     assert_eq!(runner.terminate(), Some(0), "{}", runner.stderr_text());
+}
+
+/// An agent's branch that turns the sandbox off for the runs after it (`agent.sandbox` in its
+/// policy.toml) changes the finish line: refused, never merged.
+#[test]
+fn a_branch_that_turns_the_sandbox_off_is_refused() {
+    let agent = "\
+sed 's/^sandbox = .*$/sandbox = \"none\"/' policy.toml > p.tmp && mv p.tmp policy.toml
+grep -q 'sandbox = \"none\"' policy.toml || exit 9
+echo w > \"work-$1.txt\" && git add -A && git commit -q -m \"attempt $1\"
+echo LOOP_DONE";
+    let l = setup_with_files(
+        agent,
+        &format!("{BUDGET}[agent]\nsandbox = \"auto\"\n"),
+        false,
+        &[],
+    );
+    let id = l.add("lowers the sandbox");
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let task = l.show(&id);
+    assert_eq!(task["state"], "human_gated", "{task}");
+    assert!(
+        l.history(&id)
+            .iter()
+            .any(|h| h.contains("changes the protected sections of policy.toml")),
+        "{:?}",
+        l.history(&id)
+    );
+    let main_policy = l.repo.show("main", "policy.toml");
+    assert!(main_policy.contains("sandbox = \"auto\""), "{main_policy}");
 }

@@ -6,7 +6,9 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use crate::common::TestRepo;
-use crate::test_start::{COMMIT_AND_DONE, Loop, lease_pgid, running_group, setup, wait_for};
+use crate::test_start::{
+    COMMIT_AND_DONE, Loop, UNSANDBOXED, lease_pgid, running_group, setup, wait_for,
+};
 
 /// An agent that leaves uncommitted and untracked work, starts a grandchild, and hangs.
 const HANGS_WITH_WORK: &str = "\
@@ -120,7 +122,8 @@ fn assert_reclaimed(l: &Loop, id: &str, pgid: &str) {
 
 #[test]
 fn a_live_holder_is_left_alone_and_a_killed_one_is_reaped() {
-    let l = setup(HANGS_WITH_WORK, "", false);
+    // Unsandboxed, the agent outlives its runner, for the reaper to end.
+    let l = setup(HANGS_WITH_WORK, UNSANDBOXED, false);
     let id = l.add("hangs");
     let mut runner = spawn_runner(&l);
     let pgid = agent_group(&l, &id);
@@ -383,9 +386,10 @@ fn a_run_left_awaiting_a_dead_judge_is_handed_back_and_judged() {
         started.display(),
         go.display()
     );
+    // Unsandboxed: the gate's pid means the same here, and the gate outlives its judge.
     let l = setup(
         COMMIT_AND_DONE,
-        &format!("[gate]\ncommands = [[\"sh\", \"-c\", \"{gate}\"]]\n"),
+        &format!("{UNSANDBOXED}[gate]\ncommands = [[\"sh\", \"-c\", \"{gate}\"]]\n"),
         false,
     );
     let id = l.add("judged twice");
@@ -441,7 +445,8 @@ fn a_run_left_awaiting_a_dead_judge_is_handed_back_and_judged() {
 
 #[test]
 fn a_reaper_killed_half_way_leaves_what_the_next_one_finishes() {
-    let l = setup(HANGS_WITH_WORK, "", false);
+    // Unsandboxed, the agent outlives its runner, for the reaper to end.
+    let l = setup(HANGS_WITH_WORK, UNSANDBOXED, false);
     let id = l.add("reaped twice");
     let mut runner = spawn_runner(&l);
     let pgid = agent_group(&l, &id);

@@ -9,12 +9,14 @@ use crate::common::{Out, TestRepo, write_executable};
 
 pub(crate) struct Loop {
     pub(crate) repo: TestRepo,
-    remote: Option<PathBuf>,
+    pub(crate) remote: Option<PathBuf>,
 }
 
 const PROMPT: &str = "Task {id}: {title}\nattempt {attempt}\ncontext: {context}\nSay {token}.\n";
 
 /// A repository whose agent is `agent` (a shell script body), with `extra` policy lines.
+/// Tests talk to their agents through files in temporary directories: `agent.writable` shares
+/// the host's /tmp with sandboxed runs (which otherwise get their own).
 pub(crate) fn setup(agent: &str, extra: &str, remote: bool) -> Loop {
     setup_with_files(agent, extra, remote, &[])
 }
@@ -38,6 +40,7 @@ pub(crate) fn setup_with_files(
     let policy = format!(
         "[loop]\ntarget = \"main\"\nworkers = 2\n{remote}\n\
          [agent]\ncommand = [\"{script}\", \"{{attempt}}\", \"{{prompt_file}}\"]\n\
+         writable = [\"/tmp\"]\n\
          stall_timeout = \"5s\"\ntimeout = \"60s\"\nexit_grace = \"1s\"\nquota_cooldown = \"200ms\"\n\
          [triage]\nmin_body_chars = 0\nrequire_acceptance = false\n\
          [retry]\ninitial = \"100ms\"\nmax = \"400ms\"\nmax_attempts = 5\ncooloff = \"1s\"\n\
@@ -151,6 +154,12 @@ impl Loop {
 }
 
 /// Commit a file for the task, then claim completion, decorated.
+/// Policy lines for a test of what happens without the OS sandbox (`agent.sandbox = "none"`):
+/// an agent's processes outliving its runner, pids that mean the same inside and out, an agent
+/// that plays a person and moves what a sandboxed one could not. `test_sandbox` has the
+/// sandboxed side of each.
+pub(crate) const UNSANDBOXED: &str = "[agent]\nsandbox = \"none\"\n";
+
 pub(crate) const COMMIT_AND_DONE: &str = "\
 echo \"$GIT_LOOP_TASK\" > \"work-$GIT_LOOP_TASK.txt\"
 git add \"work-$GIT_LOOP_TASK.txt\" && git commit -q -m \"work for $GIT_LOOP_TASK\"
@@ -181,7 +190,12 @@ fn four_workers_finish_200_tasks_once_each_and_leave_no_worktree() {
             .iter()
             .filter(|h| h.contains("-> running: leased by"))
             .count();
-        assert_eq!(leased, 1, "{id} was dispatched {leased} times: {history:?}");
+        assert_eq!(
+            leased,
+            1,
+            "{id} was dispatched {leased} times: {history:?} {:?}",
+            l.agent_runs(id)
+        );
         assert_eq!(l.agent_runs(id).len(), 1, "one agent run for {id}");
     }
     let worktrees = l.repo.git(&["worktree", "list"]);
@@ -248,7 +262,9 @@ fn a_task_worktree_deleted_by_hand_is_made_again() {
         "if [ \"$1\" = 1 ]; then here=$(pwd); cd /; rm -rf \"$here\"; echo 'gone'; exit 1; fi\n\
          {COMMIT_AND_DONE}"
     );
-    let l = setup(&agent, "", false);
+    // Unsandboxed: in a sandbox the worktree is a mount point, which `rm -rf` empties but
+    // cannot remove.
+    let l = setup(&agent, UNSANDBOXED, false);
     let id = l.add("redo me");
     let out = l.start(&[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -446,7 +462,8 @@ fi
         dir = scratch.path().display(),
         other = other.display()
     );
-    let l = setup(&agent, "", true);
+    // The agent plays the person (a sandboxed one cannot push to a local remote).
+    let l = setup(&agent, UNSANDBOXED, true);
     let remote = l.remote.as_ref().expect("remote");
     l.repo.git(&[
         "clone",
@@ -558,7 +575,8 @@ fn a_silent_agent_is_stalled_its_group_killed_and_retried_with_jitter() {
     );
     let l = setup(
         &agent,
-        "[agent]\nstall_timeout = \"1s\"\n[retry]\nmax_attempts = 2\ninitial = \"200ms\"\nmax = \"1s\"\ncooloff = \"500ms\"\nescalate_after = 0\n",
+        // Unsandboxed: the grandchildren are checked by pid.
+        "[agent]\nsandbox = \"none\"\nstall_timeout = \"1s\"\n[retry]\nmax_attempts = 2\ninitial = \"200ms\"\nmax = \"1s\"\ncooloff = \"500ms\"\nescalate_after = 0\n",
         false,
     );
     let id = l.add("silent");
@@ -808,7 +826,8 @@ fn a_runner_killed_mid_run_is_recovered_and_nothing_is_lost() {
     let agent = format!(
         "if [ \"$1\" -eq 1 ]; then echo partial > partial.txt; echo started; sleep 600; fi\n{COMMIT_AND_DONE}"
     );
-    let l = setup(&agent, "", false);
+    // Unsandboxed, the agent outlives its runner (test_sandbox has the sandboxed side).
+    let l = setup(&agent, UNSANDBOXED, false);
     let id = l.add("interrupted");
     let mut first = l
         .repo
@@ -1213,7 +1232,8 @@ fn stop_ends_every_agent_process_and_releases_the_leases() {
         "sleep 600 &\necho $! >> '{}/grandchildren'\necho working; sleep 600",
         pids.path().display()
     );
-    let l = setup(&agent, "", false);
+    // Unsandboxed: the grandchildren are checked by pid.
+    let l = setup(&agent, UNSANDBOXED, false);
     let id = l.add("long");
     let runner_pid = l.repo.ok(&["start", "--detach"]).trim().to_string();
     let mut pgid = None;
@@ -1262,8 +1282,11 @@ fn stop_ends_every_agent_process_and_releases_the_leases() {
 fn the_demo_runs_to_done() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("demo");
-    let mut cmd = std::process::Command::new(crate::common::BIN);
-    cmd.args(["demo", "--dir", &dir.to_string_lossy()]);
+    // Bounded: a demo that waits (a backoff of minutes, say) is a failure, not a hang. GNU
+    // timeout signals its own process group, the demo's runner included.
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args(["-k", "10", "300", crate::common::BIN, "demo", "--dir"])
+        .arg(&dir);
     crate::common::hermetic(&mut cmd, tmp.path());
     let out = cmd.output().expect("demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -1295,9 +1318,12 @@ fn an_unclassified_promotion_failure_backs_off_and_opens_the_breaker() {
          moved=$(echo 'a person was here' | git commit-tree \"$parent^{{tree}}\" -p \"$parent\")\n\
          git update-ref refs/heads/main \"$moved\" \"$parent\"\n{COMMIT_AND_DONE}"
     );
+    // The agent plays the person (a sandboxed one cannot move main).
     let l = setup(
         &agent,
-        "[breaker]\nfailures = 3\n[retry]\ninitial = \"200ms\"\nmax = \"1s\"\n",
+        &format!(
+            "{UNSANDBOXED}[breaker]\nfailures = 3\n[retry]\ninitial = \"200ms\"\nmax = \"1s\"\n"
+        ),
         false,
     );
     let id = l.add("merge me");

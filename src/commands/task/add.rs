@@ -7,6 +7,7 @@ use crate::commands::{BodyArgs, policy};
 use crate::ids;
 use crate::policy::{DEFAULT_BATCH, TriageSection};
 use crate::store::Store;
+use crate::task::machine::Actor;
 use crate::task::{self, State, Task, check_name, check_title};
 
 /// File a task; prints its id alone on standard output.
@@ -71,11 +72,34 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
             after.push(id);
         }
     }
-    let discovered_from = args
+    let mut discovered_from = args
         .from
         .as_deref()
         .map(|p| ids::resolve(p, &refs).map(str::to_string))
         .transpose()?;
+    // From inside an agent's run, what it files is discovered from its task; in a sandbox,
+    // which cannot write refs, it goes to the run's outbox, which the runner files after it.
+    if let Actor::Agent { task, .. } = Actor::at_command_line(&ctx.cwd)
+        && !task.is_empty()
+    {
+        discovered_from =
+            discovered_from.or_else(|| ids::resolve(&task, &refs).ok().map(str::to_string));
+        if let Some(outbox) = std::env::var_os("GIT_LOOP_OUTBOX") {
+            let id = ids::generate(&refs);
+            crate::hooks::write_outbox(
+                std::path::Path::new(&outbox),
+                &crate::hooks::Outboxed {
+                    id: id.clone(),
+                    title: args.title,
+                    body,
+                    blocker: false,
+                },
+            )?;
+            eprintln!("filed to the run's outbox: the runner files it when the run ends");
+            writeln!(ctx.out, "{id}")?;
+            return Ok(());
+        }
+    }
 
     let triage = policy
         .as_ref()
@@ -88,6 +112,14 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
     task.after = after;
     task.mutex = args.mutex;
     task.discovered_from = discovered_from;
+    if matches!(Actor::at_command_line(&ctx.cwd), Actor::Agent { .. }) {
+        let tasks: Vec<Task> = store
+            .list()?
+            .into_iter()
+            .filter_map(|l| l.task.ok())
+            .collect();
+        crate::hooks::hold_past_the_limit(&tasks, &triage, &mut task);
+    }
     store.create(&task)?;
     if task.state == State::Blocked {
         eprintln!(

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""The OS sandbox's cost per task.
+
+`git loop start --once` over N tasks (default 100) with a no-op agent (it commits one file and
+prints the token), one gate (`true`), one worker, no remote — once with `agent.sandbox =
+"none"` and once with `"bwrap"`, in the same run, alternating which goes first, ROUNDS times
+(default 5). Each task runs two sandboxes when sandboxed: the agent's and the gate's. Reports
+the medians, the cost per task and the ratio.
+
+Usage: [BENCH_DIR=/tmp] benches/sandbox.py [GIT_LOOP_BINARY] [N] [ROUNDS]
+"""
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+binary = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "git-loop"))
+n = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+scratch = os.environ.get("BENCH_DIR") or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+env = dict(os.environ, GIT_CONFIG_GLOBAL="/dev/null", GIT_CONFIG_NOSYSTEM="1",
+           GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@example.com",
+           GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@example.com",
+           GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="maintenance.auto", GIT_CONFIG_VALUE_0="false")
+
+AGENT = """#!/bin/sh
+echo "$1" > "work-$1.txt"
+git add "work-$1.txt" && git commit -q -m "work $1"
+echo LOOP_DONE
+"""
+
+
+def run(argv, cwd):
+    return subprocess.run(argv, cwd=cwd, env=env, check=True, capture_output=True, text=True)
+
+
+def make(root, sandbox):
+    repo = os.path.join(root, "repo")
+    os.makedirs(os.path.join(repo, "loop"))
+    agent = os.path.join(root, "agent.sh")
+    with open(agent, "w") as f:
+        f.write(AGENT)
+    os.chmod(agent, 0o755)
+    run(["git", "init", "-q", "-b", "main"], repo)
+    with open(os.path.join(repo, "policy.toml"), "w") as f:
+        f.write(f'[loop]\ntarget = "main"\n[agent]\ncommand = ["{agent}", "{{task_id}}"]\n'
+                f'sandbox = "{sandbox}"\n'
+                '[gate]\ncommands = [["true"]]\n'
+                '[triage]\nmin_body_chars = 0\nrequire_acceptance = false\n'
+                '[lease]\nheartbeat = "5s"\n'
+                '[runtime]\nmanifest = ["policy.toml", "loop/PROMPT.md"]\n')
+    with open(os.path.join(repo, "loop", "PROMPT.md"), "w") as f:
+        f.write("Do {title}.\n")
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "initial"], repo)
+    run([binary, "init", "--repin"], repo)
+    for i in range(n):
+        run([binary, "task", "add", f"task {i}", "--body", "work"], repo)
+    run(["git", "checkout", "-q", "-b", "person"], repo)
+    return repo
+
+
+def timed(repo):
+    start = time.perf_counter()
+    out = run([binary, "start", "--once"], repo)
+    elapsed = time.perf_counter() - start
+    done = run([binary, "task", "list", "--json"], repo).stdout.count('"state":"done"')
+    assert done == n, f"{done} of {n} done: {out.stderr}"
+    return elapsed
+
+
+times = {"none": [], "bwrap": []}
+for r in range(rounds):
+    order = ["none", "bwrap"] if r % 2 == 0 else ["bwrap", "none"]
+    for mode in order:
+        with tempfile.TemporaryDirectory(dir=scratch) as root:
+            times[mode].append(timed(make(root, mode)))
+
+none, bwrap = statistics.median(times["none"]), statistics.median(times["bwrap"])
+print(f"Sandbox cost: {n} tasks, no-op agent, one gate (`true`), one worker, no remote; "
+      f"{rounds} rounds, order alternating; repositories in {scratch or tempfile.gettempdir()}\n")
+print("| | median s | ms/task |")
+print("|---|---:|---:|")
+print(f"| agent.sandbox = \"none\" | {none:.2f} | {none / n * 1000:.1f} |")
+print(f"| agent.sandbox = \"bwrap\" | {bwrap:.2f} | {bwrap / n * 1000:.1f} |")
+print(f"\nThe sandbox costs {(bwrap - none) / n * 1000:.1f} ms per task (two sandboxes: agent and "
+      f"gate), a ratio of {bwrap / none:.2f}.")
