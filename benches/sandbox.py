@@ -2,7 +2,8 @@
 """The OS sandbox's cost per task.
 
 `git loop start --once` over N tasks (default 100) with a no-op agent (it commits one file and
-prints the token), one gate (`true`), one worker, no remote — once with `agent.sandbox =
+prints the token; committed in the repository, as a runtime file), one gate (`true`), one
+worker, no remote, `agent.writable` empty — once with `agent.sandbox =
 "none"` and once with `"bwrap"`, in the same run, alternating which goes first, ROUNDS times
 (default 5). Each task runs two sandboxes when sandboxed: the agent's and the gate's. Reports
 the medians, the cost per task and the ratio.
@@ -40,18 +41,18 @@ def run(argv, cwd):
 def make(root, sandbox):
     repo = os.path.join(root, "repo")
     os.makedirs(os.path.join(repo, "loop"))
-    agent = os.path.join(root, "agent.sh")
+    agent = os.path.join(repo, "agent.sh")
     with open(agent, "w") as f:
         f.write(AGENT)
     os.chmod(agent, 0o755)
     run(["git", "init", "-q", "-b", "main"], repo)
     with open(os.path.join(repo, "policy.toml"), "w") as f:
         f.write(f'[loop]\ntarget = "main"\n[agent]\ncommand = ["{agent}", "{{task_id}}"]\n'
-                f'sandbox = "{sandbox}"\n'
+                f'sandbox = "{sandbox}"\nwritable = []\n'
                 '[gate]\ncommands = [["true"]]\n'
                 '[triage]\nmin_body_chars = 0\nrequire_acceptance = false\n'
                 '[lease]\nheartbeat = "5s"\n'
-                '[runtime]\nmanifest = ["policy.toml", "loop/PROMPT.md"]\n')
+                '[runtime]\nmanifest = ["policy.toml", "loop/PROMPT.md", "agent.sh"]\n')
     with open(os.path.join(repo, "loop", "PROMPT.md"), "w") as f:
         f.write("Do {title}.\n")
     run(["git", "add", "-A"], repo)
@@ -79,6 +80,23 @@ for r in range(rounds):
         with tempfile.TemporaryDirectory(dir=scratch) as root:
             times[mode].append(timed(make(root, mode)))
 
+# What bwrap itself costs, beside what git-loop does around it: a sandbox of nothing (the
+# options every run has) around `true`, against `true`.
+BASE = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid",
+        "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+
+
+def spawn_ms(argv, k=200):
+    xs = []
+    for _ in range(k):
+        start = time.perf_counter()
+        subprocess.run(argv, check=True)
+        xs.append(time.perf_counter() - start)
+    return statistics.median(xs) * 1000
+
+
+bare_true, bare_bwrap = spawn_ms(["true"]), spawn_ms(BASE + ["--", "true"])
+
 none, bwrap = statistics.median(times["none"]), statistics.median(times["bwrap"])
 print(f"Sandbox cost: {n} tasks, no-op agent, one gate (`true`), one worker, no remote; "
       f"{rounds} rounds, order alternating; repositories in {scratch or tempfile.gettempdir()}\n")
@@ -88,3 +106,5 @@ print(f"| agent.sandbox = \"none\" | {none:.2f} | {none / n * 1000:.1f} |")
 print(f"| agent.sandbox = \"bwrap\" | {bwrap:.2f} | {bwrap / n * 1000:.1f} |")
 print(f"\nThe sandbox costs {(bwrap - none) / n * 1000:.1f} ms per task (two sandboxes: agent and "
       f"gate), a ratio of {bwrap / none:.2f}.")
+print(f"A bare sandbox (bwrap's options around `true`) costs {bare_bwrap - bare_true:.1f} ms over "
+      f"`true` itself ({bare_bwrap:.1f} against {bare_true:.1f} ms, medians of 200).")

@@ -475,17 +475,31 @@ impl Session {
         // `agent.writable` outside the home directory, the home directory read-only, what
         // `agent.writable` names inside it; then the repository's places, read-only whatever
         // came before.
+        // A place the system's read-only view already shows as it is is not mounted again
+        // (each mount costs bwrap a reading of the mount table): only what lies under one of
+        // the run's own places (its /dev, /proc, /tmp, /var/tmp and /run, agent.writable) is —
+        // a repository in /dev/shm, say.
+        let replaced: Vec<PathBuf> = ["/dev", "/proc", "/tmp", "/var/tmp", "/run"]
+            .iter()
+            .map(PathBuf::from)
+            .chain(self.extra.iter().cloned())
+            .map(|p| real_path(&p))
+            .collect();
+        let covered = |p: &Path| {
+            let p = real_path(p);
+            replaced.iter().any(|d| p.starts_with(d))
+        };
         let in_home = |p: &&PathBuf| self.home.as_ref().is_some_and(|h| p.starts_with(h));
         for path in self.extra.iter().filter(|p| !in_home(p)) {
             add(&["--bind", &s(path), &s(path)]);
         }
-        if let Some(home) = &self.home {
+        if let Some(home) = self.home.as_ref().filter(|h| covered(h)) {
             add(&["--ro-bind", &s(home), &s(home)]);
         }
         for path in self.extra.iter().filter(in_home) {
             add(&["--bind", &s(path), &s(path)]);
         }
-        for dir in &self.read_only {
+        for dir in self.read_only.iter().filter(|d| covered(d)) {
             add(&["--ro-bind", &s(dir), &s(dir)]);
         }
         // Mounts over mounts: the scratch first (writable, inside the read-only git dir), then
@@ -904,7 +918,9 @@ fn copy_objects(repo: &Repo, dir: &Path) -> Result<(usize, usize)> {
     if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
         return Ok((0, 0));
     }
-    let mut removed = scrub(dir, &|name| name == "pack" || is_fanout(name));
+    let mut removed = scrub(dir, &|name| {
+        name == "pack" || name == "info" || is_fanout(name)
+    });
     for sub in std::fs::read_dir(dir)?.flatten() {
         let name = sub.file_name().to_string_lossy().into_owned();
         if (name == "pack" || is_fanout(&name))
