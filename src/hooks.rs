@@ -319,6 +319,53 @@ pub fn take_commit(
     Ok(filed)
 }
 
+/// What a run of task `task_id` leaves for the loop besides its branch, taken after it (what
+/// the post-commit hook does outside a sandbox, which a sandboxed run cannot): notes on the
+/// new commits between `start` and `head` (first parents, at most 50), the tasks their
+/// `Loop-Task:` / `Loop-Blocker:` trailers name, and the tasks it put in its `outbox`. Trouble
+/// here is said, never the run's failure.
+pub fn take_run(
+    repo: &Repo,
+    store: &Store<'_>,
+    task_id: &str,
+    run: &str,
+    (start, head): (Option<gix::ObjectId>, Option<gix::ObjectId>),
+    outbox: Option<&str>,
+) {
+    let short = crate::ids::short(task_id);
+    let mut commits = Vec::new();
+    let mut next = head.filter(|h| Some(*h) != start);
+    while let Some(c) = next {
+        if Some(c) == start || commits.len() >= 50 {
+            break;
+        }
+        commits.push(c);
+        next = repo
+            .commit_info(c)
+            .ok()
+            .and_then(|i| i.parents.first().copied());
+    }
+    for c in commits.into_iter().rev() {
+        if let Err(e) = take_commit(repo, store, task_id, run, c) {
+            tracing::warn!("{short}: the commit {c}: {e:#}");
+        }
+    }
+    let Some(text) = outbox else {
+        return;
+    };
+    match file_outbox(repo, store, task_id, text) {
+        Ok(filed) => {
+            for f in filed {
+                match f {
+                    Ok(id) => tracing::info!("{short}: filed {}", crate::ids::short(&id)),
+                    Err(why) => tracing::warn!("{short}: outbox: {why}"),
+                }
+            }
+        }
+        Err(e) => tracing::warn!("{short}: outbox: {e:#}"),
+    }
+}
+
 /// Makes task `id` wait for `blocker` (a `Loop-Blocker:` it filed).
 fn wait_for(store: &Store<'_>, id: &str, blocker: &str) -> Result<()> {
     store.update(id, |t| {

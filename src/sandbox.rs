@@ -474,11 +474,11 @@ impl Session {
         }
         // `agent.writable` outside the home directory, the home directory read-only, what
         // `agent.writable` names inside it; then the repository's places, read-only whatever
-        // came before.
-        // A place the system's read-only view already shows as it is is not mounted again
-        // (each mount costs bwrap a reading of the mount table): only what lies under one of
-        // the run's own places (its /dev, /proc, /tmp, /var/tmp and /run, agent.writable) is —
-        // a repository in /dev/shm, say.
+        // came before. The home directory and the repository's places are mounted only where
+        // one of the run's own places (its /dev, /proc, /tmp, /var/tmp and /run,
+        // `agent.writable`) hides them — a repository in /tmp or /dev/shm, say; elsewhere the
+        // system's read-only view shows them as they are, and each mount costs bwrap a reading
+        // of the mount table.
         let replaced: Vec<PathBuf> = ["/dev", "/proc", "/tmp", "/var/tmp", "/run"]
             .iter()
             .map(PathBuf::from)
@@ -498,6 +498,35 @@ impl Session {
         }
         for path in self.extra.iter().filter(in_home) {
             add(&["--bind", &s(path), &s(path)]);
+        }
+        // Where programs are that the run's own places would hide — git-loop itself (which an
+        // agent runs as `git loop`), the command's program, `PATH` — read-only: a checkout
+        // in /tmp builds its git-loop there.
+        let mut programs: Vec<PathBuf> = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf))
+            .into_iter()
+            .chain(
+                argv.first()
+                    .map(PathBuf::from)
+                    .filter(|p| p.is_absolute())
+                    .and_then(|p| p.parent().map(Path::to_path_buf)),
+            )
+            .chain(
+                std::env::var_os("PATH")
+                    .iter()
+                    .flat_map(std::env::split_paths),
+            )
+            .filter(|d| d.is_absolute() && d.is_dir() && covered(d))
+            .map(|d| real_path(&d))
+            // Never one of the run's own places itself (`/tmp` on `PATH`): that would be the
+            // host's again.
+            .filter(|d| !replaced.iter().any(|r| r.starts_with(d)))
+            .collect();
+        programs.sort();
+        programs.dedup();
+        for dir in &programs {
+            add(&["--ro-bind", &s(dir), &s(dir)]);
         }
         for dir in self.read_only.iter().filter(|d| covered(d)) {
             add(&["--ro-bind", &s(dir), &s(dir)]);

@@ -12,6 +12,7 @@
 //! are checked again when the target's tip, the policy file, the pin or the breaker change,
 //! and at every heartbeat — not on every pass.
 
+mod attempt;
 mod heartbeat;
 pub mod worker;
 mod worktree;

@@ -30,6 +30,7 @@ use crate::task::machine::{Actor, Budget, Event, Failure, GiveBack, Refusal, Tra
 use crate::task::{State, Task};
 use crate::time::Timestamp;
 
+use super::attempt::Verdict;
 use super::worktree::{target_tip, worktree, worktree_path};
 use super::{Msg, Phase};
 
@@ -250,57 +251,16 @@ impl Worker<'_> {
         // The prompt template as the target has it committed — never the worktree's copy, which
         // the agent of an earlier attempt may have rewritten or deleted.
         let target = target_tip(job, repo, &self.git)?;
-        let template = repo
-            .file_at(target, &policy.agent.prompt)?
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .ok_or_else(|| {
-                LoopError::new(
-                    Class::Config,
-                    format!(
-                        "the prompt template {} is not committed on {}",
-                        policy.agent.prompt, policy.loop_.target
-                    ),
-                )
-                .with_hint(format!(
-                    "commit {} on {}",
-                    policy.agent.prompt, policy.loop_.target
-                ))
-            })?;
-        let attempt = task.attempts.to_string();
-        let context = task.context.clone().unwrap_or_default();
-        let prompt = agent::render(
-            &template,
-            &[
-                ("id", &task.id),
-                ("title", &task.title),
-                ("body", &task.body),
-                ("attempt", &attempt),
-                ("context", &context),
-                ("token", &policy.loop_.completion_token),
-                ("branch", &task.branch),
-            ],
-            &policy.agent.prompt,
-        )?;
+        let template = super::attempt::template(repo, target, policy)?;
+        let prompt = super::attempt::prompt(&template, &task, policy)?;
         let prompt_file = prompt_path(repo.common_dir(), &task.id, &job.run);
         if let Some(dir) = prompt_file.parent() {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(&prompt_file, prompt)?;
         let wt_shown = wt.to_string_lossy().into_owned();
-        let pf = prompt_file.to_string_lossy().into_owned();
-        let values = [
-            ("prompt_file", pf.as_str()),
-            ("task_id", task.id.as_str()),
-            ("worktree", wt_shown.as_str()),
-            ("branch", task.branch.as_str()),
-            ("attempt", attempt.as_str()),
-        ];
-        let argv = policy
-            .agent
-            .command
-            .iter()
-            .map(|a| agent::render(a, &values, "agent.command"))
-            .collect::<Result<Vec<_>>>()?;
+        let argv =
+            super::attempt::command(policy, &task, &prompt_file.to_string_lossy(), &wt_shown)?;
         // The sandbox: the worktree writable, the repository and the person's checkout not;
         // the branch and new objects go to a scratch the runner takes from after the run.
         let session = Session::prepare(
@@ -406,7 +366,14 @@ impl Worker<'_> {
         let head = repo.read_ref(&branch_ref)?;
         // Discovered work (trailers of the run's new commits, the outbox), and notes on those
         // commits: what the post-commit hook does outside a sandbox, done for the run.
-        self.take_discoveries(&task, start_head, head, outbox.as_deref());
+        crate::hooks::take_run(
+            repo,
+            &self.store,
+            &task.id,
+            &job.run,
+            (start_head, head),
+            outbox.as_deref(),
+        );
         rec.token_seen = outcome.token_seen;
         rec.tail = outcome.tail.clone();
         rec.head = head.map(|h| h.to_string());
@@ -429,90 +396,26 @@ impl Worker<'_> {
             }
             _ => {}
         }
-        if outcome.token_seen {
-            rec.outcome = "completed".into();
-            return self.transition(Event::Completed, Some(&rec), head, false);
-        }
-        if retry::is_quota(
-            &outcome.tail,
-            rec.exit_code,
-            &policy.agent.quota_patterns,
-            &policy.agent.quota_exit_codes,
-        ) {
-            rec.outcome = "quota".into();
-            rec.signature = retry::signature("quota", "agent", "quota");
-            return self.transition(Event::Quota, Some(&rec), head, true);
-        }
-        let (how, text) = match outcome.ended {
-            agent::Ended::Stalled => (
-                "stalled",
-                "no output and no new commit within agent.stall_timeout".to_string(),
-            ),
-            agent::Ended::TimedOut => {
-                ("timed_out", "still running after agent.timeout".to_string())
+        match super::attempt::verdict(&outcome, rec.exit_code, policy) {
+            Verdict::Completed => {
+                rec.outcome = "completed".into();
+                self.transition(Event::Completed, Some(&rec), head, false)
             }
-            agent::Ended::Exited(c) => (
-                "transient",
-                format!(
-                    "exited {} without the completion token: {}",
-                    c.map_or("by a signal".into(), |c| c.to_string()),
-                    last_lines(&outcome.tail, 20)
-                ),
-            ),
-            agent::Ended::EndedAfterToken | agent::Ended::Stopped | agent::Ended::Withdrawn => {
-                ("completed", String::new())
+            Verdict::Quota => {
+                rec.outcome = "quota".into();
+                rec.signature = retry::signature("quota", "agent", "quota");
+                self.transition(Event::Quota, Some(&rec), head, true)
             }
-        };
-        rec.outcome = how.into();
-        rec.signature = retry::signature("transient", "agent", &text);
-        let failure = Failure {
-            how: how.to_string(),
-            summary: text.lines().next().unwrap_or_default().to_string(),
-            signature: rec.signature.clone(),
-            context: format!("The previous attempt ({how}): {text}"),
-        };
-        self.transition(Event::Failed(failure), Some(&rec), head, true)
-    }
-
-    /// What a run leaves for the loop besides its branch: notes on its new commits, the tasks
-    /// their `Loop-Task:` / `Loop-Blocker:` trailers name, and the tasks it put in its outbox.
-    /// Trouble here is said, never the run's failure.
-    fn take_discoveries(
-        &self,
-        task: &Task,
-        start: Option<ObjectId>,
-        head: Option<ObjectId>,
-        outbox: Option<&str>,
-    ) {
-        let (repo, job) = (self.repo, self.job);
-        let mut commits = Vec::new();
-        let mut next = head.filter(|h| Some(*h) != start);
-        while let Some(c) = next {
-            if Some(c) == start || commits.len() >= 50 {
-                break;
-            }
-            commits.push(c);
-            next = repo
-                .commit_info(c)
-                .ok()
-                .and_then(|i| i.parents.first().copied());
-        }
-        for c in commits.into_iter().rev() {
-            if let Err(e) = crate::hooks::take_commit(repo, &self.store, &task.id, &job.run, c) {
-                tracing::warn!("{}: the commit {c}: {e:#}", short(&task.id));
-            }
-        }
-        if let Some(text) = outbox {
-            match crate::hooks::file_outbox(repo, &self.store, &task.id, text) {
-                Ok(filed) => {
-                    for f in filed {
-                        match f {
-                            Ok(id) => tracing::info!("{}: filed {}", short(&task.id), short(&id)),
-                            Err(why) => tracing::warn!("{}: outbox: {why}", short(&task.id)),
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!("{}: outbox: {e:#}", short(&task.id)),
+            Verdict::Failed { how, text } => {
+                rec.outcome = how.into();
+                rec.signature = retry::signature("transient", "agent", &text);
+                let failure = Failure {
+                    how: how.to_string(),
+                    summary: text.lines().next().unwrap_or_default().to_string(),
+                    signature: rec.signature.clone(),
+                    context: format!("The previous attempt ({how}): {text}"),
+                };
+                self.transition(Event::Failed(failure), Some(&rec), head, true)
             }
         }
     }
@@ -779,11 +682,6 @@ fn run_record(job: &Job, task: &Task, started: Timestamp) -> RunRecord {
         ended: Timestamp::now().to_rfc3339(),
         ..RunRecord::default()
     }
-}
-
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The lease of the job's task, if it is still this run's; a refusal otherwise.

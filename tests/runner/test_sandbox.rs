@@ -374,7 +374,10 @@ fn without_the_sandbox_an_agents_setsid_daemon_outlives_the_run() {
     let out = l.start(&[]);
     let survived = lock_held(&lock);
     let daemon = std::fs::read_to_string(&pid).unwrap_or_default();
-    let _ = Command::new("kill").args(["-KILL", daemon.trim()]).status();
+    // The daemon leads its own session and group (setsid): end the group, the sleep that
+    // flock started included.
+    let group = format!("-{}", daemon.trim());
+    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(survived, "the daemon outlived its run");
 }
@@ -843,4 +846,30 @@ fn start_bounded(l: &Loop) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     stderr
+}
+
+/// An agent program in a directory under /tmp (which the run's own /tmp hides), with nothing
+/// in `agent.writable`: the sandbox shows its directory, read-only, and the run works. (So do
+/// git-loop itself and `PATH` there: a clone in /tmp builds its git-loop under /tmp.)
+#[test]
+fn an_agent_program_under_tmp_runs_in_its_sandbox() {
+    if !sandbox_works() {
+        return;
+    }
+    let bin = tempfile::tempdir().expect("tmp");
+    let script = bin.path().join("agent-in-tmp.sh");
+    crate::common::write_executable(&script, &format!("#!/bin/sh\n{COMMIT_AND_DONE}\n"));
+    let l = setup(
+        "true",
+        &format!(
+            "[agent]\nwritable = []\ncommand = [{}]\n",
+            toml_string(&script.to_string_lossy())
+        ),
+        false,
+    );
+    let id = l.add("runs from /tmp");
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(l.show(&id)["state"], "done", "{}", out.stderr);
+    assert_eq!(l.agent_runs(&id).len(), 1, "{}", out.stderr);
 }
