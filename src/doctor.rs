@@ -743,7 +743,7 @@ impl<'r> Cx<'r> {
                     format!(
                         "agents, gates and verify run in a sandbox ({}): the system, the home \
                      directory, the repository and its checkouts are read-only to them but for \
-                     their own checkout, the temporary directories and {}; nothing they start \
+                     their own checkout, a /tmp of their own and {}; nothing they start \
                      outlives them",
                         path.display(),
                         if writable.is_empty() {

@@ -62,7 +62,7 @@ pub struct AgentSection {
     /// Where agents, gates and verify commands run: `auto` (bwrap where it works), `bwrap`
     /// or `none` (see [`crate::sandbox`]).
     pub sandbox: crate::sandbox::Mode,
-    /// What a sandboxed run may write besides its checkout and the temporary directories:
+    /// What a sandboxed run may write besides its checkout and a /tmp of its own:
     /// absolute paths, or `~/…` in the home directory, each only if it exists when the run
     /// starts (the agent CLIs' own state and caches). Everything else is read-only to it.
     pub writable: Vec<String>,
