@@ -60,9 +60,9 @@ pub fn after_promotion(repo: &Repo, git: &Git) {
         ]);
     }
     if needs_ref_packing(repo.common_dir()) {
-        // Task branches stay loose: a sandboxed agent's git moves its branch in a directory
-        // mounted over `refs/heads/loop/`, which a prune that emptied it would remove from
-        // under the sandbox. (`--exclude` is git 2.42's; an older git packs them too.)
+        // Task branches stay loose: they come and go with their tasks, and packing them is
+        // work undone at the next deletion. (`--exclude` is git 2.42's; an older git packs
+        // them too.)
         let packed = git.output(&[
             "pack-refs",
             "--all",
