@@ -538,7 +538,7 @@ fn leases_stay_deleted_while_git_packs_refs() {
 #[test]
 fn a_second_runner_exits_6_naming_the_first() {
     let l = setup("sleep 30", "", false);
-    l.add("slow");
+    let id = l.add("slow");
     let mut first = l
         .repo
         .cmd(&["start"])
@@ -554,12 +554,19 @@ fn a_second_runner_exits_6_naming_the_first() {
     let out = l.start(&[]);
     let pid = first.id();
     let lease = l.repo.refs("refs/loop/leases/");
+    let mut group = None;
+    wait_for("the agent's group", Duration::from_secs(20), || {
+        group = lease_pgid(&l.repo, &id);
+        group.is_some()
+    });
     let _ = first.kill();
     let _ = first.wait();
-    // The agent's own group is not the runner's: end it too.
-    let _ = std::process::Command::new("pkill")
-        .args(["-f", "sleep 30"])
-        .status();
+    // The agent's own group is not the runner's: end it too, by the group the lease names.
+    if let Some(group) = group {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{group}")])
+            .status();
+    }
     assert!(!lease.is_empty(), "the first runner took the task");
     assert_eq!(out.code, 6, "{}", out.stderr);
     assert!(out.stderr.contains(&format!("pid {pid}")), "{}", out.stderr);
