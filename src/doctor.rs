@@ -769,17 +769,15 @@ impl<'r> Cx<'r> {
                     ),
                     "run agents on Linux with bubblewrap for the full sandbox",
                 ),
-                Ok(sandbox @ crate::sandbox::Sandbox::None { .. })
+                Ok(ref sandbox @ crate::sandbox::Sandbox::None { ref why })
                     if sandbox.is_off_by_policy() =>
                 {
-                    let why = sandbox.describe();
                     Check::warn(
                         NAME,
                         Class::Config,
                         format!(
-                            "agents run unsandboxed ({}): an agent can write git-loop's refs, \
-                         the person's files and every checkout, and its setsid daemons outlive it",
-                            why.trim_start_matches("none: ")
+                            "agents run unsandboxed ({why}): an agent can write git-loop's refs, \
+                         the person's files and every checkout, and its setsid daemons outlive it"
                         ),
                         "set agent.sandbox = \"auto\" in policy.toml (Linux, with bubblewrap)",
                     )

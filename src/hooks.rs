@@ -471,11 +471,10 @@ fn file_discovered(
 ) -> Result<String> {
     let title = title.trim();
     task::check_title(title)?;
-    let tasks: Vec<Task> = store
-        .list()?
-        .into_iter()
-        .filter_map(|l| l.task.ok())
-        .collect();
+    let listed = store.list()?;
+    // Every id taken, a task that does not read included.
+    let ids: Vec<String> = listed.iter().map(|l| l.id.clone()).collect();
+    let tasks: Vec<Task> = listed.into_iter().filter_map(|l| l.task.ok()).collect();
     if let Some(existing) = tasks.iter().find(|t| {
         t.discovered_from.as_deref() == Some(from)
             && t.title == title
@@ -486,7 +485,6 @@ fn file_discovered(
     let parent = store.load(from)?.task;
     let policy = repo.workdir().map(Policy::load).transpose()?.flatten();
     let triage = policy.map(|p| p.triage).unwrap_or_default();
-    let ids = store.ids()?;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     // An id the run chose (what `task add` printed inside its sandbox) is taken only when no
     // task has it, nor its short id (its branch's name).

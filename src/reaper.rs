@@ -12,7 +12,7 @@ use crate::ids::short;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use gix::ObjectId;
 use serde::Serialize;
 
@@ -265,17 +265,8 @@ impl Reaper<'_> {
                 });
                 continue;
             }
-            let done = match &left {
-                crate::sandbox::Leftover::Run { task, .. } => {
-                    crate::sandbox::take_leftover(self.repo, &dir, task)
-                }
-                crate::sandbox::Leftover::Gate { .. } => std::fs::remove_dir_all(&dir)
-                    .map(|()| Vec::new())
-                    .with_context(|| format!("removing {}", dir.display())),
-            };
-            match done {
-                Ok(mut did) => {
-                    did.push(format!("removed {}", dir.display()));
+            match left.take(self.repo) {
+                Ok(did) => {
                     self.report.reaped.push(Reaped {
                         kind: "scratch",
                         task,
@@ -557,17 +548,12 @@ impl Reaper<'_> {
         // A sandboxed run's work is in its scratch (its commits, the branch where it left it):
         // taken first, so that the checkout is saved against the branch as the run left it.
         for left in crate::sandbox::leftovers(self.repo) {
-            match &left {
-                crate::sandbox::Leftover::Run { task: of, dir, .. } if of == task => {
-                    did.extend(crate::sandbox::take_leftover(self.repo, dir, task)?);
-                    did.push(format!("removed the run's scratch {}", dir.display()));
-                }
-                crate::sandbox::Leftover::Gate { tag, dir } if tag == name => {
-                    std::fs::remove_dir_all(dir)
-                        .with_context(|| format!("removing {}", dir.display()))?;
-                    did.push(format!("removed the gate's scratch {}", dir.display()));
-                }
-                _ => {}
+            let ours = match &left {
+                crate::sandbox::Leftover::Run { task: of, .. } => of == task,
+                crate::sandbox::Leftover::Gate { tag, .. } => tag == name,
+            };
+            if ours {
+                did.extend(left.take(self.repo)?);
             }
         }
         let path = self.worktrees.join(name);

@@ -33,14 +33,14 @@ use gix::ObjectId;
 use crate::error::{Class, LoopError};
 use crate::git::{Cas, CasOutcome, Repo};
 
-/// `agent.sandbox`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `agent.sandbox`, ordered from the least strict to the most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mode {
+    None,
     /// bwrap where it works, else none (with a warning).
     Auto,
     /// bwrap, or a `config` error.
     Bwrap,
-    None,
 }
 
 impl Mode {
@@ -55,24 +55,7 @@ impl Mode {
 
     /// The stricter of two modes: `bwrap` over `auto` over `none`.
     pub fn stricter(self, other: Mode) -> Mode {
-        let rank = |m: Mode| match m {
-            Mode::None => 0,
-            Mode::Auto => 1,
-            Mode::Bwrap => 2,
-        };
-        if rank(other) > rank(self) {
-            other
-        } else {
-            self
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Auto => "auto",
-            Mode::Bwrap => "bwrap",
-            Mode::None => "none",
-        }
+        self.max(other)
     }
 }
 
@@ -217,10 +200,6 @@ impl Sandbox {
             .with_hint("install bubblewrap (`apt-get install bubblewrap`), or set agent.sandbox = \"auto\"")
             .into()),
         }
-    }
-
-    pub fn is_on(&self) -> bool {
-        !matches!(self, Sandbox::None { .. })
     }
 
     /// Whether it is `none` because the policy says so (not for want of bwrap).
@@ -383,24 +362,10 @@ impl Session {
                 format!("{head}\n"),
             )?;
         }
-        let mut writable = vec![checkout.to_path_buf()];
-        // What says which repository a checkout is, read by every git git-loop runs there
-        // after the run (outside any sandbox): kept read-only inside the writable checkout, so
-        // that a run cannot point it at a repository of its making, whose config runs programs.
-        let mut pinned = vec![checkout.join(".git")];
-        if let Some(admin) = worktree_admin(checkout) {
-            let worktree_config = admin.join("config.worktree");
-            if !worktree_config.exists() {
-                std::fs::write(&worktree_config, "")
-                    .with_context(|| format!("creating {}", worktree_config.display()))?;
-            }
-            pinned.extend([
-                admin.join("commondir"),
-                admin.join("gitdir"),
-                worktree_config,
-            ]);
-            writable.push(admin);
-        }
+        let (admin, mut pinned) = pinned_files(checkout)?;
+        let writable: Vec<PathBuf> = std::iter::once(checkout.to_path_buf())
+            .chain(admin)
+            .collect();
         pinned.retain(|p| p.is_file());
         let read_only = read_only(repo, checkout)?;
         std::fs::create_dir_all(scratch.join("tmp"))?;
@@ -660,6 +625,21 @@ impl Leftover {
             Leftover::Run { dir, .. } | Leftover::Gate { dir, .. } => dir,
         }
     }
+
+    /// Takes a run's work ([`take_leftover`]) or drops a gate's scratch; then the scratch is
+    /// gone. Says what it did.
+    pub fn take(&self, repo: &Repo) -> Result<Vec<String>> {
+        let mut said = match self {
+            Leftover::Run { dir, task, .. } => take_leftover(repo, dir, task)?,
+            Leftover::Gate { dir, .. } => {
+                std::fs::remove_dir_all(dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+                Vec::new()
+            }
+        };
+        said.push(format!("removed the scratch {}", self.dir().display()));
+        Ok(said)
+    }
 }
 
 /// Takes the work a dead run of task `task` left in its scratch `dir`: its objects into the
@@ -769,22 +749,11 @@ fn seatbelt_rules(
         (Rule::Own, checkout.to_path_buf()),
         (Rule::Own, scratch.to_path_buf()),
         (Rule::Own, common.join("objects")),
-        (Rule::Pinned, checkout.join(".git")),
     ];
+    let (admin, pinned) = pinned_files(checkout)?;
+    rules.extend(pinned.into_iter().map(|p| (Rule::Pinned, p)));
+    rules.extend(admin.map(|a| (Rule::Own, a)));
     rules.extend(protected.iter().map(|p| (Rule::Protected, p.clone())));
-    if let Some(admin) = worktree_admin(checkout) {
-        let worktree_config = admin.join("config.worktree");
-        if !worktree_config.exists() {
-            std::fs::write(&worktree_config, "")
-                .with_context(|| format!("creating {}", worktree_config.display()))?;
-        }
-        rules.extend([
-            (Rule::Pinned, admin.join("commondir")),
-            (Rule::Pinned, admin.join("gitdir")),
-            (Rule::Pinned, worktree_config),
-            (Rule::Own, admin),
-        ]);
-    }
     for tmp in [
         PathBuf::from("/tmp"),
         PathBuf::from("/var/tmp"),
@@ -1046,6 +1015,30 @@ fn read_only(repo: &Repo, checkout: &Path) -> Result<Vec<PathBuf>> {
     read_only.push(common.to_path_buf());
     read_only.extend(local_remotes(repo));
     Ok(read_only)
+}
+
+/// The worktree metadata directory of `checkout` (writable to a run in it), and the files
+/// that say which repository the checkout is — its `.git`, and the metadata's `commondir`,
+/// `gitdir` and `config.worktree` (made, empty, when missing). Every git git-loop runs there
+/// after the run (outside any sandbox) reads them: they stay read-only inside the writable
+/// checkout, so that a run cannot point it at a repository of its making, whose config runs
+/// programs.
+fn pinned_files(checkout: &Path) -> Result<(Option<PathBuf>, Vec<PathBuf>)> {
+    let mut pinned = vec![checkout.join(".git")];
+    let admin = worktree_admin(checkout);
+    if let Some(admin) = &admin {
+        let worktree_config = admin.join("config.worktree");
+        if !worktree_config.exists() {
+            std::fs::write(&worktree_config, "")
+                .with_context(|| format!("creating {}", worktree_config.display()))?;
+        }
+        pinned.extend([
+            admin.join("commondir"),
+            admin.join("gitdir"),
+            worktree_config,
+        ]);
+    }
+    Ok((admin, pinned))
 }
 
 /// The worktree metadata directory of the checkout at `path` (what its `.git` file names).

@@ -248,8 +248,6 @@ impl Worker<'_> {
         let task = stored.task;
         let policy = &job.policy;
         let wt = worktree(job, repo, &self.git, &task)?;
-        // The prompt template as the target has it committed — never the worktree's copy, which
-        // the agent of an earlier attempt may have rewritten or deleted.
         let target = target_tip(job, repo, &self.git)?;
         let template = super::attempt::template(repo, target, policy)?;
         let prompt = super::attempt::prompt(&template, &task, policy)?;

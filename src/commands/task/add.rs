@@ -79,11 +79,12 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         .transpose()?;
     // From inside an agent's run, what it files is discovered from its task; in a sandbox,
     // which cannot write refs, it goes to the run's outbox, which the runner files after it.
-    if let Actor::Agent { task, .. } = Actor::at_command_line(&ctx.cwd)
+    let actor = Actor::at_command_line(&ctx.cwd);
+    if let Actor::Agent { task, .. } = &actor
         && !task.is_empty()
     {
         discovered_from =
-            discovered_from.or_else(|| ids::resolve(&task, &refs).ok().map(str::to_string));
+            discovered_from.or_else(|| ids::resolve(task, &refs).ok().map(str::to_string));
         if let Some(outbox) = std::env::var_os("GIT_LOOP_OUTBOX") {
             let id = ids::generate(&refs);
             crate::hooks::write_outbox(
@@ -112,7 +113,7 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
     task.after = after;
     task.mutex = args.mutex;
     task.discovered_from = discovered_from;
-    if matches!(Actor::at_command_line(&ctx.cwd), Actor::Agent { .. }) {
+    if matches!(actor, Actor::Agent { .. }) {
         let tasks: Vec<Task> = store
             .list()?
             .into_iter()
