@@ -96,6 +96,9 @@ def spawn_ms(argv, k=200):
 
 
 bare_true, bare_bwrap = spawn_ms(["true"]), spawn_ms(BASE + ["--", "true"])
+# The floor under any sandbox of this kind: the kernel making the namespaces bwrap asks for (a
+# user, a mount and a PID namespace), with nothing mounted.
+bare_unshare = spawn_ms(["unshare", "--user", "--mount", "--pid", "--fork", "true"])
 
 none, bwrap = statistics.median(times["none"]), statistics.median(times["bwrap"])
 print(f"Sandbox cost: {n} tasks, no-op agent, one gate (`true`), one worker, no remote; "
@@ -107,4 +110,6 @@ print(f"| agent.sandbox = \"bwrap\" | {bwrap:.2f} | {bwrap / n * 1000:.1f} |")
 print(f"\nThe sandbox costs {(bwrap - none) / n * 1000:.1f} ms per task (two sandboxes: agent and "
       f"gate), a ratio of {bwrap / none:.2f}.")
 print(f"A bare sandbox (bwrap's options around `true`) costs {bare_bwrap - bare_true:.1f} ms over "
-      f"`true` itself ({bare_bwrap:.1f} against {bare_true:.1f} ms, medians of 200).")
+      f"`true` itself ({bare_bwrap:.1f} against {bare_true:.1f} ms, medians of 200);\n"
+      f"the namespaces alone (`unshare --user --mount --pid --fork true`) "
+      f"{bare_unshare - bare_true:.1f} ms ({bare_unshare:.1f} ms).")
