@@ -61,6 +61,7 @@ enum Command {
     Doctor(commands::doctor::Args),
     Status(commands::status::Args),
     Stop(commands::stop::Args),
+    Sync(commands::sync::Args),
     Pause(commands::pause::PauseArgs),
     Resume(commands::pause::ResumeArgs),
     Log(commands::log::Args),
@@ -126,6 +127,7 @@ fn refused_to_agents(command: &Command) -> Option<&'static str> {
         Command::Start(_) => Some("`git loop start`"),
         Command::Stop(_) => Some("`git loop stop`"),
         Command::Reap(_) => Some("`git loop reap`"),
+        Command::Sync(_) => Some("`git loop sync`"),
         Command::Hooks(_) => Some("`git loop hooks`"),
         _ => None,
     }
@@ -144,6 +146,7 @@ fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Doctor(args) => commands::doctor::run(ctx, args),
         Command::Status(args) => commands::status::run(ctx, args),
         Command::Stop(args) => commands::stop::run(ctx, args),
+        Command::Sync(args) => commands::sync::run(ctx, args),
         Command::Pause(args) => commands::pause::pause(ctx, args),
         Command::Resume(args) => commands::pause::resume(ctx, args),
         Command::Log(args) => commands::log::run(ctx, args),

@@ -110,6 +110,21 @@ impl Lease {
         self.expires <= now
     }
 
+    /// Whether the lease, at commit `tip`, may be taken over. On this host: its holder died,
+    /// or it expired (one clock). On another host, whose clock is never compared with this
+    /// one's (SPEC §13): this process has seen the lease's ref hold `tip` for the lease's
+    /// term (`expires - renewed`, both on the holder's clock) on its own monotonic clock. A
+    /// process that has just started has seen nothing for long: it takes over no other
+    /// host's lease before a term has passed.
+    pub fn lapsed(&self, tip: ObjectId, now: Timestamp) -> bool {
+        if self.holder.is_here() {
+            return self.holder_dead() || self.expired(now);
+        }
+        let term =
+            Duration::from_micros(u64::try_from(self.expires.0 - self.renewed.0).unwrap_or(0));
+        unchanged_for(&refs::lease(&self.task), tip) >= term
+    }
+
     /// The commit that records this lease (parentless: a lease's history is its task's).
     pub fn commit(&self, repo: &Repo) -> Result<ObjectId> {
         crate::record::write(
@@ -173,6 +188,25 @@ pub fn renew(repo: &Repo, old: ObjectId, lease: &Lease, ttl: Duration) -> Result
             CasOutcome::Lost => None,
         },
     )
+}
+
+/// How long this process has seen ref `name` hold `tip`, on its monotonic clock: zero the
+/// first time it looks, or when the value changed since it last looked.
+fn unchanged_for(name: &str, tip: ObjectId) -> Duration {
+    static SEEN: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<String, (ObjectId, std::time::Instant)>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut seen = SEEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = std::time::Instant::now();
+    match seen.get(name) {
+        Some((was, since)) if *was == tip => now.duration_since(*since),
+        _ => {
+            seen.insert(name.to_string(), (tip, now));
+            Duration::ZERO
+        }
+    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,8 @@ pub struct LoopSection {
     pub batch: String,
     pub workers: u32,
     pub completion_token: String,
+    /// How stale a runner's view of a shared remote's loop state may grow (SPEC §13).
+    pub sync: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -207,7 +209,14 @@ pub struct RuntimeSection {
 const SCHEMA: &[(&str, &[&str])] = &[
     (
         "loop",
-        &["target", "remote", "batch", "workers", "completion_token"],
+        &[
+            "target",
+            "remote",
+            "batch",
+            "workers",
+            "completion_token",
+            "sync",
+        ],
     ),
     (
         "agent",
@@ -765,6 +774,7 @@ fn read_policy(cx: &Cx<'_>, root: &DeTable<'_>) -> Policy {
         batch: s.nonempty_string("batch", DEFAULT_BATCH),
         workers: s.count("workers", 1, 1, MAX_WORKERS),
         completion_token: s.nonempty_string("completion_token", "LOOP_DONE"),
+        sync: s.duration("sync", Duration::from_secs(2)),
     };
 
     let s = section("agent");

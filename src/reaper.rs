@@ -165,7 +165,8 @@ impl Reaper<'_> {
         }
     }
 
-    /// Leases past expiry, or whose holder died on this host.
+    /// Leases past expiry (on another host's: seen unchanged for a term), or whose holder
+    /// died on this host.
     fn leases(&mut self) -> Result<()> {
         let now = Timestamp::now();
         for (id, tip, lease) in lease::all(self.repo)? {
@@ -182,8 +183,15 @@ impl Reaper<'_> {
                     lease.runner,
                     lease.holder.describe()
                 )
-            } else if lease.expired(now) {
-                format!("it expired at {}", lease.expires.to_rfc3339())
+            } else if lease.lapsed(tip, now) {
+                if lease.holder.is_here() {
+                    format!("it expired at {}", lease.expires.to_rfc3339())
+                } else {
+                    format!(
+                        "its holder on {} has not renewed it for a term, as seen from here",
+                        lease.holder.host
+                    )
+                }
             } else {
                 self.keep(
                     "lease",
@@ -222,8 +230,8 @@ impl Reaper<'_> {
         let now = Timestamp::now();
         let held: Vec<String> = lease::all(self.repo)?
             .into_iter()
-            .filter(|(_, _, l)| match l {
-                Ok(l) => !l.holder_dead() && !l.expired(now),
+            .filter(|(_, tip, l)| match l {
+                Ok(l) => !l.lapsed(*tip, now),
                 // A lease that does not read is the lease reaping's to judge: keep off.
                 Err(_) => true,
             })

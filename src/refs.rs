@@ -11,6 +11,7 @@
 //! | `refs/loop/rescue/<id>/<n>` | work saved before any cleanup |
 //! | `refs/loop/refused/<id>` | transitions of the task the state machine refused, and why |
 //! | `refs/notes/loop` | notes on commits: task, run, gate results, promotion |
+//! | `refs/loop-remotes/<remote>/…` | the last view of the remote's loop state (SPEC §13): its `refs/loop/*` at `…/loop/*`, its notes at `…/notes/loop`; written only by git-loop's own fetches and pushes |
 
 /// Everything under here is git-loop's.
 pub const LOOP: &str = "refs/loop/";
@@ -23,6 +24,33 @@ pub const ORACLE: &str = "refs/loop/oracle";
 pub const RESCUE: &str = "refs/loop/rescue/";
 pub const REFUSED: &str = "refs/loop/refused/";
 pub const NOTES: &str = "refs/notes/loop";
+/// Where the remote's loop state is seen (outside `refs/loop/`, so never pushed back, and
+/// outside `refs/remotes/`, so neither `git branch -r` nor a person's `git fetch` touches it).
+pub const REMOTES: &str = "refs/loop-remotes/";
+
+/// Where `name` (`refs/loop/…` or `refs/notes/loop`) of `remote` is seen here:
+/// `refs/loop-remotes/<remote>/loop/…`.
+pub fn tracking(remote: &str, name: &str) -> String {
+    format!(
+        "{REMOTES}{remote}/{}",
+        name.strip_prefix("refs/").unwrap_or(name)
+    )
+}
+
+/// The fetch refspecs that bring `remote`'s loop state into its tracking refs. The notes' is
+/// a pattern (`refs/notes/loop*`, whose `*` also matches nothing) so that a remote without
+/// notes yet is no error.
+pub fn fetch_refspecs(remote: &str) -> [String; 2] {
+    [
+        format!("+{LOOP}*:{}*", tracking(remote, LOOP)),
+        format!("+{NOTES}*:{}*", tracking(remote, NOTES)),
+    ]
+}
+
+/// Whether `name` is loop state that counts only once a shared remote accepted it.
+pub fn is_shared(name: &str) -> bool {
+    name.starts_with(LOOP)
+}
 
 pub fn task(id: &str) -> String {
     format!("{TASKS}{id}")

@@ -142,7 +142,7 @@ fn target_line(repo: &Repo, policy: &Policy) -> Result<Option<(finish_line::Line
 fn policy_template(repo: &Repo, root: &Path) -> String {
     let target = repo.head_branch().unwrap_or_else(|| "main".to_string());
     let remote = if repo.remote_names().iter().any(|r| r == "origin") {
-        "remote = \"origin\"            # omit for a local-only loop".to_string()
+        "remote = \"origin\"            # shares loop state and promotions there; omit for a local-only loop".to_string()
     } else {
         "# remote = \"origin\"          # set to push promotions to a remote".to_string()
     };

@@ -16,6 +16,7 @@ pub mod reap;
 pub mod start;
 pub mod status;
 pub mod stop;
+pub mod sync;
 pub mod task;
 
 use std::io::Read;

@@ -302,7 +302,30 @@ impl Git {
     /// Pushes `specs` (`<src>:<dst>`) to `remote` atomically, with the given leases
     /// (`<ref>:<expected>`, an empty expectation meaning "must not exist"). Never forces.
     pub fn push(&self, remote: &str, leases: &[String], specs: &[String]) -> Result<Push> {
+        self.push_with(&[], remote, leases, specs)
+    }
+
+    /// Pushes loop state (`refs/loop/*`, its notes) like [`Git::push`], without the local
+    /// pre-push hook (which guards branches, and which an agent may have rewritten) and never
+    /// asking for credentials on a terminal.
+    pub fn push_state(&self, remote: &str, leases: &[String], specs: &[String]) -> Result<Push> {
+        self.clone().with_env("GIT_TERMINAL_PROMPT", "0").push_with(
+            &["--no-verify"],
+            remote,
+            leases,
+            specs,
+        )
+    }
+
+    fn push_with(
+        &self,
+        options: &[&str],
+        remote: &str,
+        leases: &[String],
+        specs: &[String],
+    ) -> Result<Push> {
         let mut args: Vec<String> = vec!["push".into(), "--atomic".into(), "--porcelain".into()];
+        args.extend(options.iter().map(|o| o.to_string()));
         for lease in leases {
             args.push(format!("--force-with-lease={lease}"));
         }
@@ -452,6 +475,34 @@ impl Git {
     /// Fetches `refspec` from `remote` (into a remote-tracking namespace, never refs/loop/*).
     pub fn fetch(&self, remote: &str, refspec: &str) -> Result<()> {
         let out = self.output(&["fetch", "--quiet", "--no-tags", remote, refspec])?;
+        if !out.status.success() {
+            return Err(classify_unreachable(
+                remote,
+                &String::from_utf8_lossy(&out.stderr),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fetches loop state from `remote` with `refspecs` (into its tracking refs, forced:
+    /// they are only ever the remote's view), pruning tracking refs the remote no longer has.
+    pub fn fetch_state(&self, remote: &str, refspecs: &[String]) -> Result<()> {
+        let mut args: Vec<String> = [
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--prune",
+            "--no-write-fetch-head",
+            "--no-recurse-submodules",
+            remote,
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(refspecs.iter().cloned());
+        let out = self
+            .clone()
+            .with_env("GIT_TERMINAL_PROMPT", "0")
+            .output(&args)?;
         if !out.status.success() {
             return Err(classify_unreachable(
                 remote,

@@ -4,6 +4,7 @@
 //! `ObjectId`, and nothing outside [`cli`] spawns `git`.
 
 pub mod cli;
+pub mod shared;
 
 use std::path::{Path, PathBuf};
 
@@ -94,6 +95,8 @@ pub struct Repo {
     repo: gix::Repository,
     /// The identity of the packed-refs file gix's buffer was last refreshed from.
     packed: std::sync::Mutex<Option<FileIdentity>>,
+    /// The remote loop state is shared through (`loop.remote`), once looked up.
+    shared: std::sync::OnceLock<Option<String>>,
 }
 
 /// What tells one version of a file from the next: device, inode, size, modification and
@@ -270,6 +273,7 @@ impl Repo {
         Repo {
             repo: self.repo.clone(),
             packed: std::sync::Mutex::new(None),
+            shared: self.shared.clone(),
         }
     }
 
@@ -310,6 +314,7 @@ impl Repo {
         Ok(Repo {
             repo,
             packed: std::sync::Mutex::new(None),
+            shared: std::sync::OnceLock::new(),
         })
     }
 
@@ -499,8 +504,79 @@ impl Repo {
         Ok(out)
     }
 
-    /// Applies all `edits` atomically, each under the ref's lock with its expectation checked.
+    /// The remote loop state is shared through: `loop.remote` of the policy in the main
+    /// checkout (SPEC §13), looked up once per handle; `None` keeps loop state in this clone.
+    pub fn shared_remote(&self) -> Option<&str> {
+        self.shared
+            .get_or_init(|| {
+                let main = self.main_workdir()?;
+                match crate::policy::Policy::load(&main) {
+                    Ok(Some(p)) => p.loop_.remote,
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::debug!("no shared remote: the policy does not read: {e:#}");
+                        None
+                    }
+                }
+            })
+            .as_deref()
+    }
+
+    /// Sets the remote loop state is shared through (the runner's, from the policy it runs
+    /// with); only before the first look-up.
+    pub fn share_through(&self, remote: Option<String>) {
+        let _ = self.shared.set(remote);
+    }
+
+    /// The main checkout's root, also from a linked worktree.
+    fn main_workdir(&self) -> Option<PathBuf> {
+        let common = self.common_dir();
+        if common.file_name().is_some_and(|n| n == ".git") {
+            return common.parent().map(Path::to_path_buf);
+        }
+        gix::open(common).ok()?.workdir().map(Path::to_path_buf)
+    }
+
+    /// Applies all `edits` atomically: through the shared remote first when the edits are
+    /// loop state and one is set ([`shared`]), else here, each under the ref's lock with its
+    /// expectation checked.
     pub fn cas(&self, edits: &[Cas]) -> Result<CasOutcome> {
+        if let Some(remote) = self.shared_remote()
+            && edits.iter().any(|e| crate::refs::is_shared(e.name()))
+        {
+            return shared::cas(self, remote, edits);
+        }
+        self.cas_local(edits)
+    }
+
+    /// Sets each ref to its value (`None`: deletes it), whatever it held: for the tracking
+    /// refs of a shared remote, which only ever mirror what the remote was seen to hold.
+    fn set_refs(&self, sets: &[(String, Option<ObjectId>)]) -> Result<()> {
+        if sets.is_empty() {
+            return Ok(());
+        }
+        let mut input = String::new();
+        for (name, value) in sets {
+            use std::fmt::Write;
+            let _ = match value {
+                Some(new) => writeln!(input, "update {name} {new}"),
+                None => writeln!(input, "delete {name}"),
+            };
+        }
+        match self.ref_transaction(&input)? {
+            cli::Transaction::Committed => Ok(()),
+            // A lock held for an instant by a writer of the same view: the next sync writes
+            // what this one could not.
+            cli::Transaction::Failed(stderr) => {
+                tracing::debug!("tracking refs not written: {}", stderr.trim());
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies all `edits` atomically in this repository, each under the ref's lock with its
+    /// expectation checked.
+    pub(crate) fn cas_local(&self, edits: &[Cas]) -> Result<CasOutcome> {
         if edits.iter().any(|e| matches!(e, Cas::Delete { .. })) {
             return self.cas_deleting(edits);
         }

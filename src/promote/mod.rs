@@ -124,6 +124,12 @@ pub enum Outcome {
 }
 
 /// Runs one promotion attempt of task `id` (a full id).
+/// How many times a promotion by hand looks at a task's lease before it gives up on a race.
+const LEASE_LOOKS: u32 = 3;
+
+/// How many times one promotion builds its merge on a remote target that others keep moving.
+const TARGET_RACES: u32 = 8;
+
 pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Result<Outcome> {
     // A promotion by hand of a task another holder has (a runner's agent, judge or
     // promotion) would pull the work from under it: busy, naming the holder. One that goes
@@ -172,39 +178,52 @@ impl HandLease {
         );
         let new = lease.commit(repo)?;
         let name = crate::refs::lease(id);
-        let edit = match crate::lease::read(repo, id)? {
-            None => Cas::Create { name, new },
-            // A promotion by hand that died: this one carries on from its checkpoints.
-            Some((old, Ok(l))) if l.runner.starts_with("promote-") && l.holder_dead() => {
-                Cas::Update { name, old, new }
+        // A lost race decides again from what won it: with a shared remote, the view here
+        // may have been behind (a promotion killed after the remote took its lease).
+        for look in 1..=LEASE_LOOKS {
+            let edit = match crate::lease::read(repo, id)? {
+                None => Cas::Create {
+                    name: name.clone(),
+                    new,
+                },
+                // A promotion by hand that died: this one carries on from its checkpoints.
+                Some((old, Ok(l))) if l.runner.starts_with("promote-") && l.holder_dead() => {
+                    Cas::Update {
+                        name: name.clone(),
+                        old,
+                        new,
+                    }
+                }
+                Some(_) => {
+                    refuse_a_live_holder(repo, id)?;
+                    // The lease went between the two looks: try again.
+                    return Err(LoopError::new(
+                        Class::Transient,
+                        format!(
+                            "the lease of task {} changed while the promotion started",
+                            short(id)
+                        ),
+                    )
+                    .into());
+                }
+            };
+            if repo.cas(&[edit])? == CasOutcome::Applied {
+                return Ok(HandLease {
+                    runner,
+                    run,
+                    id: id.to_string(),
+                });
             }
-            Some(_) => {
+            if look == LEASE_LOOKS {
+                // Someone took it between the look and now.
                 refuse_a_live_holder(repo, id)?;
-                // The lease went between the two looks: try again.
-                return Err(LoopError::new(
-                    Class::Transient,
-                    format!(
-                        "the lease of task {} changed while the promotion started",
-                        short(id)
-                    ),
-                )
-                .into());
             }
-        };
-        if repo.cas(&[edit])? != CasOutcome::Applied {
-            // Someone took it between the look and now.
-            refuse_a_live_holder(repo, id)?;
-            return Err(LoopError::new(
-                Class::Busy,
-                format!("task {} was leased while the promotion started", short(id)),
-            )
-            .into());
         }
-        Ok(HandLease {
-            runner,
-            run,
-            id: id.to_string(),
-        })
+        Err(LoopError::new(
+            Class::Busy,
+            format!("task {} was leased while the promotion started", short(id)),
+        )
+        .into())
     }
 
     fn release(&self) -> Release {
@@ -336,8 +355,25 @@ impl Promotion<'_> {
     fn run(&mut self) -> Result<Outcome> {
         self.preflight()?;
         self.push_source()?;
-        self.merge()?;
-        self.push_target()?;
+        // Another promotion (another runner, another clone) that moved the remote target
+        // between this one's merge and its push is no failure: the merge is built again on the
+        // new tip and pushed, a few times, with a growing random pause between tries. The
+        // push phase drops the recorded merge exactly when the target moved.
+        for race in 1.. {
+            self.merge()?;
+            match self.push_target() {
+                Err(_) if !self.rec().has(Phase::Merge) && race < TARGET_RACES => {
+                    let pause = 10 * u64::from(race);
+                    std::thread::sleep(std::time::Duration::from_millis(
+                        pause + crate::rand::below_or_equal(pause),
+                    ));
+                }
+                pushed => {
+                    pushed?;
+                    break;
+                }
+            }
+        }
         self.verify()?;
         self.cleanup()?;
         self.delete_remote_branch()?;

@@ -113,12 +113,17 @@ struct Runner<'a> {
     checked_at: Instant,
     /// Set by SIGTERM (or SIGINT): stop dispatching, end the running agents, exit.
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// With a shared remote (SPEC §13): when its loop state was last fetched, and since when
+    /// (and why) it cannot be reached.
+    synced: Option<Instant>,
+    offline: Option<(Timestamp, String)>,
 }
 
 /// Runs the loop in the repository of `workdir` until `--once` has nothing left to do (or for
 /// ever). Progress lines go to `say`.
 pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) -> Result<Finish> {
     let repo = Repo::discover(workdir)?;
+    repo.share_through(policy.loop_.remote.clone());
     let _lock = heartbeat::take_lock(&repo)?;
     let id = format!(
         "{}-{}-{:04x}",
@@ -158,8 +163,12 @@ pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) 
         seen: None,
         checked_at: Instant::now(),
         stop,
+        synced: None,
+        offline: None,
     };
     heartbeat::write_lock_holder(&runner.repo, &runner.beats.beat)?;
+    // A runner sharing a remote starts from the remote's state.
+    runner.sync()?;
     runner.say_beat(Phase::Recover, "recover", None, true)?;
     runner.recover()?;
     let finish = runner.main_loop();
@@ -214,8 +223,9 @@ impl Runner<'_> {
                 return self.shut_down();
             }
             self.beats.beat.iteration += 1;
+            let online = self.sync()?;
             if self.beats.due() {
-                self.renew_leases()?;
+                self.tolerate_offline(|r| r.renew_leases())?;
             }
             // One listing of the backlog per pass, read again only after this loop itself
             // changed a task: claims are compare-and-swaps on the tips listed, so a task
@@ -225,7 +235,9 @@ impl Runner<'_> {
                 listed = Store::new(&self.repo).list()?;
             }
             let breaker = self.check_breaker()?;
-            let dispatched = if breaker.admits() {
+            // Nothing new is claimed while the shared remote cannot be reached: a claim
+            // counts only once the remote has it.
+            let dispatched = if breaker.admits() && online {
                 self.dispatch(&listed, breaker.state == breaker::State::HalfOpen)?
             } else {
                 0
@@ -263,6 +275,12 @@ impl Runner<'_> {
                     }
                 }
                 self.say_beat(Phase::BreakerOpen, &said, breaker.open_until, false)?;
+            } else if let (true, Some((since, why))) = (idle, &self.offline) {
+                let said = format!(
+                    "wait for the remote (unreachable since {}): {why}",
+                    since.to_rfc3339()
+                );
+                self.say_beat(Phase::Backoff, &said, None, false)?;
             } else if idle {
                 match timer {
                     Some(at) => {
@@ -302,7 +320,73 @@ impl Runner<'_> {
         {
             wake = wake.min(until(at));
         }
-        wake.min(self.beats.next_due())
+        let wake = wake.min(self.beats.next_due());
+        match self.synced {
+            Some(at) if self.repo.shared_remote().is_some() => {
+                wake.min(at + self.policy.loop_.sync)
+            }
+            _ => wake,
+        }
+    }
+
+    /// Brings the view of the shared remote's loop state up to date when `loop.sync` has
+    /// passed since the last fetch. Whether the remote was reachable the last time it was
+    /// asked: while it is not, running agents go on and nothing new is claimed.
+    fn sync(&mut self) -> Result<bool> {
+        let Some(remote) = self.repo.shared_remote().map(str::to_string) else {
+            return Ok(true);
+        };
+        if self
+            .synced
+            .is_some_and(|at| at.elapsed() < self.policy.loop_.sync)
+        {
+            return Ok(self.offline.is_none());
+        }
+        self.synced = Some(Instant::now());
+        match crate::git::shared::sync(&self.repo, &remote) {
+            Ok(done) => {
+                if let Some((since, _)) = self.offline.take() {
+                    tracing::info!(
+                        "the remote {remote} answers again (unreachable since {})",
+                        since.to_rfc3339()
+                    );
+                }
+                if done.pulled + done.pushed > 0 {
+                    tracing::debug!(
+                        "synced with {remote}: {} pulled, {} pushed",
+                        done.pulled,
+                        done.pushed
+                    );
+                }
+                Ok(true)
+            }
+            Err(e) if crate::error::class_of(&e) == Class::Transient => {
+                if self.offline.is_none() {
+                    tracing::warn!("the remote {remote} cannot be reached: {e:#}");
+                    self.offline = Some((Timestamp::now(), format!("{e:#}")));
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs `step`; with a shared remote that cannot be reached, its `transient` failure is
+    /// said and waited out rather than ending the runner.
+    fn tolerate_offline(&mut self, step: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+        match step(self) {
+            Err(e)
+                if self.repo.shared_remote().is_some()
+                    && crate::error::class_of(&e) == Class::Transient =>
+            {
+                if self.offline.is_none() {
+                    tracing::warn!("the shared remote cannot be reached: {e:#}");
+                    self.offline = Some((Timestamp::now(), format!("{e:#}")));
+                }
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -714,7 +798,7 @@ impl Runner<'_> {
         if let Some(t) = latest.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
             self.beats.beat.last_output = Some(Timestamp(t.as_micros() as i64));
         }
-        self.beats.say(&self.repo, phase, next, next_at, now)
+        self.tolerate_offline(|r| r.beats.say(&r.repo, phase, next, next_at, now))
     }
 
     fn finish(&mut self) -> Result<Finish> {

@@ -15,5 +15,6 @@ mod test_promote;
 mod test_promote_edges;
 mod test_reap;
 mod test_sandbox;
+mod test_shared;
 mod test_start;
 mod test_tasks;

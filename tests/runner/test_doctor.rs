@@ -51,6 +51,15 @@ fn setup() -> TestRepo {
     setup_with(POLICY)
 }
 
+/// Names `remote` as `loop.remote` in the committed policy.
+fn name_remote(repo: &TestRepo, remote: &str) {
+    repo.write(
+        "policy.toml",
+        POLICY.replace("[loop]\n", &format!("[loop]\nremote = \"{remote}\"\n")),
+    );
+    repo.git(&["commit", "-q", "-am", "share through a remote"]);
+}
+
 /// Runs `git loop doctor --json` with `extra` arguments in `dir`.
 fn doctor_at(repo: &TestRepo, dir: &Path, extra: &[&str]) -> (Out, Value) {
     let mut args = vec!["doctor", "--json"];
@@ -701,7 +710,9 @@ fn a_detached_head_and_a_merge_in_progress_are_warnings() {
 
 #[test]
 fn a_remote_named_but_not_configured_fails() {
-    let repo = setup_with(&POLICY.replace("[loop]\n", "[loop]\nremote = \"upstream\"\n"));
+    // Named after `init` (which, with a remote named, pins the finish line there).
+    let repo = setup();
+    name_remote(&repo, "upstream");
     let v = doctor_exits(&repo, &["--offline"], 3);
     assert_check(
         &v,
@@ -715,7 +726,8 @@ fn a_remote_named_but_not_configured_fails() {
 
 #[test]
 fn an_unreachable_remote_fails_as_transient_unless_offline() {
-    let repo = setup_with(&POLICY.replace("[loop]\n", "[loop]\nremote = \"origin\"\n"));
+    let repo = setup();
+    name_remote(&repo, "origin");
     let nowhere = repo.root.parent().expect("tmp").join("no-such-remote.git");
     repo.git(&["remote", "add", "origin", &nowhere.to_string_lossy()]);
     let v = doctor_exits(&repo, &[], 3);

@@ -180,6 +180,10 @@ fn a_deleted_pin_or_weaker_gates_on_the_target_open_the_breaker() {
     wait_for("the runner to idle", Duration::from_secs(30), || {
         status()["runners"][0]["phase"] == "idle"
     });
+    // Deleted where the loop shares its state (a deletion here alone is undone by the next
+    // sync, from the remote's pin), and here.
+    l.repo
+        .git(&["push", "-q", "--no-verify", "origin", ":refs/loop/oracle"]);
     l.repo.git(&["update-ref", "-d", "refs/loop/oracle"]);
     wait_for("the breaker to open", Duration::from_secs(30), || {
         status()["breaker"]["state"] == "open"

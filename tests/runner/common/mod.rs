@@ -424,6 +424,12 @@ impl Drop for Spawned {
 impl TestRepo {
     /// Starts `git-loop <args>` in the background (stdin closed, stderr to a file).
     pub fn spawn(&self, args: &[&str]) -> Spawned {
+        self.spawn_at(&self.root, args)
+    }
+
+    /// Like [`TestRepo::spawn`], in another directory (another clone), with this repository's
+    /// hermetic environment.
+    pub fn spawn_at(&self, dir: &Path, args: &[&str]) -> Spawned {
         let stderr = self.root.parent().expect("tmp").join(format!(
             "stderr-{}-{}.txt",
             args.join("-").replace('/', "_"),
@@ -432,8 +438,9 @@ impl TestRepo {
                 .map_or(0, |d| d.as_nanos())
         ));
         let file = std::fs::File::create(&stderr).expect("stderr file");
-        let child = self
-            .cmd(args)
+        let mut cmd = self.cmd(args);
+        cmd.current_dir(dir);
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)

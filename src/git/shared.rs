@@ -1,0 +1,327 @@
+//! Loop state shared through a remote (SPEC §13). With `loop.remote` set, the remote's refs are
+//! the truth: every change of `refs/loop/*` is first pushed there, atomically and with a lease
+//! on each ref's expected value (`git push --atomic --force-with-lease=<ref>:<expected>`), and
+//! only once the remote accepted it is it written here. A push the remote refuses for a stale
+//! lease is a lost race: the state is fetched again and the caller decides again.
+//!
+//! The local `refs/loop/*` are the last view of the remote. [`sync`] brings it up to date: the
+//! remote's loop state is fetched into `refs/loop-remotes/<remote>/…` (written by nothing but
+//! git-loop's own fetches and pushes), and each local ref is reconciled against what the remote
+//! holds now and what it held when last seen. What this clone had before it ever saw the
+//! remote's state (loop state made before `loop.remote` was set) is pushed; any other local
+//! value the remote never accepted was written past git-loop (which writes the remote first)
+//! and is given up for the remote's, said in a warning with the object id given up. Notes are
+//! merged as `git notes merge -s cat_sort_uniq` does.
+
+use std::collections::{BTreeSet, HashMap};
+
+use anyhow::{Context, Result};
+use gix::ObjectId;
+
+use super::cli::{Git, Push};
+use super::{Cas, CasOutcome, Repo};
+use crate::error::{Class, LoopError};
+use crate::refs;
+
+/// The lock that makes a reconciliation, and what a compare-and-swap writes here once the
+/// remote accepted it, one at a time in a repository (across its processes and threads). A
+/// reconciliation reads the tracking refs before and after its fetch and the local refs after
+/// it; a change landing here in between (its tracking ref written, its local ref not yet)
+/// would pass for a ref this clone has and the remote never had, and be pushed back.
+fn lock(repo: &Repo) -> Result<std::fs::File> {
+    crate::lockfile::wait(&crate::lockfile::path(repo.common_dir(), "shared"))
+}
+
+/// What a [`sync`] did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Synced {
+    /// Local refs brought to the remote's value (created, moved or deleted).
+    pub pulled: usize,
+    /// Local changes the remote did not have yet, pushed.
+    pub pushed: usize,
+    /// Local values the remote never accepted, given up for the remote's: `(ref, object id)`.
+    pub replaced: Vec<(String, String)>,
+    /// What became of the notes: `None` (the same on both sides), `pulled`, `pushed`, `merged`.
+    pub notes: Option<&'static str>,
+    /// A push of local changes that lost a race: they are tried again on the next sync.
+    pub lost: bool,
+}
+
+/// The compare-and-swap of `edits` through `remote` (see the module's text). Every edit must
+/// be of shared state (`refs/loop/*`).
+pub(super) fn cas(repo: &Repo, remote: &str, edits: &[Cas]) -> Result<CasOutcome> {
+    if let Some(local) = edits.iter().find(|e| !refs::is_shared(e.name())) {
+        anyhow::bail!(
+            "a transaction mixes shared loop state with the local ref {}",
+            local.name()
+        );
+    }
+    configured(repo, remote)?;
+    let mut leases = Vec::with_capacity(edits.len());
+    let mut specs = Vec::with_capacity(edits.len());
+    for edit in edits {
+        let (lease, spec) = match edit {
+            Cas::Create { name, new } => (format!("{name}:"), format!("{new}:{name}")),
+            Cas::Update { name, old, new } => (format!("{name}:{old}"), format!("{new}:{name}")),
+            Cas::Delete { name, old } => (format!("{name}:{old}"), format!(":{name}")),
+            // Pushing a ref its own value changes nothing; the lease still has to hold.
+            Cas::Verify { name, old } => (format!("{name}:{old}"), format!("{old}:{name}")),
+        };
+        leases.push(lease);
+        specs.push(spec);
+    }
+    match git(repo).push_state(remote, &leases, &specs)? {
+        Push::Ok(_) => {
+            let _one = lock(repo)?;
+            let seen: Vec<(String, Option<ObjectId>)> = edits
+                .iter()
+                .filter_map(|e| match e {
+                    Cas::Create { name, new } | Cas::Update { name, new, .. } => {
+                        Some((refs::tracking(remote, name), Some(*new)))
+                    }
+                    Cas::Delete { name, .. } => Some((refs::tracking(remote, name), None)),
+                    Cas::Verify { .. } => None,
+                })
+                .collect();
+            repo.set_refs(&seen)?;
+            // The remote has it: so must the view of it here. A local ref that moved
+            // meanwhile was moved by a sync that saw this change or a later one.
+            if repo.cas_local(edits)? == CasOutcome::Lost {
+                tracing::debug!("the local view moved meanwhile; the next sync settles it");
+            }
+            Ok(CasOutcome::Applied)
+        }
+        Push::LostRace(why) => {
+            tracing::debug!("the remote {remote} refused a stale lease: {why}");
+            // Decide again from the remote's state, not the stale view.
+            sync(repo, remote)?;
+            Ok(CasOutcome::Lost)
+        }
+        Push::Rejected(why) => Err(refused(remote, &why)),
+    }
+}
+
+/// A `config` error when this clone has no remote called `remote`: no retry brings one.
+fn configured(repo: &Repo, remote: &str) -> Result<()> {
+    if repo.remote_names().iter().any(|r| r == remote) {
+        return Ok(());
+    }
+    Err(LoopError::new(
+        Class::Config,
+        format!("loop.remote names {remote:?}: no such remote in this clone"),
+    )
+    .with_hint(format!(
+        "add it (`git remote add {remote} <url>`), or fix loop.remote in policy.toml"
+    ))
+    .into())
+}
+
+/// A remote that refuses `refs/loop/*` outright (some hosts accept only branches and tags).
+fn refused(remote: &str, why: &str) -> anyhow::Error {
+    LoopError::new(
+        Class::Config,
+        format!("the remote {remote} refused git-loop's state under refs/loop/: {why}"),
+    )
+    .with_hint(
+        "the remote must accept refs/loop/* and refs/notes/loop (docs/SPEC.md §13); \
+         or remove loop.remote from policy.toml to keep loop state in this clone",
+    )
+    .into()
+}
+
+fn git(repo: &Repo) -> Git {
+    Git::new(repo.common_dir(), true)
+}
+
+/// The remote's loop state as this clone last saw it: shared ref name → value.
+fn seen(repo: &Repo, remote: &str) -> Result<HashMap<String, ObjectId>> {
+    let prefix = refs::tracking(remote, refs::LOOP);
+    Ok(repo
+        .refs_under(&prefix)?
+        .into_iter()
+        .filter_map(|r| Some((format!("{}{}", refs::LOOP, &r.name[prefix.len()..]), r.id?)))
+        .collect())
+}
+
+/// Fetches `remote`'s loop state and reconciles this clone's view with it (see the module's
+/// text); pushes what this clone has that the remote lacks.
+pub fn sync(repo: &Repo, remote: &str) -> Result<Synced> {
+    configured(repo, remote)?;
+    let _one = lock(repo)?;
+    let git = git(repo);
+    let before = seen(repo, remote)?;
+    let notes_seen = repo.read_ref(&refs::tracking(remote, refs::NOTES))?;
+    git.fetch_state(remote, &refs::fetch_refspecs(remote))
+        .with_context(|| format!("fetching loop state from {remote}"))?;
+    let after = seen(repo, remote)?;
+    let local: HashMap<String, ObjectId> = repo
+        .refs_under(refs::LOOP)?
+        .into_iter()
+        .filter_map(|r| Some((r.name, r.id?)))
+        .collect();
+
+    let mut done = Synced::default();
+    let names: BTreeSet<&String> = local.keys().chain(after.keys()).collect();
+    let mut pulls = Vec::new();
+    let mut pushes = Vec::new();
+    for name in names {
+        let (l, r, b) = (local.get(name), after.get(name), before.get(name));
+        if l == r {
+            continue;
+        }
+        let pull = match (l, r) {
+            // Unchanged here since the remote was last seen: take the remote's.
+            _ if l == b => true,
+            // Never on the remote: this clone's own (made before the remote was shared).
+            (Some(&l), None) if b.is_none() => {
+                pushes.push(Cas::Create {
+                    name: name.clone(),
+                    new: l,
+                });
+                false
+            }
+            // A history the remote has the start of, in a clone that never saw the remote's
+            // state (a person pushed an old copy by hand): pushed. Once seen, a local value
+            // past the remote's was written past git-loop, which writes the remote first —
+            // by an agent's `git update-ref`, say — and is not the loop's to spread.
+            (Some(&l), Some(&r)) if b.is_none() && repo.is_ancestor(r, l).unwrap_or(false) => {
+                pushes.push(Cas::Update {
+                    name: name.clone(),
+                    old: r,
+                    new: l,
+                });
+                false
+            }
+            // Behind the remote's: taken.
+            (Some(&l), Some(&r)) if repo.is_ancestor(l, r).unwrap_or(false) => true,
+            (Some(&l), _) => {
+                tracing::warn!(
+                    "{name}: the remote {remote} never accepted this clone's {l}; \
+                     taking the remote's value"
+                );
+                done.replaced.push((name.clone(), l.to_string()));
+                true
+            }
+            // Deleted here but not on the remote: the remote's comes back.
+            (None, _) => true,
+        };
+        if pull {
+            pulls.push((name.clone(), l.copied(), r.copied()));
+        }
+    }
+    for (name, l, r) in pulls {
+        let edit = match (l, r) {
+            (None, Some(new)) => Cas::Create { name, new },
+            (Some(old), Some(new)) => Cas::Update { name, old, new },
+            (Some(old), None) => Cas::Delete { name, old },
+            (None, None) => continue,
+        };
+        // Against what was read: a change made here meanwhile went through the remote and
+        // is newer than this view.
+        if repo.cas_local(&[edit])? == CasOutcome::Applied {
+            done.pulled += 1;
+        }
+    }
+    if !pushes.is_empty() {
+        match cas_pushed(repo, remote, &pushes)? {
+            CasOutcome::Applied => done.pushed += pushes.len(),
+            CasOutcome::Lost => done.lost = true,
+        }
+    }
+    done.notes = sync_notes(repo, remote, notes_seen)?;
+    Ok(done)
+}
+
+/// Pushes local values the remote lacks, with leases on what it was just seen to hold; their
+/// tracking refs follow. Nothing is written locally: the values are already here.
+fn cas_pushed(repo: &Repo, remote: &str, edits: &[Cas]) -> Result<CasOutcome> {
+    let mut leases = Vec::new();
+    let mut specs = Vec::new();
+    let mut seen = Vec::new();
+    for edit in edits {
+        match edit {
+            Cas::Create { name, new } => {
+                leases.push(format!("{name}:"));
+                specs.push(format!("{new}:{name}"));
+                seen.push((refs::tracking(remote, name), Some(*new)));
+            }
+            Cas::Update { name, old, new } => {
+                leases.push(format!("{name}:{old}"));
+                specs.push(format!("{new}:{name}"));
+                seen.push((refs::tracking(remote, name), Some(*new)));
+            }
+            Cas::Delete { .. } | Cas::Verify { .. } => {}
+        }
+    }
+    match git(repo).push_state(remote, &leases, &specs)? {
+        Push::Ok(_) => {
+            repo.set_refs(&seen)?;
+            Ok(CasOutcome::Applied)
+        }
+        Push::LostRace(why) => {
+            tracing::debug!("pushing local loop state lost a race: {why}");
+            Ok(CasOutcome::Lost)
+        }
+        Push::Rejected(why) => Err(refused(remote, &why)),
+    }
+}
+
+/// Reconciles `refs/notes/loop` with the remote's (fetched just now into its tracking ref;
+/// `seen` is what that ref held before): fast-forwarded either way, or merged with
+/// `cat_sort_uniq` (both clones' notes on one commit are kept, each line once) and pushed.
+fn sync_notes(repo: &Repo, remote: &str, seen: Option<ObjectId>) -> Result<Option<&'static str>> {
+    let tracking = refs::tracking(remote, refs::NOTES);
+    let remote_notes = repo.read_ref(&tracking)?;
+    let local = repo.read_ref(refs::NOTES)?;
+    let push = |new: ObjectId, old: Option<ObjectId>| -> Result<bool> {
+        let lease = match old {
+            Some(old) => format!("{}:{old}", refs::NOTES),
+            None => format!("{}:", refs::NOTES),
+        };
+        match git(repo).push_state(remote, &[lease], &[format!("{new}:{}", refs::NOTES)])? {
+            Push::Ok(_) => {
+                repo.set_refs(&[(tracking.clone(), Some(new))])?;
+                Ok(true)
+            }
+            Push::LostRace(_) => Ok(false),
+            Push::Rejected(why) => Err(refused(remote, &why)),
+        }
+    };
+    Ok(match (local, remote_notes) {
+        (l, r) if l == r => None,
+        (None, Some(r)) => {
+            repo.cas_local(&[Cas::Create {
+                name: refs::NOTES.into(),
+                new: r,
+            }])?;
+            Some("pulled")
+        }
+        (Some(l), None) => push(l, None)?.then_some("pushed"),
+        (Some(l), Some(r)) if l != r && seen == Some(l) || repo.is_ancestor(l, r)? => {
+            repo.cas_local(&[Cas::Update {
+                name: refs::NOTES.into(),
+                old: l,
+                new: r,
+            }])?;
+            Some("pulled")
+        }
+        (Some(l), Some(r)) if repo.is_ancestor(r, l)? => push(l, Some(r))?.then_some("pushed"),
+        (Some(_), Some(r)) => {
+            git(repo)
+                .run(&[
+                    "notes",
+                    &format!("--ref={}", refs::NOTES),
+                    "merge",
+                    "--quiet",
+                    "--strategy=cat_sort_uniq",
+                    &tracking,
+                ])
+                .context("merging the remote's notes")?;
+            match repo.read_ref(refs::NOTES)? {
+                Some(merged) => push(merged, Some(r))?.then_some("merged"),
+                None => None,
+            }
+        }
+        (None, None) => None,
+    })
+}

@@ -1,0 +1,290 @@
+//! Loop state shared through one bare remote (SPEC §13): runners on several clones share one
+//! backlog, every change counts once the remote accepted it, and a clone's view that the
+//! remote never accepted is not treated as done.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::test_start::{COMMIT_AND_DONE, Loop, setup};
+
+/// Another clone of the loop's remote, on a branch of its own, with the loop's state synced.
+fn clone_of(l: &Loop, name: &str) -> PathBuf {
+    let remote = l.remote.as_ref().expect("a remote");
+    let tmp = l.repo.root.parent().expect("tmp").to_path_buf();
+    let dir = tmp.join(name);
+    l.repo.git_at(
+        &tmp,
+        &[
+            "clone",
+            "-q",
+            &remote.to_string_lossy(),
+            &dir.to_string_lossy(),
+        ],
+    );
+    l.repo.git_at(&dir, &["checkout", "-q", "-b", "person"]);
+    sync(l, &dir);
+    dir
+}
+
+fn sync(l: &Loop, dir: &Path) -> serde_json::Value {
+    let out = l.repo.run_at(dir, &["sync", "--json"]);
+    assert_eq!(out.code, 0, "sync in {}: {}", dir.display(), out.stderr);
+    out.json()
+}
+
+fn add_at(l: &Loop, dir: &Path, title: &str, after: Option<&str>) -> String {
+    let mut args = vec!["task", "add", title, "--body", "work"];
+    if let Some(after) = after {
+        args.extend(["--after", after]);
+    }
+    let out = l.repo.run_at(dir, &args);
+    assert_eq!(out.code, 0, "task add in {}: {}", dir.display(), out.stderr);
+    out.stdout.trim().to_string()
+}
+
+/// The remote's own refs under `prefix`: name → id.
+fn remote_refs(l: &Loop, prefix: &str) -> Vec<(String, String)> {
+    let remote = l.remote.as_ref().expect("a remote");
+    l.repo
+        .git_at(
+            remote,
+            &["for-each-ref", "--format=%(refname) %(objectname)", prefix],
+        )
+        .lines()
+        .filter_map(|line| {
+            let (name, id) = line.split_once(' ')?;
+            Some((name.to_string(), id.to_string()))
+        })
+        .collect()
+}
+
+/// The state of each task as the remote holds it.
+fn remote_states(l: &Loop) -> Vec<(String, String)> {
+    let remote = l.remote.as_ref().expect("a remote");
+    remote_refs(l, "refs/loop/tasks/")
+        .into_iter()
+        .map(|(name, tip)| {
+            let doc = l
+                .repo
+                .git_at(remote, &["show", &format!("{tip}:task.toml")]);
+            let state = doc
+                .lines()
+                .find_map(|line| line.strip_prefix("state = "))
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_string();
+            (name["refs/loop/tasks/".len()..].to_string(), state)
+        })
+        .collect()
+}
+
+#[test]
+fn three_clones_with_two_workers_each_run_every_task_once() {
+    let l = setup(COMMIT_AND_DONE, "[lease]\nttl = \"10s\"\n", true);
+    let b = clone_of(&l, "clone-b");
+    let c = clone_of(&l, "clone-c");
+    let a = l.repo.root.clone();
+    // Filed from all three, some after tasks another clone filed.
+    let mut ids = Vec::new();
+    for round in 0..4 {
+        for (name, dir) in [("a", &a), ("b", &b), ("c", &c)] {
+            sync(&l, dir);
+            let after = (round % 2 == 1).then(|| ids.last().cloned()).flatten();
+            ids.push(add_at(
+                &l,
+                dir,
+                &format!("task {round} from {name}"),
+                after.as_deref(),
+            ));
+        }
+    }
+    assert_eq!(
+        remote_states(&l).len(),
+        ids.len(),
+        "every task is on the remote"
+    );
+
+    let mut runners: Vec<_> = [&a, &b, &c]
+        .into_iter()
+        .map(|dir| l.repo.spawn_at(dir, &["start"]))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let states = remote_states(&l);
+        if states.iter().all(|(_, s)| s == "done") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all done on the remote: {states:?}\n{}",
+            runners
+                .iter()
+                .map(|r| r.stderr_text())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut said = String::new();
+    for r in &mut runners {
+        let code = r.terminate();
+        assert_eq!(code, Some(0), "{}", r.stderr_text());
+        said.push_str(&r.stderr_text());
+        said.push_str("\n---\n");
+    }
+
+    // Each task was run by one agent, once, and merged once.
+    sync(&l, &a);
+    let remote = l.remote.as_ref().expect("a remote");
+    let merges = l
+        .repo
+        .git_at(remote, &["log", "--merges", "--format=%B", "main"]);
+    for id in &ids {
+        let runs = l.agent_runs(id);
+        assert_eq!(runs.len(), 1, "{id} was run {} times: {runs:?}", runs.len());
+        let leased = l
+            .history(id)
+            .iter()
+            .filter(|h| h.contains("-> running: leased by"))
+            .count();
+        assert_eq!(leased, 1, "{id} was claimed {leased} times");
+        let merged = merges.matches(&format!("Loop-Task: {id}")).count();
+        assert_eq!(merged, 1, "{id} was merged {merged} times on the remote");
+    }
+    // Nothing left: no lease, no runner heartbeat, no worktree in any clone.
+    assert_eq!(remote_refs(&l, "refs/loop/leases/"), vec![]);
+    for dir in [&a, &b, &c] {
+        sync(&l, dir);
+        let worktrees = l.repo.git_at(dir, &["worktree", "list", "--porcelain"]);
+        assert_eq!(
+            worktrees.matches("worktree ").count(),
+            1,
+            "{}: {worktrees}\n{said}",
+            dir.display()
+        );
+    }
+}
+
+#[test]
+fn a_change_the_remote_refused_is_a_lost_race_not_a_done_change() {
+    let l = setup(COMMIT_AND_DONE, "", true);
+    let b = clone_of(&l, "clone-b");
+    let id = l.add("contested");
+    sync(&l, &b);
+    // A person in clone A gates the task; clone B, not synced since, cancels it on its old
+    // view. The remote took A's change first: B's is refused and decided again from the
+    // remote's state, so the gate is what holds, on the remote and in both clones.
+    l.repo
+        .ok(&["task", "gate", &id[..7], "--reason", "a person looks first"]);
+    let out = l
+        .repo
+        .run_at(&b, &["task", "edit", &id[..7], "--title", "renamed in b"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let states = remote_states(&l);
+    assert_eq!(states, vec![(id.clone(), "human_gated".to_string())]);
+    let shown = l
+        .repo
+        .run_at(&b, &["task", "show", &id[..7], "--json"])
+        .json();
+    assert_eq!(shown["state"], "human_gated", "{shown}");
+    assert_eq!(shown["title"], "renamed in b", "{shown}");
+    // B's edit went on top of A's gate: both are in the one history the remote holds.
+    sync(&l, &l.repo.root);
+    let history = l.history(&id);
+    assert!(
+        history.iter().any(|h| h.contains("human_gated"))
+            && history.iter().any(|h| h.contains("edit")),
+        "{history:?}"
+    );
+}
+
+#[test]
+fn a_local_ref_write_the_remote_never_accepted_is_replaced_by_the_remotes() {
+    let l = setup(COMMIT_AND_DONE, "", true);
+    let id = l.add("kept honest");
+    let remote_tip = remote_refs(&l, &format!("refs/loop/tasks/{id}"));
+    assert_eq!(remote_tip.len(), 1);
+    // An agent (or a script) writes the task ref here directly, past git-loop and the remote:
+    // the task looks done in this clone.
+    l.repo.set_state(&id, "done");
+    let forged = l.repo.task_tip(&id);
+    assert_ne!(forged, remote_tip[0].1);
+    let synced = sync(&l, &l.repo.root);
+    assert_eq!(
+        l.repo.task_tip(&id),
+        remote_tip[0].1,
+        "the remote's value is this clone's view again: {synced}"
+    );
+    assert_eq!(l.show(&id)["state"], "ready");
+    assert_eq!(
+        remote_refs(&l, &format!("refs/loop/tasks/{id}")),
+        remote_tip
+    );
+}
+
+#[test]
+fn tasks_filed_before_the_remote_was_shared_are_pushed_by_sync() {
+    let l = setup(COMMIT_AND_DONE, "", false);
+    let id = l.add("from before");
+    let remote = l.repo.add_bare_remote();
+    let policy = std::fs::read_to_string(l.repo.path("policy.toml")).expect("policy");
+    l.repo.write(
+        "policy.toml",
+        policy.replace("[loop]\n", "[loop]\nremote = \"origin\"\n"),
+    );
+    let synced = sync(&l, &l.repo.root);
+    assert!(synced["pushed"].as_u64().unwrap_or(0) >= 2, "{synced}");
+    let on_remote = l.repo.git_at(&remote, &["for-each-ref", "refs/loop/"]);
+    assert!(
+        on_remote.contains(&format!("refs/loop/tasks/{id}")),
+        "{on_remote}"
+    );
+    assert!(on_remote.contains("refs/loop/oracle"), "{on_remote}");
+    // Nothing more to do the second time.
+    let again = sync(&l, &l.repo.root);
+    assert_eq!(
+        (again["pushed"].as_u64(), again["pulled"].as_u64()),
+        (Some(0), Some(0)),
+        "{again}"
+    );
+}
+
+#[test]
+fn notes_written_by_two_clones_on_one_commit_both_survive() {
+    let l = setup(COMMIT_AND_DONE, "", true);
+    let b = clone_of(&l, "clone-b");
+    let head = l.repo.git(&["rev-parse", "main"]).trim().to_string();
+    l.repo.git(&[
+        "notes",
+        "--ref=refs/notes/loop",
+        "add",
+        "-m",
+        "from a",
+        &head,
+    ]);
+    l.repo.git_at(
+        &b,
+        &[
+            "notes",
+            "--ref=refs/notes/loop",
+            "add",
+            "-m",
+            "from b",
+            &head,
+        ],
+    );
+    sync(&l, &l.repo.root);
+    let merged = sync(&l, &b);
+    assert_eq!(merged["notes"], "merged", "{merged}");
+    sync(&l, &l.repo.root);
+    for dir in [&l.repo.root, &b] {
+        let note = l
+            .repo
+            .git_at(dir, &["notes", "--ref=refs/notes/loop", "show", &head]);
+        assert!(
+            note.contains("from a") && note.contains("from b"),
+            "{}: {note}",
+            dir.display()
+        );
+    }
+}
