@@ -55,7 +55,7 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
         done.pulled,
         done.pushed,
         match done.notes {
-            Some(what) => format!("; notes {what}"),
+            Some(what) => format!("; notes {}", what.as_str()),
             None => String::new(),
         }
     )?;

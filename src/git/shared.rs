@@ -41,10 +41,32 @@ pub struct Synced {
     pub pushed: usize,
     /// Local values the remote never accepted, given up for the remote's: `(ref, object id)`.
     pub replaced: Vec<(String, String)>,
-    /// What became of the notes: `None` (the same on both sides), `pulled`, `pushed`, `merged`.
-    pub notes: Option<&'static str>,
+    /// What became of the notes (`None`: the same on both sides).
+    pub notes: Option<Notes>,
     /// A push of local changes that lost a race: they are tried again on the next sync.
     pub lost: bool,
+}
+
+/// What a sync did with the notes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Notes {
+    /// The remote's taken here.
+    Pulled,
+    /// This clone's pushed.
+    Pushed,
+    /// Both merged (`cat_sort_uniq`) and pushed.
+    Merged,
+}
+
+impl Notes {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Notes::Pulled => "pulled",
+            Notes::Pushed => "pushed",
+            Notes::Merged => "merged",
+        }
+    }
 }
 
 /// The compare-and-swap of `edits` through `remote` (see the module's text). Every edit must
@@ -57,32 +79,9 @@ pub(super) fn cas(repo: &Repo, remote: &str, edits: &[Cas]) -> Result<CasOutcome
         );
     }
     configured(repo, remote)?;
-    let mut leases = Vec::with_capacity(edits.len());
-    let mut specs = Vec::with_capacity(edits.len());
-    for edit in edits {
-        let (lease, spec) = match edit {
-            Cas::Create { name, new } => (format!("{name}:"), format!("{new}:{name}")),
-            Cas::Update { name, old, new } => (format!("{name}:{old}"), format!("{new}:{name}")),
-            Cas::Delete { name, old } => (format!("{name}:{old}"), format!(":{name}")),
-            // Pushing a ref its own value changes nothing; the lease still has to hold.
-            Cas::Verify { name, old } => (format!("{name}:{old}"), format!("{old}:{name}")),
-        };
-        leases.push(lease);
-        specs.push(spec);
-    }
-    match git(repo).push_state(remote, &leases, &specs)? {
-        Push::Ok(_) => {
+    match push(repo, remote, edits)? {
+        Some(seen) => {
             let _one = lock(repo)?;
-            let seen: Vec<(String, Option<ObjectId>)> = edits
-                .iter()
-                .filter_map(|e| match e {
-                    Cas::Create { name, new } | Cas::Update { name, new, .. } => {
-                        Some((refs::tracking(remote, name), Some(*new)))
-                    }
-                    Cas::Delete { name, .. } => Some((refs::tracking(remote, name), None)),
-                    Cas::Verify { .. } => None,
-                })
-                .collect();
             repo.set_refs(&seen)?;
             // The remote has it: so must the view of it here. A local ref that moved
             // meanwhile was moved by a sync that saw this change or a later one.
@@ -91,11 +90,48 @@ pub(super) fn cas(repo: &Repo, remote: &str, edits: &[Cas]) -> Result<CasOutcome
             }
             Ok(CasOutcome::Applied)
         }
-        Push::LostRace(why) => {
-            tracing::debug!("the remote {remote} refused a stale lease: {why}");
+        None => {
             // Decide again from the remote's state, not the stale view.
             sync(repo, remote)?;
             Ok(CasOutcome::Lost)
+        }
+    }
+}
+
+/// What the remote's refs hold once it accepted a push (`None`: deleted), for their tracking
+/// refs.
+type Seen = Vec<(String, Option<ObjectId>)>;
+
+/// One atomic push of `edits` to `remote`, with a lease on each ref's expected value (a ref
+/// only read is pushed at its own value, which changes nothing, under its lease). Once the
+/// remote accepted it: what its tracking refs hold now, for the caller to write (under the
+/// lock). `None`: a stale lease, a lost race.
+fn push(repo: &Repo, remote: &str, edits: &[Cas]) -> Result<Option<Seen>> {
+    let mut leases = Vec::with_capacity(edits.len());
+    let mut specs = Vec::with_capacity(edits.len());
+    let mut seen = Vec::with_capacity(edits.len());
+    for edit in edits {
+        let (lease, spec, now) = match edit {
+            Cas::Create { name, new } => (format!("{name}:"), format!("{new}:{name}"), Some(new)),
+            Cas::Update { name, old, new } => {
+                (format!("{name}:{old}"), format!("{new}:{name}"), Some(new))
+            }
+            Cas::Delete { name, old } => (format!("{name}:{old}"), format!(":{name}"), None),
+            Cas::Verify { name, old } => {
+                leases.push(format!("{name}:{old}"));
+                specs.push(format!("{old}:{name}"));
+                continue;
+            }
+        };
+        leases.push(lease);
+        specs.push(spec);
+        seen.push((refs::tracking(remote, edit.name()), now.copied()));
+    }
+    match git(repo).push_state(remote, &leases, &specs)? {
+        Push::Ok(_) => Ok(Some(seen)),
+        Push::LostRace(why) => {
+            tracing::debug!("the remote {remote} refused a stale lease: {why}");
+            Ok(None)
         }
         Push::Rejected(why) => Err(refused(remote, &why)),
     }
@@ -223,69 +259,39 @@ pub fn sync(repo: &Repo, remote: &str) -> Result<Synced> {
         }
     }
     if !pushes.is_empty() {
-        match cas_pushed(repo, remote, &pushes)? {
-            CasOutcome::Applied => done.pushed += pushes.len(),
-            CasOutcome::Lost => done.lost = true,
+        // The values are here already: only their tracking refs follow.
+        match push(repo, remote, &pushes)? {
+            Some(seen) => {
+                repo.set_refs(&seen)?;
+                done.pushed += pushes.len();
+            }
+            None => done.lost = true,
         }
     }
     done.notes = sync_notes(repo, remote, notes_seen)?;
     Ok(done)
 }
 
-/// Pushes local values the remote lacks, with leases on what it was just seen to hold; their
-/// tracking refs follow. Nothing is written locally: the values are already here.
-fn cas_pushed(repo: &Repo, remote: &str, edits: &[Cas]) -> Result<CasOutcome> {
-    let mut leases = Vec::new();
-    let mut specs = Vec::new();
-    let mut seen = Vec::new();
-    for edit in edits {
-        match edit {
-            Cas::Create { name, new } => {
-                leases.push(format!("{name}:"));
-                specs.push(format!("{new}:{name}"));
-                seen.push((refs::tracking(remote, name), Some(*new)));
-            }
-            Cas::Update { name, old, new } => {
-                leases.push(format!("{name}:{old}"));
-                specs.push(format!("{new}:{name}"));
-                seen.push((refs::tracking(remote, name), Some(*new)));
-            }
-            Cas::Delete { .. } | Cas::Verify { .. } => {}
-        }
-    }
-    match git(repo).push_state(remote, &leases, &specs)? {
-        Push::Ok(_) => {
-            repo.set_refs(&seen)?;
-            Ok(CasOutcome::Applied)
-        }
-        Push::LostRace(why) => {
-            tracing::debug!("pushing local loop state lost a race: {why}");
-            Ok(CasOutcome::Lost)
-        }
-        Push::Rejected(why) => Err(refused(remote, &why)),
-    }
-}
-
 /// Reconciles `refs/notes/loop` with the remote's (fetched just now into its tracking ref;
 /// `seen` is what that ref held before): fast-forwarded either way, or merged with
 /// `cat_sort_uniq` (both clones' notes on one commit are kept, each line once) and pushed.
-fn sync_notes(repo: &Repo, remote: &str, seen: Option<ObjectId>) -> Result<Option<&'static str>> {
+fn sync_notes(repo: &Repo, remote: &str, seen: Option<ObjectId>) -> Result<Option<Notes>> {
     let tracking = refs::tracking(remote, refs::NOTES);
     let remote_notes = repo.read_ref(&tracking)?;
     let local = repo.read_ref(refs::NOTES)?;
-    let push = |new: ObjectId, old: Option<ObjectId>| -> Result<bool> {
-        let lease = match old {
-            Some(old) => format!("{}:{old}", refs::NOTES),
-            None => format!("{}:", refs::NOTES),
+    let push_notes = |new: ObjectId, old: Option<ObjectId>| -> Result<bool> {
+        let name = refs::NOTES.to_string();
+        let edit = match old {
+            Some(old) => Cas::Update { name, old, new },
+            None => Cas::Create { name, new },
         };
-        match git(repo).push_state(remote, &[lease], &[format!("{new}:{}", refs::NOTES)])? {
-            Push::Ok(_) => {
-                repo.set_refs(&[(tracking.clone(), Some(new))])?;
-                Ok(true)
+        Ok(match push(repo, remote, &[edit])? {
+            Some(seen) => {
+                repo.set_refs(&seen)?;
+                true
             }
-            Push::LostRace(_) => Ok(false),
-            Push::Rejected(why) => Err(refused(remote, &why)),
-        }
+            None => false,
+        })
     };
     Ok(match (local, remote_notes) {
         (l, r) if l == r => None,
@@ -294,18 +300,21 @@ fn sync_notes(repo: &Repo, remote: &str, seen: Option<ObjectId>) -> Result<Optio
                 name: refs::NOTES.into(),
                 new: r,
             }])?;
-            Some("pulled")
+            Some(Notes::Pulled)
         }
-        (Some(l), None) => push(l, None)?.then_some("pushed"),
-        (Some(l), Some(r)) if l != r && seen == Some(l) || repo.is_ancestor(l, r)? => {
+        (Some(l), None) => push_notes(l, None)?.then_some(Notes::Pushed),
+        // Unchanged here since last seen, or behind: the remote's.
+        (Some(l), Some(r)) if seen == Some(l) || repo.is_ancestor(l, r)? => {
             repo.cas_local(&[Cas::Update {
                 name: refs::NOTES.into(),
                 old: l,
                 new: r,
             }])?;
-            Some("pulled")
+            Some(Notes::Pulled)
         }
-        (Some(l), Some(r)) if repo.is_ancestor(r, l)? => push(l, Some(r))?.then_some("pushed"),
+        (Some(l), Some(r)) if repo.is_ancestor(r, l)? => {
+            push_notes(l, Some(r))?.then_some(Notes::Pushed)
+        }
         (Some(_), Some(r)) => {
             git(repo)
                 .run(&[
@@ -318,7 +327,7 @@ fn sync_notes(repo: &Repo, remote: &str, seen: Option<ObjectId>) -> Result<Optio
                 ])
                 .context("merging the remote's notes")?;
             match repo.read_ref(refs::NOTES)? {
-                Some(merged) => push(merged, Some(r))?.then_some("merged"),
+                Some(merged) => push_notes(merged, Some(r))?.then_some(Notes::Merged),
                 None => None,
             }
         }

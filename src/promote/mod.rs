@@ -123,13 +123,13 @@ pub enum Outcome {
     DryRun { plan: Vec<String> },
 }
 
-/// Runs one promotion attempt of task `id` (a full id).
 /// How many times a promotion by hand looks at a task's lease before it gives up on a race.
 const LEASE_LOOKS: u32 = 3;
 
 /// How many times one promotion builds its merge on a remote target that others keep moving.
 const TARGET_RACES: u32 = 8;
 
+/// Runs one promotion attempt of task `id` (a full id).
 pub fn promote(repo: &Repo, policy: &Policy, id: &str, options: &Options) -> Result<Outcome> {
     // A promotion by hand of a task another holder has (a runner's agent, judge or
     // promotion) would pull the work from under it: busy, naming the holder. One that goes
