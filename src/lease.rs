@@ -174,10 +174,7 @@ pub fn ids(repo: &Repo) -> Result<std::collections::HashSet<String>> {
 
 /// Renews a lease held at `old` (compare-and-swap). `None` if it changed hands or vanished.
 pub fn renew(repo: &Repo, old: ObjectId, lease: &Lease, ttl: Duration) -> Result<Option<ObjectId>> {
-    let mut renewed = lease.clone();
-    renewed.renewed = Timestamp::now();
-    renewed.expires = renewed.renewed.plus(ttl);
-    let new = renewed.commit(repo)?;
+    let new = renewed(lease, ttl).commit(repo)?;
     Ok(
         match repo.cas(&[Cas::Update {
             name: refs::lease(&lease.task),
@@ -188,6 +185,14 @@ pub fn renew(repo: &Repo, old: ObjectId, lease: &Lease, ttl: Duration) -> Result
             CasOutcome::Lost => None,
         },
     )
+}
+
+/// `lease` renewed now for `ttl`.
+pub fn renewed(lease: &Lease, ttl: Duration) -> Lease {
+    let mut renewed = lease.clone();
+    renewed.renewed = Timestamp::now();
+    renewed.expires = renewed.renewed.plus(ttl);
+    renewed
 }
 
 /// How long this process has seen ref `name` hold `tip`, on its monotonic clock: zero the

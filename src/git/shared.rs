@@ -83,10 +83,18 @@ pub(super) fn cas(repo: &Repo, remote: &str, edits: &[Cas]) -> Result<CasOutcome
         Some(seen) => {
             let _one = lock(repo)?;
             repo.set_refs(&seen)?;
-            // The remote has it: so must the view of it here. A local ref that moved
-            // meanwhile was moved by a sync that saw this change or a later one.
+            // The remote has it: so must the view of it here, ref by ref when the whole no
+            // longer applies. A ref that moved here meanwhile was moved by a later change
+            // that went through the remote (this process's renewal of a lease the change only
+            // read, or a sync that saw this change or a later one): it stays. Without this,
+            // the change done on the remote would be missing here, and the caller, reading
+            // its own change back, would act on the state before it.
             if repo.cas_local(edits)? == CasOutcome::Lost {
-                tracing::debug!("the local view moved meanwhile; the next sync settles it");
+                for edit in edits.iter().filter(|e| !matches!(e, Cas::Verify { .. })) {
+                    if repo.cas_local(std::slice::from_ref(edit))? == CasOutcome::Lost {
+                        tracing::debug!("{}: moved here meanwhile; kept", edit.name());
+                    }
+                }
             }
             Ok(CasOutcome::Applied)
         }
@@ -102,10 +110,17 @@ pub(super) fn cas(repo: &Repo, remote: &str, edits: &[Cas]) -> Result<CasOutcome
 /// refs.
 type Seen = Vec<(String, Option<ObjectId>)>;
 
-/// One atomic push of `edits` to `remote`, with a lease on each ref's expected value (a ref
-/// only read is pushed at its own value, which changes nothing, under its lease). Once the
+/// One atomic push of `edits` to `remote`, with a lease on each ref's expected value. Once the
 /// remote accepted it: what its tracking refs hold now, for the caller to write (under the
 /// lock). `None`: a stale lease, a lost race.
+///
+/// A ref only read ([`Cas::Verify`]) is pushed at its own value under its lease, and that
+/// check is weaker than a write's: git compares it with what the remote advertised when the
+/// push began, and sends the remote no command for a ref already at the pushed value, so the
+/// remote never checks it under its lock. A read that must hold at the instant of the change
+/// is made a write: a transition renews the lease it needs (see the runner's worker). The
+/// reads left — a claim's look at the task it claims, a reap's — guard nothing alone: every
+/// later change of that task is a write the remote checks.
 fn push(repo: &Repo, remote: &str, edits: &[Cas]) -> Result<Option<Seen>> {
     let mut leases = Vec::with_capacity(edits.len());
     let mut specs = Vec::with_capacity(edits.len());

@@ -210,7 +210,7 @@ impl Worker<'_> {
             &self.actor,
             &self.budget,
             |t: &Transition, edit: &mut Edit| {
-                let (tip, _) = self.ours()?;
+                let (tip, lease) = self.ours()?;
                 if let Some(rec) = rec {
                     let mut rec = rec.clone();
                     rec.backoff_ms = t.backoff.map(|b| b.as_millis() as u64);
@@ -226,8 +226,15 @@ impl Worker<'_> {
                         old: tip,
                     }];
                 } else {
-                    // The lease must still be ours when the task moves on.
-                    edit.verify = vec![(refs::lease(&self.job.id), tip)];
+                    // The lease must still be ours when the task moves on: it is renewed in
+                    // the same transaction, a write, because a remote checks a ref only read
+                    // against what it advertised, not under its lock (see
+                    // [`crate::git::shared`]).
+                    edit.also = vec![Cas::Update {
+                        name: refs::lease(&self.job.id),
+                        old: tip,
+                        new: lease::renewed(&lease, self.job.policy.lease.ttl).commit(self.repo)?,
+                    }];
                 }
                 Ok(())
             },

@@ -141,7 +141,13 @@ fn three_clones_with_two_workers_each_run_every_task_once() {
         .git_at(remote, &["log", "--merges", "--format=%B", "main"]);
     for id in &ids {
         let runs = l.agent_runs(id);
-        assert_eq!(runs.len(), 1, "{id} was run {} times: {runs:?}", runs.len());
+        assert_eq!(
+            runs.len(),
+            1,
+            "{id} was run {} times: {runs:?}\n{:#?}\n{said}",
+            runs.len(),
+            l.history(id)
+        );
         let leased = l
             .history(id)
             .iter()
