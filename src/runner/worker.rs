@@ -430,6 +430,8 @@ impl Worker<'_> {
     fn judge(&self) -> Result<Task> {
         let (job, repo) = (self.job, self.repo);
         let task = self.store.load(&job.id)?.task;
+        // The work as the task's latest run left it, wherever that ran.
+        super::worktree::settle(job, repo, &self.git, &task)?;
         // The target as last seen: the judge compares the branch with the target it grew from,
         // and the promotion that follows fetches the remote's target anyway.
         target_tip(job, repo, &self.git)?;
@@ -494,7 +496,9 @@ impl Worker<'_> {
                 head,
                 summary: verdict.summary.clone(),
             };
-            return self.transition(event, Some(&rec), None, false);
+            // The judged head is kept reachable from the task: it travels with the task to
+            // every clone, for the promotion wherever it runs.
+            return self.transition(event, Some(&rec), verdict.head, false);
         }
         rec.signature = retry::signature("policy", verdict.step, &verdict.summary);
         let failure = Failure {
@@ -503,13 +507,19 @@ impl Worker<'_> {
             signature: rec.signature.clone(),
             context: verdict.context.clone(),
         };
-        self.transition(Event::Rejected(failure), Some(&rec), None, true)
+        self.transition(Event::Rejected(failure), Some(&rec), verdict.head, true)
     }
 
     // ---- the promotion --------------------------------------------------------------------
 
     fn promote(&self) -> Result<String> {
         let (job, repo) = (self.job, self.repo);
+        // A promotion not begun yet starts from the approved work, wherever it was judged;
+        // one begun goes on from its checkpoints, whatever its cleanup did to the branch.
+        if repo.read_ref(&refs::promote(&job.id))?.is_none() {
+            let task = self.store.load(&job.id)?.task;
+            super::worktree::settle(job, repo, &self.git, &task)?;
+        }
         let result = crate::promote::promote(
             repo,
             &job.policy,

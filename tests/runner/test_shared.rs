@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::test_start::{COMMIT_AND_DONE, Loop, setup};
+use crate::test_start::{COMMIT_AND_DONE, Loop, setup, wait_for};
 
 /// Another clone of the loop's remote, on a branch of its own, with the loop's state synced.
 fn clone_of(l: &Loop, name: &str) -> PathBuf {
@@ -293,4 +293,114 @@ fn notes_written_by_two_clones_on_one_commit_both_survive() {
             dir.display()
         );
     }
+}
+
+/// The state of task `id` as the remote holds it.
+fn remote_state(l: &Loop, id: &str) -> Option<String> {
+    remote_states(l)
+        .into_iter()
+        .find_map(|(t, state)| (t == id).then_some(state))
+}
+
+/// The files of the remote's target branch.
+fn remote_main_files(l: &Loop) -> String {
+    let remote = l.remote.as_ref().expect("a remote");
+    l.repo
+        .git_at(remote, &["ls-tree", "-r", "--name-only", "main"])
+}
+
+#[test]
+fn a_runner_killed_while_judging_leaves_the_work_for_another_clone_to_judge() {
+    // Clone B's agent commits and claims completion; B's runner is killed while its gate
+    // runs. The work exists only in B's object store and in the task B pushed: the judge
+    // in clone A must judge that work, not find "nothing committed" and run the agent again.
+    let l = setup(
+        COMMIT_AND_DONE,
+        "[gate]\ncommands = [[\"sleep\", \"3\"]]\n[loop]\nworkers = 1\n",
+        true,
+    );
+    let b = clone_of(&l, "clone-b");
+    let id = add_at(&l, &b, "judged elsewhere", None);
+    let mut runner_b = l.repo.spawn_at(&b, &["start"]);
+    wait_for(
+        "B's agent to claim completion",
+        Duration::from_secs(60),
+        || remote_state(&l, &id).as_deref() == Some("awaiting_judge"),
+    );
+    runner_b.child.kill().expect("SIGKILL B's runner");
+    let _ = runner_b.child.wait();
+
+    sync(&l, &l.repo.root);
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        remote_state(&l, &id).as_deref(),
+        Some("done"),
+        "{}",
+        out.stderr
+    );
+    let runs = l.agent_runs(&id);
+    assert_eq!(
+        runs.len(),
+        1,
+        "the agent ran again: {runs:?}\n{:#?}\n{}",
+        l.history(&id),
+        out.stderr
+    );
+    assert!(
+        remote_main_files(&l).contains(&format!("work-{id}.txt")),
+        "B's work is what was merged"
+    );
+}
+
+#[test]
+fn a_rework_in_another_clone_goes_on_from_the_work_the_last_run_left() {
+    // The first attempt runs in clone B and is rejected by the gate; the second runs in
+    // clone A, which never had the task's branch, and must build on the first one's commit.
+    let agent = r#"
+if [ "$1" = 1 ]; then
+  echo one > "one-$GIT_LOOP_TASK.txt"
+  git add "one-$GIT_LOOP_TASK.txt" && git commit -q -m "first part"
+else
+  test -e "one-$GIT_LOOP_TASK.txt" || { echo "the first attempt's work is missing"; exit 1; }
+  echo two > "two-$GIT_LOOP_TASK.txt"
+  git add "two-$GIT_LOOP_TASK.txt" && git commit -q -m "second part"
+fi
+echo '**LOOP_DONE**'"#;
+    let l = setup(
+        agent,
+        "[gate]\ncommands = [[\"sh\", \"-c\", \"ls two-*.txt\"]]\n\
+         [retry]\ninitial = \"3s\"\nmax = \"3s\"\n[loop]\nworkers = 1\n",
+        true,
+    );
+    let b = clone_of(&l, "clone-b");
+    let id = add_at(&l, &b, "in two parts", None);
+    let mut runner_b = l.repo.spawn_at(&b, &["start"]);
+    wait_for(
+        "B's attempt to be rejected",
+        Duration::from_secs(60),
+        || remote_state(&l, &id).as_deref() == Some("needs_rework"),
+    );
+    assert_eq!(runner_b.terminate(), Some(0), "{}", runner_b.stderr_text());
+
+    sync(&l, &l.repo.root);
+    let out = l.start(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let runs = l.agent_runs(&id);
+    assert_eq!(
+        remote_state(&l, &id).as_deref(),
+        Some("done"),
+        "{runs:#?}\n{}",
+        out.stderr
+    );
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    assert_ne!(
+        runs[0]["runner"], runs[1]["runner"],
+        "one attempt in each clone"
+    );
+    let files = remote_main_files(&l);
+    assert!(
+        files.contains(&format!("one-{id}.txt")) && files.contains(&format!("two-{id}.txt")),
+        "{files}"
+    );
 }
