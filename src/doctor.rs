@@ -1243,7 +1243,7 @@ fn plural(n: usize, word: &str) -> String {
 
 /// Whether a runner holds the runner lock (`None`: cannot tell). Looks with a shared lock,
 /// released at once, and never creates the lock file.
-fn lock_held(common_dir: &Path) -> Option<bool> {
+pub(crate) fn lock_held(common_dir: &Path) -> Option<bool> {
     let path = common_dir.join("loop").join("runner.lock");
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,

@@ -195,15 +195,28 @@ pub fn renewed(lease: &Lease, ttl: Duration) -> Lease {
     renewed
 }
 
+/// What this process saw each lease ref hold, and since when (its monotonic clock).
+type Seen = std::collections::HashMap<String, (ObjectId, std::time::Instant)>;
+
+fn seen() -> std::sync::MutexGuard<'static, Seen> {
+    static SEEN: std::sync::LazyLock<std::sync::Mutex<Seen>> =
+        std::sync::LazyLock::new(Default::default);
+    SEEN.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Forgets how long every lease was seen unchanged: this process's view could not be
+/// refreshed for a while (the shared remote was out of reach), so a lease that looked
+/// unchanged meanwhile may have been renewed, or its holder cut off too. Each lease's term
+/// is counted again from the next look, and no holder loses its lease for the outage alone.
+pub fn forget_seen() {
+    seen().clear();
+}
+
 /// How long this process has seen ref `name` hold `tip`, on its monotonic clock: zero the
 /// first time it looks, or when the value changed since it last looked.
 fn unchanged_for(name: &str, tip: ObjectId) -> Duration {
-    static SEEN: std::sync::LazyLock<
-        std::sync::Mutex<std::collections::HashMap<String, (ObjectId, std::time::Instant)>>,
-    > = std::sync::LazyLock::new(Default::default);
-    let mut seen = SEEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut seen = seen();
     let now = std::time::Instant::now();
     match seen.get(name) {
         Some((was, since)) if *was == tip => now.duration_since(*since),

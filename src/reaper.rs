@@ -37,6 +37,12 @@ pub struct Options {
     pub dry_run: bool,
     /// The name the reaper's own leases carry (a runner recovering uses its own id).
     pub holder: String,
+    /// Leases alone: the lapsed ones are taken back, nothing else is looked at (a running
+    /// runner's look at the leases of other clones, SPEC §13).
+    pub leases_only: bool,
+    /// The runner whose leases are never taken back here: the one reaping, whose workers
+    /// hold them.
+    pub spare: Option<String>,
 }
 
 impl Options {
@@ -44,6 +50,8 @@ impl Options {
         Options {
             dry_run,
             holder: format!("reap-{}-{}", crate::process::host(), std::process::id()),
+            leases_only: false,
+            spare: None,
         }
     }
 }
@@ -123,6 +131,10 @@ struct Reaper<'a> {
 
 impl Reaper<'_> {
     fn run(mut self) -> Result<Report> {
+        if self.opts.leases_only {
+            self.leases()?;
+            return Ok(self.report);
+        }
         self.git_locks();
         self.leases()?;
         self.scratch_left()?;
@@ -177,6 +189,9 @@ impl Reaper<'_> {
                     continue;
                 }
             };
+            if self.opts.spare.as_ref() == Some(&lease.runner) {
+                continue;
+            }
             let why = if lease.holder_dead() {
                 format!(
                     "its holder {} ({}) died",
@@ -341,12 +356,14 @@ impl Reaper<'_> {
             if owner.as_ref().is_some_and(|id| leased.contains(id)) {
                 continue;
             }
-            // A dry run has already said what it would do with a running task's worktree.
+            // A dry run has already said what it would do with the worktree of a task whose
+            // lease (or unleased run) it takes back: that reclaim clears it. A scratch taken
+            // does not: the worktree beside it is still to save.
             if owner.as_ref().is_some_and(|id| {
                 self.report
                     .reaped
                     .iter()
-                    .any(|r| r.task.as_ref() == Some(id))
+                    .any(|r| r.task.as_ref() == Some(id) && matches!(r.kind, "lease" | "task"))
             }) {
                 continue;
             }

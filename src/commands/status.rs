@@ -73,6 +73,9 @@ struct BreakerJson {
 #[derive(Serialize)]
 struct StatusJson {
     breaker: BreakerJson,
+    /// What this clone's runner says while the shared remote is out of reach (`null`: it is
+    /// not, or no runner runs here).
+    offline: Option<runner::Offline>,
     runners: Vec<RunnerJson>,
     tasks: Vec<TaskJson>,
 }
@@ -178,7 +181,11 @@ fn collect(ctx: &Ctx<'_>) -> Result<StatusJson> {
         });
     }
     let (_, b) = crate::breaker::read(&repo)?;
+    // A note whose runner is gone (killed while the remote was away) says nothing now.
+    let offline = runner::Offline::read(&repo)
+        .filter(|_| crate::doctor::lock_held(repo.common_dir()) != Some(false));
     Ok(StatusJson {
+        offline,
         breaker: BreakerJson {
             state: b.state.as_str().to_string(),
             class: b.class.map(|c| c.as_str().to_string()),
@@ -228,6 +235,29 @@ fn next(
 }
 
 fn draw(out: &mut dyn std::io::Write, s: &StatusJson) -> Result<()> {
+    if let Some(o) = &s.offline {
+        writeln!(
+            out,
+            "remote: {} unreachable since {} ({}): runner {} claims nothing new{}; heartbeats \
+             wait for it",
+            o.remote,
+            o.since.to_rfc3339(),
+            o.why,
+            o.runner,
+            if o.tasks.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", its agents go on with {}",
+                    o.tasks
+                        .iter()
+                        .map(|t| &t[..t.len().min(7)])
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        )?;
+    }
     if s.runners.is_empty() {
         writeln!(out, "runner: none (start one with `git loop start`)")?;
     }

@@ -248,3 +248,44 @@ pub(super) fn write_lock_holder(repo: &Repo, beat: &Heartbeat) -> Result<()> {
     std::fs::write(&path, toml::to_string(beat)?)
         .with_context(|| format!("writing {}", path.display()))
 }
+
+/// What a runner says while the shared remote is out of reach (SPEC §13), where `status` in
+/// this clone finds it: its heartbeat cannot be written meanwhile, since a heartbeat counts
+/// once the remote has it. A file of this clone's, not loop state: removed when the remote
+/// answers again and when the runner stops.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Offline {
+    /// The runner that cannot reach the remote.
+    pub runner: String,
+    pub remote: String,
+    /// Since when (this host's clock).
+    pub since: Timestamp,
+    /// What the last try said.
+    pub why: String,
+    /// The tasks its agents go on with meanwhile.
+    pub tasks: Vec<String>,
+}
+
+fn offline_path(repo: &Repo) -> std::path::PathBuf {
+    repo.common_dir().join("loop").join("offline.toml")
+}
+
+impl Offline {
+    pub fn write(&self, repo: &Repo) -> Result<()> {
+        let path = offline_path(repo);
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, toml::to_string(self)?)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// What a runner here said, if it still says it (its file is there).
+    pub fn read(repo: &Repo) -> Option<Offline> {
+        let text = std::fs::read_to_string(offline_path(repo)).ok()?;
+        toml::from_str(&text).ok()
+    }
+
+    pub fn clear(repo: &Repo) {
+        let _ = std::fs::remove_file(offline_path(repo));
+    }
+}

@@ -17,7 +17,7 @@ mod heartbeat;
 pub mod worker;
 mod worktree;
 
-pub use heartbeat::{Heartbeat, Phase, heartbeats};
+pub use heartbeat::{Heartbeat, Offline, Phase, heartbeats};
 
 use crate::ids::short;
 use std::collections::HashMap;
@@ -116,6 +116,8 @@ struct Runner<'a> {
     /// With a shared remote (SPEC §13): when its loop state was last fetched, and since when
     /// (and why) it cannot be reached.
     synced: Option<Instant>,
+    /// When the leases of other clones were last looked at (see [`Runner::reap_lapsed`]).
+    reaped: Option<Instant>,
     offline: Option<(Timestamp, String)>,
 }
 
@@ -164,6 +166,7 @@ pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) 
         checked_at: Instant::now(),
         stop,
         synced: None,
+        reaped: None,
         offline: None,
     };
     heartbeat::write_lock_holder(&runner.repo, &runner.beats.beat)?;
@@ -173,6 +176,7 @@ pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) 
     runner.recover()?;
     let finish = runner.main_loop();
     signals.close();
+    heartbeat::Offline::clear(&runner.repo);
     finish
 }
 
@@ -224,7 +228,12 @@ impl Runner<'_> {
             }
             self.beats.beat.iteration += 1;
             let online = self.sync()?;
-            if self.beats.due() {
+            if online {
+                self.reap_lapsed()?;
+            }
+            // (A renewal cannot reach a remote that a sync could not: tried again after the
+            // next sync that does, not on every pass.)
+            if online && self.beats.due() {
                 self.tolerate_offline(|r| r.renew_leases())?;
             }
             // One listing of the backlog per pass, read again only after this loop itself
@@ -275,12 +284,8 @@ impl Runner<'_> {
                     }
                 }
                 self.say_beat(Phase::BreakerOpen, &said, breaker.open_until, false)?;
-            } else if let (true, Some((since, why))) = (idle, &self.offline) {
-                let said = format!(
-                    "wait for the remote (unreachable since {}): {why}",
-                    since.to_rfc3339()
-                );
-                self.say_beat(Phase::Backoff, &said, None, false)?;
+            } else if idle && self.offline.is_some() {
+                // Nothing to say that could reach the remote; `status` reads the offline note.
             } else if idle {
                 match timer {
                     Some(at) => {
@@ -320,7 +325,11 @@ impl Runner<'_> {
         {
             wake = wake.min(until(at));
         }
-        let wake = wake.min(self.beats.next_due());
+        // A heartbeat due while the remote is out of reach waits for the sync that finds it.
+        let wake = match self.offline {
+            None => wake.min(self.beats.next_due()),
+            Some(_) => wake,
+        };
         match self.synced {
             Some(at) if self.repo.shared_remote().is_some() => {
                 wake.min(at + self.policy.loop_.sync)
@@ -345,12 +354,7 @@ impl Runner<'_> {
         self.synced = Some(Instant::now());
         match crate::git::shared::sync(&self.repo, &remote) {
             Ok(done) => {
-                if let Some((since, _)) = self.offline.take() {
-                    tracing::info!(
-                        "the remote {remote} answers again (unreachable since {})",
-                        since.to_rfc3339()
-                    );
-                }
+                self.back_online(&remote);
                 if done.pulled + done.pushed > 0 {
                     tracing::debug!(
                         "synced with {remote}: {} pulled, {} pushed",
@@ -361,14 +365,70 @@ impl Runner<'_> {
                 Ok(true)
             }
             Err(e) if crate::error::class_of(&e) == Class::Transient => {
-                if self.offline.is_none() {
-                    tracing::warn!("the remote {remote} cannot be reached: {e:#}");
-                    self.offline = Some((Timestamp::now(), format!("{e:#}")));
-                }
+                self.went_offline(&remote, &e);
                 Ok(false)
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The shared remote `remote` failed to answer: said once, and in `status` (the
+    /// heartbeat cannot be written until it answers).
+    fn went_offline(&mut self, remote: &str, e: &anyhow::Error) {
+        if self.offline.is_some() {
+            return;
+        }
+        tracing::warn!("the remote {remote} cannot be reached: {e:#}");
+        let since = Timestamp::now();
+        let why = format!("{e:#}");
+        let note = heartbeat::Offline {
+            runner: self.id.clone(),
+            remote: remote.to_string(),
+            since,
+            why: why.lines().next().unwrap_or_default().to_string(),
+            tasks: self.active.keys().cloned().collect(),
+        };
+        if let Err(e) = note.write(&self.repo) {
+            tracing::debug!("writing the offline note: {e:#}");
+        }
+        self.offline = Some((since, why));
+    }
+
+    /// The shared remote answered a sync.
+    fn back_online(&mut self, remote: &str) {
+        let Some((since, _)) = self.offline.take() else {
+            return;
+        };
+        // What was seen of other hosts' leases meanwhile is no evidence that they lapsed.
+        crate::lease::forget_seen();
+        heartbeat::Offline::clear(&self.repo);
+        let _ = writeln!(
+            self.say,
+            "the remote {remote} answers again (unreachable since {})",
+            since.to_rfc3339()
+        );
+    }
+
+    /// With a shared remote, the runners of other clones hold leases too, and one may die or
+    /// lose the remote at any time: every `loop.sync`, just after a sync, the leases that
+    /// lapsed (see [`crate::lease::Lease::lapsed`]: another host's only once this process saw
+    /// it unchanged for its term) are taken back, their tasks requeued or left for the next
+    /// judge, as the start-up recovery does. Never this runner's own, and never while the
+    /// remote cannot be reached: a view that cannot be refreshed shows every lease unchanged.
+    fn reap_lapsed(&mut self) -> Result<()> {
+        if self.repo.shared_remote().is_none()
+            || self
+                .reaped
+                .is_some_and(|at| at.elapsed() < self.policy.loop_.sync)
+        {
+            return Ok(());
+        }
+        self.reaped = Some(Instant::now());
+        let mut opts = crate::reaper::Options::new(false);
+        opts.holder = format!("{}-recover", self.id);
+        opts.leases_only = true;
+        opts.spare = Some(self.id.clone());
+        reap_saying(&self.repo, &opts, self.say)
     }
 
     /// Runs `step`; with a shared remote that cannot be reached, its `transient` failure is
@@ -379,10 +439,8 @@ impl Runner<'_> {
                 if self.repo.shared_remote().is_some()
                     && crate::error::class_of(&e) == Class::Transient =>
             {
-                if self.offline.is_none() {
-                    tracing::warn!("the shared remote cannot be reached: {e:#}");
-                    self.offline = Some((Timestamp::now(), format!("{e:#}")));
-                }
+                let remote = self.repo.shared_remote().unwrap_or_default().to_string();
+                self.went_offline(&remote, &e);
                 Ok(())
             }
             r => r,
@@ -798,6 +856,11 @@ impl Runner<'_> {
         if let Some(t) = latest.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
             self.beats.beat.last_output = Some(Timestamp(t.as_micros() as i64));
         }
+        if self.offline.is_some() {
+            // A heartbeat counts once the remote has it: written after the next sync that
+            // reaches it (the runner says on stderr since when it waits).
+            return Ok(());
+        }
         self.tolerate_offline(|r| r.beats.say(&r.repo, phase, next, next_at, now))
     }
 
@@ -833,7 +896,12 @@ impl Runner<'_> {
 pub fn recover(repo: &Repo, holder: &str, say: &mut dyn Write) -> Result<()> {
     let mut opts = crate::reaper::Options::new(false);
     opts.holder = holder.to_string();
-    let report = match crate::reaper::reap(repo, &opts) {
+    reap_saying(repo, &opts, say)
+}
+
+/// Runs a reap with `opts`, saying what it took back.
+fn reap_saying(repo: &Repo, opts: &crate::reaper::Options, say: &mut dyn Write) -> Result<()> {
+    let report = match crate::reaper::reap(repo, opts) {
         Ok(report) => report,
         Err(e) => {
             // What is left is left for the next recovery or `git loop reap`; work goes on.

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::test_start::{COMMIT_AND_DONE, Loop, setup, wait_for};
+use crate::test_start::{COMMIT_AND_DONE, Loop, running_group, setup, wait_for};
 
 /// Another clone of the loop's remote, on a branch of its own, with the loop's state synced.
 fn clone_of(l: &Loop, name: &str) -> PathBuf {
@@ -403,4 +403,255 @@ echo '**LOOP_DONE**'"#;
         files.contains(&format!("one-{id}.txt")) && files.contains(&format!("two-{id}.txt")),
         "{files}"
     );
+}
+
+/// The lease of task `id` as the remote holds it (`lease.toml`), if there is one.
+fn remote_lease(l: &Loop, id: &str) -> Option<String> {
+    let remote = l.remote.as_ref().expect("a remote");
+    let out = std::process::Command::new("git")
+        .args(["show", &format!("refs/loop/leases/{id}:lease.toml")])
+        .current_dir(remote)
+        .output()
+        .expect("git show");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn field(record: &str, key: &str) -> Option<String> {
+    record.lines().find_map(|line| {
+        Some(
+            line.strip_prefix(key)?
+                .strip_prefix(" = ")?
+                .trim_matches('"')
+                .to_string(),
+        )
+    })
+}
+
+/// libfaketime, which sets a process's wall clock elsewhere (Debian's `faketime` package;
+/// `.ci/run` installs it).
+fn libfaketime() -> PathBuf {
+    let dirs = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("faketime"))
+        .chain([PathBuf::from("/usr/lib/faketime")]);
+    dirs.map(|d| d.join("libfaketime.so.1"))
+        .find(|p| p.exists())
+        .expect("this test needs libfaketime (Debian's faketime package; .ci/run installs it)")
+}
+
+/// Ends process group `pgid` (one a test's agent left), by its id.
+fn end_group(pgid: &str) {
+    if running_group(pgid) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .status();
+    }
+}
+
+/// Leases of a few seconds, renewed every second; one worker a clone, syncing twice a second.
+const SHORT_LEASES: &str =
+    "[lease]\nttl = \"4s\"\nheartbeat = \"1s\"\n[loop]\nworkers = 1\nsync = \"500ms\"\n";
+
+/// Runs the rest of its arguments as on another host: a UTS namespace named `other-host`.
+const ON_OTHER_HOST: &[&str] = &[
+    "unshare",
+    "--uts",
+    "sh",
+    "-c",
+    "hostname other-host && exec \"$@\"",
+    "sh",
+];
+
+#[test]
+fn a_clone_killed_mid_run_on_another_host_is_taken_over_after_a_term_of_the_observers_clock() {
+    let faketime = libfaketime();
+    // Attempt 1 (clone B, "another host") leaves a draft uncommitted and works on for ever;
+    // attempt 2 finishes.
+    let agent = format!(
+        r#"
+if [ "$1" = 1 ]; then
+  echo draft > "draft-$GIT_LOOP_TASK.txt"
+  while :; do echo working; sleep 1; done
+fi
+{COMMIT_AND_DONE}"#
+    );
+    let l = setup(&agent, SHORT_LEASES, true);
+    let b = clone_of(&l, "clone-b");
+    let id = add_at(&l, &b, "outlived", None);
+    let mut runner_b = l.repo.spawn_through(&b, ON_OTHER_HOST, &["start"]);
+    wait_for("B's agent to run", Duration::from_secs(60), || {
+        remote_lease(&l, &id)
+            .is_some_and(|lease| lease.contains("other-host") && field(&lease, "pgid").is_some())
+    });
+    let held = remote_lease(&l, &id).expect("B's lease");
+    let b_runner = field(&held, "runner").expect("runner");
+    let b_group = field(&held, "pgid").expect("pgid");
+
+    // Clone A's runner, its clock an hour ahead: B's lease expires, by A's clock, an hour
+    // before it was even written. A takes nothing while B renews it, for two terms.
+    // (The monotonic clock is left alone: the runner's timed waits are the kernel's.)
+    let preload = format!("LD_PRELOAD={}", faketime.display());
+    let mut runner_a = l.repo.spawn_through(
+        &l.repo.root,
+        &[
+            "env",
+            &preload,
+            "FAKETIME=+1h",
+            "FAKETIME_DONT_FAKE_MONOTONIC=1",
+        ],
+        &["start"],
+    );
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(8) {
+        let lease = remote_lease(&l, &id).unwrap_or_default();
+        assert_eq!(
+            field(&lease, "runner").as_deref(),
+            Some(b_runner.as_str()),
+            "the live lease of B was taken over: {lease}\n{}",
+            runner_a.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // B's runner dies. A takes the task over once it saw the lease unchanged for a term, and
+    // finishes it.
+    runner_b.child.kill().expect("SIGKILL B's runner");
+    let _ = runner_b.child.wait();
+    let until = Instant::now() + Duration::from_secs(90);
+    while remote_state(&l, &id).as_deref() != Some("done") {
+        assert!(
+            Instant::now() < until,
+            "A did not finish the task: {:?} {:?}\n{:#?}\n{}",
+            remote_state(&l, &id),
+            remote_lease(&l, &id),
+            l.history(&id),
+            runner_a.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(runner_a.terminate(), Some(0), "{}", runner_a.stderr_text());
+    end_group(&b_group);
+    let history = l.history(&id);
+    assert!(
+        history
+            .iter()
+            .any(|h| h.contains("has not renewed it for a term, as seen from here")),
+        "{history:#?}"
+    );
+    assert_eq!(
+        l.agent_runs(&id).len(),
+        1,
+        "A's run alone finished: {history:#?}"
+    );
+
+    // B's runner starts again: what its killed run left uncommitted is saved, on the remote.
+    let mut again = l.repo.spawn_at(&b, &["start"]);
+    wait_for(
+        "B's draft to reach the remote",
+        Duration::from_secs(60),
+        || {
+            remote_refs(&l, &format!("refs/loop/rescue/{id}/"))
+                .iter()
+                .any(|(_, tip)| {
+                    let remote = l.remote.as_ref().expect("a remote");
+                    std::process::Command::new("git")
+                        .args(["cat-file", "-e", &format!("{tip}:draft-{id}.txt")])
+                        .current_dir(remote)
+                        .status()
+                        .is_ok_and(|s| s.success())
+                })
+        },
+    );
+    assert_eq!(again.terminate(), Some(0), "{}", again.stderr_text());
+}
+
+#[test]
+fn a_remote_out_of_reach_for_longer_than_a_lease_costs_no_claim_and_work_resumes() {
+    // Each agent works for fourteen seconds. The remote goes out of reach of both clones (on
+    // two "hosts") for longer than a lease's term while each runs one task; it comes back for
+    // clone A two seconds before clone B. A must not take B's task in those two seconds —
+    // what A saw while it could not look is no evidence — and both finish, each task run and
+    // claimed once. Meanwhile `status` says since when the remote is out of reach.
+    let agent = format!(
+        r#"
+i=0
+while [ $i -lt 14 ]; do echo working; sleep 1; i=$((i+1)); done
+{COMMIT_AND_DONE}"#
+    );
+    let l = setup(&agent, SHORT_LEASES, true);
+    let ids = [l.add("first"), l.add("second")];
+    let b = clone_of(&l, "clone-b");
+    // Each clone reaches the remote through a link of its own, cut and mended separately.
+    let remote = l.remote.clone().expect("a remote");
+    let link = |name: &str, dir: &Path| {
+        let path = remote.with_file_name(name);
+        std::os::unix::fs::symlink(&remote, &path).expect("link the remote");
+        l.repo.git_at(
+            dir,
+            &["remote", "set-url", "origin", &path.to_string_lossy()],
+        );
+        path
+    };
+    let (link_a, link_b) = (link("remote-a.git", &l.repo.root), link("remote-b.git", &b));
+    let mut runners = [
+        l.repo.spawn_at(&l.repo.root, &["start"]),
+        l.repo.spawn_through(&b, ON_OTHER_HOST, &["start"]),
+    ];
+    wait_for("both tasks to run", Duration::from_secs(60), || {
+        ids.iter()
+            .all(|id| remote_state(&l, id).as_deref() == Some("running"))
+    });
+    // Each runner has looked at the other's lease for a while (every loop.sync) before the
+    // links are cut.
+    std::thread::sleep(Duration::from_secs(2));
+    for path in [&link_a, &link_b] {
+        std::fs::remove_file(path).expect("cut a link");
+    }
+    wait_for(
+        "A's status to say the remote is away",
+        Duration::from_secs(20),
+        || {
+            let out = l.repo.run(&["status"]);
+            out.stdout.contains("remote: origin unreachable since")
+        },
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    std::os::unix::fs::symlink(&remote, &link_a).expect("mend A's link");
+    std::thread::sleep(Duration::from_secs(2));
+    std::os::unix::fs::symlink(&remote, &link_b).expect("mend B's link");
+    wait_for("both tasks to be done", Duration::from_secs(90), || {
+        ids.iter()
+            .all(|id| remote_state(&l, id).as_deref() == Some("done"))
+    });
+    let mut said = String::new();
+    for r in &mut runners {
+        assert_eq!(r.terminate(), Some(0), "{}", r.stderr_text());
+        said.push_str(&r.stderr_text());
+    }
+    assert!(said.contains("answers again"), "{said}");
+    let status = l.repo.run(&["status"]);
+    assert!(!status.stdout.contains("unreachable"), "{}", status.stdout);
+    sync(&l, &l.repo.root);
+    for id in &ids {
+        let history = l.history(id);
+        let runs = l.agent_runs(id);
+        assert_eq!(runs.len(), 1, "{id}: {runs:#?}\n{history:#?}\n{said}");
+        // A lease taken from a live runner shows as a reap in the history, and the run it
+        // ended as a refused run on the remote.
+        assert!(
+            !history
+                .iter()
+                .any(|h| h.contains("reaped") || h.contains("taken back")),
+            "{id}: {history:#?}\n{said}"
+        );
+        assert_eq!(
+            remote_refs(&l, &format!("refs/loop/refused/{id}")),
+            vec![],
+            "{id}: a run was ended\n{said}"
+        );
+    }
 }

@@ -430,6 +430,12 @@ impl TestRepo {
     /// Like [`TestRepo::spawn`], in another directory (another clone), with this repository's
     /// hermetic environment.
     pub fn spawn_at(&self, dir: &Path, args: &[&str]) -> Spawned {
+        self.spawn_through(dir, &[], args)
+    }
+
+    /// Like [`TestRepo::spawn_at`], started through `wrapper` (a program and its arguments,
+    /// which end by running the rest of their arguments: `unshare …`, `faketime …`).
+    pub fn spawn_through(&self, dir: &Path, wrapper: &[&str], args: &[&str]) -> Spawned {
         let stderr = self.root.parent().expect("tmp").join(format!(
             "stderr-{}-{}.txt",
             args.join("-").replace('/', "_"),
@@ -439,6 +445,19 @@ impl TestRepo {
         ));
         let file = std::fs::File::create(&stderr).expect("stderr file");
         let mut cmd = self.cmd(args);
+        if let Some((program, rest)) = wrapper.split_first() {
+            let inner = cmd;
+            cmd = Command::new(program);
+            cmd.args(rest)
+                .arg(inner.get_program())
+                .args(inner.get_args());
+            for (key, value) in inner.get_envs() {
+                match value {
+                    Some(value) => cmd.env(key, value),
+                    None => cmd.env_remove(key),
+                };
+            }
+        }
         cmd.current_dir(dir);
         let child = cmd
             .stdin(Stdio::null())
