@@ -191,7 +191,7 @@ impl<'r> Cx<'r> {
     /// with the error that stopped it.
     fn checks(&self) -> Vec<Check> {
         use CheckFn::{Policy as P, Repo as R};
-        let named: [(&'static str, Class, CheckFn<'r>); 15] = [
+        let named: [(&'static str, Class, CheckFn<'r>); 16] = [
             ("policy-committed", Class::Config, P(Self::policy_committed)),
             ("runtime-files", Class::Config, P(Self::runtime_files)),
             ("programs", Class::Config, P(Self::programs)),
@@ -205,6 +205,7 @@ impl<'r> Cx<'r> {
             ("runner", Class::Transient, R(Self::runner)),
             ("breaker", Class::Breaker, R(Self::breaker)),
             ("oracle-pin", Class::Config, P(Self::oracle_pin)),
+            ("trust", Class::Config, P(Self::trust)),
             ("tasks", Class::Config, R(Self::tasks)),
             ("macos-privacy", Class::Config, R(Self::macos_privacy)),
         ];
@@ -973,6 +974,79 @@ impl<'r> Cx<'r> {
             Class::Breaker,
             format!("{}{since}: nothing new is dispatched", b.describe()),
             fix,
+        ))
+    }
+
+    /// `[trust] signers` as the pinned finish line has it: the file committed on the target,
+    /// keys in it, and ssh-keygen there for git to check signatures with.
+    fn trust(&self, policy: &Policy) -> Result<Check> {
+        const NAME: &str = "trust";
+        let Ok(frozen) = crate::finish_line::frozen(self.repo, policy) else {
+            return Ok(Check::not_checked(
+                NAME,
+                Class::Config,
+                "the finish line does not match its pin",
+                "fix what the `oracle-pin` check reports first",
+            ));
+        };
+        let signers = match crate::trust::signers(self.repo, &frozen) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return Ok(Check::ok(
+                    NAME,
+                    Class::Config,
+                    "no [trust] signers: any task on the loop's refs runs (with a shared \
+                     remote, any task pushed there)",
+                ));
+            }
+            Err(e) => {
+                let said =
+                    crate::error::find(&e).map_or_else(|| format!("{e:#}"), |l| l.message.clone());
+                return Ok(Check::fail(
+                    NAME,
+                    Class::Config,
+                    said,
+                    "commit the allowed-signers file on the target, then `git loop init --repin`",
+                ));
+            }
+        };
+        if crate::process::which("ssh-keygen").is_none() {
+            return Ok(Check::fail(
+                NAME,
+                Class::Config,
+                "ssh-keygen is not on PATH: git cannot check SSH signatures, so every task \
+                 is held untrusted",
+                "install OpenSSH's client (Debian: openssh-client)",
+            ));
+        }
+        let listed = self
+            .repo
+            .blob(signers.blob)?
+            .split(|b| *b == b'\n')
+            .filter(|l| {
+                let l = l.trim_ascii();
+                !l.is_empty() && !l.starts_with(b"#")
+            })
+            .count();
+        if listed == 0 {
+            return Ok(Check::warn(
+                NAME,
+                Class::Config,
+                format!(
+                    "{} lists no key: every task is held untrusted",
+                    signers.path
+                ),
+                "add a line `<principal> namespaces=\"git\" <public key>` per person who gives \
+                 agents work, commit it, then `git loop init --repin`",
+            ));
+        }
+        Ok(Check::ok(
+            NAME,
+            Class::Config,
+            format!(
+                "{listed} key(s) in {}: only tasks they signed run",
+                signers.path
+            ),
         ))
     }
 

@@ -1,8 +1,9 @@
 //! The frozen finish line (SPEC §1.7, §9): the protected policy sections (`[gate]`,
-//! `[review]`, `[verify]`) and the files of the repository they run — each command's program
-//! when it lives in the repository, the script a shell or an interpreter is given, the first
-//! word of each command of a `sh -c` string — with every path `gate.protected_paths` lists, as
-//! committed on the target, pinned in `refs/loop/oracle`.
+//! `[review]`, `[verify]`, `[trust]`) and the files of the repository they run or name — each
+//! command's program when it lives in the repository, the script a shell or an interpreter is
+//! given, the first word of each command of a `sh -c` string, the allowed signers of tasks —
+//! with every path `gate.protected_paths` lists, as committed on the target, pinned in
+//! `refs/loop/oracle`.
 //!
 //! Judging, promotion and verify take the protected sections from the pin, and only when the
 //! target's committed policy and files still match it ([`frozen`]); the gates run with the
@@ -20,7 +21,7 @@ use crate::git::Repo;
 use crate::git::cli::Git;
 use crate::policy::{
     FILE, GateSection, PROTECTED_AGENT_KEYS, PROTECTED_SECTIONS, Policy, ReviewSection,
-    VerifySection,
+    TrustSection, VerifySection,
 };
 use crate::refs;
 use crate::time::Timestamp;
@@ -65,6 +66,8 @@ pub struct Sections {
     /// so that no branch can open the sandbox for the runs after it.
     pub sandbox: crate::sandbox::Mode,
     pub writable: Vec<String>,
+    /// Who may give an agent work: the allowed signers of tasks.
+    pub trust: TrustSection,
 }
 
 /// The finish line to judge, promote and verify by: the pinned sections, the pinned paths, and
@@ -146,6 +149,7 @@ impl Sections {
             verify: policy.verify,
             sandbox: policy.agent.sandbox,
             writable: policy.agent.writable,
+            trust: policy.trust,
         })
     }
 
@@ -213,6 +217,9 @@ impl Sections {
             }
         }
         for p in &self.gate.protected_paths {
+            add(p);
+        }
+        if let Some(p) = &self.trust.signers {
             add(p);
         }
         out
@@ -526,7 +533,8 @@ mod tests {
              [\"python3\", \"-m\", \"pytest\"], [\"cargo\", \"test\"], [\"make\", \"-f\", \"ci/Makefile\"]]\n\
              protected_paths = [\"tests/\", \"fixtures\"]\n\
              [review]\ncommand = [\"./review.py\"]\n\
-             [verify]\ncommands = [[\"node\", \"scripts/verify.js\"]]\n",
+             [verify]\ncommands = [[\"node\", \"scripts/verify.js\"]]\n\
+             [trust]\nsigners = \"./.gitsigners\"\n",
         );
         assert_eq!(
             s.named_paths(),
@@ -539,9 +547,15 @@ mod tests {
                 "review.py",
                 "scripts/verify.js",
                 "tests",
-                "fixtures"
+                "fixtures",
+                ".gitsigners"
             ]
         );
+        // [trust] is a protected section: a change of it is a change of the finish line.
+        let mut file = b"[trust]\nsigners = \"a\"\n".to_vec();
+        let before = protected_sections(Some(&file));
+        file = b"[trust]\nsigners = \"b\"\n".to_vec();
+        assert_ne!(before, protected_sections(Some(&file)));
     }
 
     #[test]

@@ -38,3 +38,4 @@ pub mod sandbox;
 pub mod store;
 pub mod task;
 pub mod time;
+pub mod trust;

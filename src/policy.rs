@@ -19,7 +19,7 @@ pub const COMMAND_PLACEHOLDERS: &[&str] =
     &["prompt_file", "task_id", "worktree", "branch", "attempt"];
 
 /// The sections whose contents are the frozen finish line (SPEC §9).
-pub const PROTECTED_SECTIONS: &[&str] = &["gate", "review", "verify"];
+pub const PROTECTED_SECTIONS: &[&str] = &["gate", "review", "verify", "trust"];
 
 /// The keys of `[agent]` protected with those sections: what agents run in.
 pub const PROTECTED_AGENT_KEYS: &[&str] = &["sandbox", "writable"];
@@ -37,6 +37,7 @@ pub struct Policy {
     pub breaker: BreakerSection,
     pub lease: LeaseSection,
     pub runtime: RuntimeSection,
+    pub trust: TrustSection,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -146,6 +147,15 @@ pub struct PromoteSection {
 #[derive(Clone, Debug, PartialEq)]
 pub struct VerifySection {
     pub commands: Vec<Vec<String>>,
+}
+
+/// Who may give an agent work (SPEC §13), protected with the finish line.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrustSection {
+    /// An allowed-signers file in git's SSH format (`gpg.ssh.allowedSignersFile`), by its path
+    /// in the repository: when set, only tasks whose title and body a listed key signed are
+    /// given to agents (see [`crate::trust`]).
+    pub signers: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -260,6 +270,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ("breaker", &["failures", "open_for", "probes"]),
     ("lease", &["ttl", "heartbeat"]),
     ("runtime", &["manifest"]),
+    ("trust", &["signers"]),
 ];
 
 const MINUTE: u64 = 60;
@@ -1021,6 +1032,13 @@ fn read_policy(cx: &Cx<'_>, root: &DeTable<'_>) -> Policy {
     }
     let runtime = RuntimeSection { manifest };
 
+    let s = section("trust");
+    let signers = s.opt_string("signers");
+    if let (Some(v), Some(path)) = (s.get("signers"), &signers) {
+        s.relative_path("signers", v, path);
+    }
+    let trust = TrustSection { signers };
+
     Policy {
         loop_,
         agent,
@@ -1033,6 +1051,7 @@ fn read_policy(cx: &Cx<'_>, root: &DeTable<'_>) -> Policy {
         breaker,
         lease,
         runtime,
+        trust,
     }
 }
 

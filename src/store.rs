@@ -17,8 +17,10 @@ use crate::refs;
 use crate::task::{Task, machine};
 use crate::time::Timestamp;
 
-const DOC: &str = "task.toml";
-const BODY: &str = "body.md";
+/// The task document in a task commit's tree.
+pub const DOC: &str = "task.toml";
+/// The task's body in a task commit's tree.
+pub const BODY: &str = "body.md";
 const RUNS: &str = "runs";
 
 /// How many lost races an update survives before it gives up with a `transient` error.
@@ -93,11 +95,21 @@ pub struct Moved {
 
 pub struct Store<'r> {
     repo: &'r Repo,
+    sign: bool,
 }
 
 impl<'r> Store<'r> {
     pub fn new(repo: &'r Repo) -> Self {
-        Store { repo }
+        Store { repo, sign: false }
+    }
+
+    /// A store whose task commits are signed as the person's git signs when `commit.gpgSign`
+    /// is on (SPEC §13, `[trust]`): for what a person writes at the command line (`task add`,
+    /// `edit`, `cancel`, `gate`, `reopen`). Never for the runner's own writes: what an agent
+    /// files through the runner must not carry the person's signature.
+    pub fn signing(mut self, sign: bool) -> Self {
+        self.sign = sign;
+        self
     }
 
     /// Every task ref, with its document (without the body) or why it is corrupt.
@@ -447,6 +459,9 @@ impl<'r> Store<'r> {
             }
         }
         let message = format!("{message}\n\nLoop-Task: {}\n", task.id);
+        if self.sign {
+            return self.repo.write_signed_commit(&message, tree, &parents);
+        }
         self.repo.write_commit(&message, tree, &parents)
     }
 

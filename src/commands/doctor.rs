@@ -37,7 +37,10 @@ const REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 ///   leases            none expired, none held by a dead process on this host
 ///   runner            the runner lock and the freshness of runner heartbeats
 ///   breaker           closed, or open/paused with its reason
-///   oracle-pin        the frozen finish line ([gate], [review], [verify]) matches its pin
+///   oracle-pin        the frozen finish line ([gate], [review], [verify], [trust]) matches
+///                     its pin
+///   trust             [trust] signers is committed on the target, lists keys, and
+///                     ssh-keygen is there to check signatures with
 ///   tasks             every task ref reads; no dependency cycle or dangling dependency
 ///   macos-privacy     on macOS, the repository is not under ~/Desktop, ~/Documents,
 ///                     ~/Downloads or a cloud drive, which an unattended runner cannot read

@@ -246,6 +246,10 @@ heartbeat = "30s"
 
 [runtime]                     # files that must exist AND be tracked
 manifest = ["policy.toml", "loop/PROMPT.md"]
+
+# [trust]                     # protected: with a shared remote, who may give agents work
+# signers = ".gitsigners"     # git's SSH allowed-signers file, committed here; only tasks a
+#                             # listed key signed run (task add signs with commit.gpgSign on)
 "#;
 
 const PROMPT_TEMPLATE: &str = r#"You are working on one task of a backlog, in a Git worktree of your own, on the

@@ -201,6 +201,8 @@ pub struct CommitInfo {
     pub time: i64,
     pub author: String,
     pub message: String,
+    /// Whether it carries an SSH signature (a `gpgsig` header; git checks it, not this).
+    pub ssh_signed: bool,
 }
 
 /// A worktree of the repository: the main one or a linked one.
@@ -880,6 +882,44 @@ impl Repo {
         Ok(commit.id)
     }
 
+    /// Writes a commit as [`Repo::write_commit`] does, signed the way the person's git signs
+    /// (`git commit-tree -S`: `gpg.format`, `user.signingKey`). A signature that cannot be made
+    /// is a `config` error: nothing unsigned is written in its place.
+    pub fn write_signed_commit(
+        &self,
+        message: &str,
+        tree: ObjectId,
+        parents: &[ObjectId],
+    ) -> Result<ObjectId> {
+        let dir = self.workdir().unwrap_or(self.common_dir());
+        let git = cli::Git::new(dir, !self.has_identity());
+        let mut args = vec!["commit-tree".to_string(), "-S".into(), tree.to_string()];
+        for p in parents {
+            args.extend(["-p".to_string(), p.to_string()]);
+        }
+        let out = git.output_stdin(&args, message.as_bytes())?;
+        if !out.status.success() {
+            return Err(LoopError::new(
+                Class::Config,
+                format!(
+                    "cannot sign the task's commit: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            )
+            .with_hint(
+                "check user.signingKey and gpg.format (commit.gpgSign asks git-loop to sign what \
+                 a person writes), or turn commit.gpgSign off for this repository",
+            )
+            .into());
+        }
+        oid(String::from_utf8_lossy(&out.stdout).trim())
+    }
+
+    /// Whether the person's git signs the commits it writes (`commit.gpgSign`).
+    pub fn signs_commits(&self) -> bool {
+        self.config_bool("commit.gpgSign") == Some(true)
+    }
+
     /// The tree of commit `id`, or `Err(kind)` when `id` is not a commit (`None`: missing).
     pub fn commit_tree(&self, id: ObjectId) -> Result<std::result::Result<ObjectId, Option<Kind>>> {
         let object = match self.repo.try_find_object(id) {
@@ -931,6 +971,10 @@ impl Repo {
                 .map(|a| a.name.to_str_lossy().into_owned())
                 .unwrap_or_default(),
             message: decoded.message.to_str_lossy().into_owned(),
+            ssh_signed: decoded
+                .extra_headers()
+                .pgp_signature()
+                .is_some_and(|sig| sig.starts_with(b"-----BEGIN SSH SIGNATURE-----")),
         })
     }
 

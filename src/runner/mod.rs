@@ -119,6 +119,15 @@ struct Runner<'a> {
     /// When the leases of other clones were last looked at (see [`Runner::reap_lapsed`]).
     reaped: Option<Instant>,
     offline: Option<(Timestamp, String)>,
+    /// The allowed signers of tasks (`[trust]`), as the pin and target it was read at have it.
+    trust: Option<TrustSeen>,
+}
+
+/// The `[trust]` signers of the finish line at one pin and target tip.
+struct TrustSeen {
+    pin: Option<ObjectId>,
+    target: Option<ObjectId>,
+    signers: Option<crate::trust::Signers>,
 }
 
 /// Runs the loop in the repository of `workdir` until `--once` has nothing left to do (or for
@@ -168,6 +177,7 @@ pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) 
         synced: None,
         reaped: None,
         offline: None,
+        trust: None,
     };
     heartbeat::write_lock_holder(&runner.repo, &runner.beats.beat)?;
     // A runner sharing a remote starts from the remote's state.
@@ -619,6 +629,19 @@ impl Runner<'_> {
             State::AwaitingJudge => 1,
             _ => 2,
         });
+        let signers = if candidates.is_empty() {
+            None
+        } else {
+            match self.signers() {
+                Ok(s) => s,
+                Err(e) => {
+                    // The breaker opens on a finish line that cannot be read; until then,
+                    // nothing is given out unchecked.
+                    tracing::warn!("cannot read [trust] signers, claiming nothing: {e:#}");
+                    return Ok(0);
+                }
+            }
+        };
         let mut started = 0;
         for task in candidates {
             if self.active.len() >= workers {
@@ -632,6 +655,11 @@ impl Runner<'_> {
             let Some(tip) = tips.get(task.id.as_str()).copied() else {
                 continue;
             };
+            if let Some(signers) = &signers
+                && !self.trusted(signers, task, tip)?
+            {
+                continue;
+            }
             let deps_done = graph.deps_done(task);
             let Some(job) = self.claim(task, tip, deps_done)? else {
                 continue;
@@ -687,6 +715,74 @@ impl Runner<'_> {
             self.beats.beat.tasks = self.active.keys().cloned().collect();
         }
         Ok(started)
+    }
+
+    /// The allowed signers of tasks the pinned finish line names (`[trust] signers`), read
+    /// again when the pin or the target moved.
+    fn signers(&mut self) -> Result<Option<crate::trust::Signers>> {
+        let pin = self.repo.read_ref(refs::ORACLE)?;
+        let target = self
+            .repo
+            .last_seen_tip(
+                self.policy.loop_.remote.as_deref(),
+                &self.policy.loop_.target,
+            )?
+            .map(|(tip, _)| tip);
+        if let Some(t) = &self.trust
+            && t.pin == pin
+            && t.target == target
+        {
+            return Ok(t.signers.clone());
+        }
+        let frozen = crate::finish_line::frozen(&self.repo, &self.policy)?;
+        let signers = crate::trust::signers(&self.repo, &frozen)?;
+        self.trust = Some(TrustSeen {
+            pin,
+            target,
+            signers: signers.clone(),
+        });
+        Ok(signers)
+    }
+
+    /// Whether `task`, at `tip`, may be given out under `signers`; one that may not is held
+    /// `blocked: untrusted` (by compare-and-swap from `tip`: a task that moved meanwhile is
+    /// looked at again on the next pass).
+    fn trusted(
+        &mut self,
+        signers: &crate::trust::Signers,
+        task: &Task,
+        tip: ObjectId,
+    ) -> Result<bool> {
+        let why = match crate::trust::verify(&self.repo, signers, &task.id, tip)? {
+            crate::trust::Verdict::Trusted { .. } => return Ok(true),
+            crate::trust::Verdict::Untrusted(why) => why,
+        };
+        let store = Store::new(&self.repo);
+        let Ok(stored) = store.load(&task.id) else {
+            return Ok(false);
+        };
+        if stored.commit != tip {
+            return Ok(false);
+        }
+        let event = Event::Untrusted { why };
+        let actor = Actor::Runner(self.id.clone());
+        let Ok(t) = machine::apply(
+            &stored.task,
+            &event,
+            &actor,
+            &Budget::from(&self.policy),
+            machine::Clock::now(),
+        ) else {
+            return Ok(false);
+        };
+        let said = t.message.clone();
+        if store
+            .apply(&stored, t.task, Edit::new(t.message))?
+            .is_some()
+        {
+            let _ = writeln!(self.say, "{}: {said}", short(&task.id));
+        }
+        Ok(false)
     }
 
     /// One ref transaction: the task from what we saw, and its lease created only if absent.

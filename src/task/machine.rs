@@ -236,6 +236,8 @@ pub enum Event {
     Reopen { thin: Option<String> },
     /// A person edited the task (`what` names the fields); `thin` is triage's verdict now.
     Edited { what: String, thin: Option<String> },
+    /// A runner found the task's title and body signed by no key `[trust] signers` lists.
+    Untrusted { why: String },
 }
 
 /// The kinds of [`Event`], for saying which events move a task on ([`Next`]).
@@ -262,6 +264,7 @@ pub enum Kind {
     Gate,
     Reopen,
     Edited,
+    Untrusted,
 }
 
 impl Event {
@@ -288,6 +291,7 @@ impl Event {
             Event::Gate { .. } => Kind::Gate,
             Event::Reopen { .. } => Kind::Reopen,
             Event::Edited { .. } => Kind::Edited,
+            Event::Untrusted { .. } => Kind::Untrusted,
         }
     }
 
@@ -316,6 +320,7 @@ impl Event {
             Event::Gate { .. } => "gate",
             Event::Reopen { .. } => "reopen",
             Event::Edited { .. } => "edit",
+            Event::Untrusted { .. } => "an untrusted task's hold",
         }
     }
 }
@@ -720,13 +725,31 @@ pub fn apply(
                 actor.name()
             )
         }
+        Event::Untrusted { why } => {
+            // Never from a run under way (its lease stands until it ends) nor from a
+            // decision made.
+            expect(task, event, actor, &CLAIMABLE)?;
+            t.next_at = None;
+            t.set_state(State::Blocked, Some(Reason::Untrusted), Some(why.clone()));
+            format!("{from} -> blocked: untrusted: {why}")
+        }
         Event::Edited { what, thin } => {
             final_(task, event, actor)?;
-            let held = task.is(State::Blocked, Reason::ThinTask);
+            let held = task.is(State::Blocked, Reason::ThinTask)
+                || task.is(State::Blocked, Reason::Untrusted);
+            let untrusted = task.is(State::Blocked, Reason::Untrusted);
             match (held, thin) {
+                (true, None) if untrusted => {
+                    t.set_state(State::Ready, None, None);
+                    format!("blocked -> ready: {what}; its signature is checked before it runs")
+                }
                 (true, None) => {
                     t.set_state(State::Ready, None, None);
                     format!("blocked -> ready: {what}; triage passes")
+                }
+                (true, Some(why)) if untrusted => {
+                    t.set_state(State::Blocked, Some(Reason::ThinTask), Some(why.clone()));
+                    format!("blocked: {what}; thin_task")
                 }
                 (true, Some(why)) => {
                     t.detail = Some(why.clone());
@@ -926,23 +949,21 @@ fn final_(task: &Task, event: &Event, actor: &Actor) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The states a runner claims a task from: for an agent, a judge or a promotion.
+const CLAIMABLE: [State; 5] = [
+    State::Ready,
+    State::NeedsRework,
+    State::QuotaWait,
+    State::AwaitingJudge,
+    State::Promoting,
+];
+
 /// A promotion may start (or find the branch moved) from anything but a running agent, a
 /// person's decision or the end.
 fn expect_promotable(task: &Task, event: &Event, actor: &Actor) -> Result<(), Refusal> {
-    expect(
-        task,
-        event,
-        actor,
-        &[
-            State::Ready,
-            State::NeedsRework,
-            State::QuotaWait,
-            State::AwaitingJudge,
-            State::Promoting,
-            State::Blocked,
-        ],
-    )
-    .map_err(|r| match task.state {
+    let mut states = CLAIMABLE.to_vec();
+    states.push(State::Blocked);
+    expect(task, event, actor, &states).map_err(|r| match task.state {
         State::Running => {
             r.hint("an agent works on it; if its runner died, `git loop reap` takes the task back")
         }
@@ -1026,6 +1047,12 @@ pub fn next(task: &Task, pending: &[&str], now: Timestamp) -> Option<Next> {
                 "a person edits it (`git loop task edit`) to re-arm it".into(),
                 &[Kind::Edited, Kind::Reopen],
             ),
+            Some(Reason::Untrusted) => now_by(
+                "a person whose key [trust] signers lists signs an edit or a reopen of it \
+                 (`git loop task reopen` with commit.gpgSign on)"
+                    .into(),
+                &[Kind::Edited, Kind::Reopen],
+            ),
             Some(Reason::Conflict | Reason::VerifyFailed) if !pending.is_empty() => now_by(
                 format!("{}; then its promotion resumes", waits()),
                 &[Kind::Unblocked],
@@ -1080,7 +1107,7 @@ mod tests {
         }
     }
 
-    const ALL: [Kind; 21] = [
+    const ALL: [Kind; 22] = [
         Kind::Lease,
         Kind::Completed,
         Kind::Failed,
@@ -1102,11 +1129,12 @@ mod tests {
         Kind::Gate,
         Kind::Reopen,
         Kind::Edited,
+        Kind::Untrusted,
     ];
 
     /// The events the loop itself makes, without a person's or a stop's (a stop and an agent
     /// that cannot start give their attempt back: a person, or the breaker, bounds those).
-    const LOOP: [Kind; 15] = [
+    const LOOP: [Kind; 16] = [
         Kind::Lease,
         Kind::Completed,
         Kind::Failed,
@@ -1122,6 +1150,7 @@ mod tests {
         Kind::Promoted,
         Kind::Unblocked,
         Kind::CooledOff,
+        Kind::Untrusted,
     ];
 
     fn budget() -> Budget {
@@ -1217,6 +1246,9 @@ mod tests {
             Kind::Edited => Event::Edited {
                 what: "edit: body".into(),
                 thin: (rng.below(2) == 0).then(|| "thin".to_string()),
+            },
+            Kind::Untrusted => Event::Untrusted {
+                why: "signed by no listed key".into(),
             },
         }
     }

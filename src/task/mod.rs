@@ -100,6 +100,9 @@ pub enum Reason {
     /// Human-gated at filing: `triage.max_discovered` tasks already descend, discovered, from
     /// the task a person filed that this one comes from.
     DiscoveryLimit,
+    /// Blocked: `[trust] signers` is set and no listed key signed the task's title and body
+    /// as they stand; re-armed by a person's signed edit or reopen.
+    Untrusted,
 }
 
 impl Reason {
@@ -113,6 +116,7 @@ impl Reason {
             Reason::Escalated => "escalated",
             Reason::PromotionRefused => "promotion_refused",
             Reason::DiscoveryLimit => "discovery_limit",
+            Reason::Untrusted => "untrusted",
         }
     }
 }

@@ -18,3 +18,4 @@ mod test_sandbox;
 mod test_shared;
 mod test_start;
 mod test_tasks;
+mod test_trust;

@@ -14,7 +14,7 @@ const POLICY: &str = "[loop]\ntarget = \"main\"\n\
     [agent]\ncommand = [\"true\"]\n\
     [gate]\ncommands = [[\"true\"]]\n";
 
-const NAMES: [&str; 19] = [
+const NAMES: [&str; 20] = [
     "git-version",
     "repository",
     "ref-storage",
@@ -32,6 +32,7 @@ const NAMES: [&str; 19] = [
     "runner",
     "breaker",
     "oracle-pin",
+    "trust",
     "tasks",
     "macos-privacy",
 ];
@@ -167,7 +168,7 @@ fn a_clean_initialised_repository_passes_every_check() {
     // The table: one line per check, then the tally.
     let human = repo.ok(&["doctor"]);
     assert!(
-        human.contains("19 checks: 19 ok, 0 warn, 0 fail"),
+        human.contains("20 checks: 20 ok, 0 warn, 0 fail"),
         "{human}"
     );
     assert!(
@@ -954,4 +955,31 @@ fn the_sandbox_check_warns_when_agents_run_unsandboxed_and_fails_when_bwrap_is_a
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("bubblewrap"));
+}
+
+#[test]
+fn trust_signers_must_be_committed_on_the_target_and_list_keys() {
+    // Named but never committed: the runner could check no signature, so it fails.
+    let repo = setup_with(&format!("{POLICY}[trust]\nsigners = \".gitsigners\"\n"));
+    let v = doctor_exits(&repo, &[], 3);
+    assert_check(&v, "trust", "fail", &[".gitsigners", "not committed"]);
+    assert!(fix_of(&v, "trust").contains("git loop init --repin"));
+    // Committed empty: every task would be held.
+    repo.write(".gitsigners", "# nobody yet\n");
+    repo.git(&["add", ".gitsigners"]);
+    repo.git(&["commit", "-q", "-m", "allowed signers"]);
+    repo.ok(&["init", "--repin"]);
+    let v = doctor_exits(&repo, &[], 0);
+    assert_check(&v, "trust", "warn", &["lists no key"]);
+    repo.write(
+        ".gitsigners",
+        "me@example.com namespaces=\"git\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGW7u0Bt4x3bqtf2TqOAkw3tmkAzKUhDd6VNQjLSrj2n\n",
+    );
+    repo.git(&["commit", "-q", "-am", "a signer"]);
+    // A changed signers file is a changed finish line until a person re-pins.
+    let v = doctor_exits(&repo, &[], 3);
+    assert_check(&v, "oracle-pin", "fail", &[".gitsigners"]);
+    repo.ok(&["init", "--repin"]);
+    let v = doctor_exits(&repo, &[], 0);
+    assert_check(&v, "trust", "ok", &["1 key(s) in .gitsigners"]);
 }

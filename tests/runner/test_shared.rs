@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::test_start::{COMMIT_AND_DONE, Loop, running_group, setup, wait_for};
 
 /// Another clone of the loop's remote, on a branch of its own, with the loop's state synced.
-fn clone_of(l: &Loop, name: &str) -> PathBuf {
+pub(crate) fn clone_of(l: &Loop, name: &str) -> PathBuf {
     let remote = l.remote.as_ref().expect("a remote");
     let tmp = l.repo.root.parent().expect("tmp").to_path_buf();
     let dir = tmp.join(name);
@@ -26,13 +26,13 @@ fn clone_of(l: &Loop, name: &str) -> PathBuf {
     dir
 }
 
-fn sync(l: &Loop, dir: &Path) -> serde_json::Value {
+pub(crate) fn sync(l: &Loop, dir: &Path) -> serde_json::Value {
     let out = l.repo.run_at(dir, &["sync", "--json"]);
     assert_eq!(out.code, 0, "sync in {}: {}", dir.display(), out.stderr);
     out.json()
 }
 
-fn add_at(l: &Loop, dir: &Path, title: &str, after: Option<&str>) -> String {
+pub(crate) fn add_at(l: &Loop, dir: &Path, title: &str, after: Option<&str>) -> String {
     let mut args = vec!["task", "add", title, "--body", "work"];
     if let Some(after) = after {
         args.extend(["--after", after]);
@@ -296,7 +296,7 @@ fn notes_written_by_two_clones_on_one_commit_both_survive() {
 }
 
 /// The state of task `id` as the remote holds it.
-fn remote_state(l: &Loop, id: &str) -> Option<String> {
+pub(crate) fn remote_state(l: &Loop, id: &str) -> Option<String> {
     remote_states(l)
         .into_iter()
         .find_map(|(t, state)| (t == id).then_some(state))

@@ -14,6 +14,9 @@ use crate::task::{self, State, Task, check_name, check_title};
 ///
 /// A task whose body is thinner than policy.toml's [triage] asks (too short, or not saying how
 /// done is checked) is stored, but held as `blocked: thin_task` until it is edited.
+///
+/// With commit.gpgSign on, the task's commit is signed as git signs commits (gpg.format,
+/// user.signingKey): with policy.toml's [trust] signers, only tasks a listed key signed run.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// What is to be done, in one line
@@ -121,6 +124,8 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
             .collect();
         crate::hooks::hold_past_the_limit(&tasks, &triage, &mut task);
     }
+    // What a person files is signed when their git signs commits; an agent's never is.
+    let store = store.signing(actor == Actor::Person && repo.signs_commits());
     store.create(&task)?;
     if task.state == State::Blocked {
         eprintln!(

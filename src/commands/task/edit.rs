@@ -83,7 +83,7 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
             .into());
     }
 
-    let store = Store::new(&repo);
+    let store = Store::new(&repo).signing(repo.signs_commits());
     let all_ids = store.ids()?;
     let refs: Vec<&str> = all_ids.iter().map(String::as_str).collect();
     let id = ids::resolve(&args.id, &refs)?.to_string();

@@ -69,7 +69,7 @@ fn transition(ctx: &mut Ctx<'_>, prefix: &str, event: Event) -> Result<()> {
     let actor = Actor::at_command_line(&ctx.cwd);
     actor.refuse_agent(&format!("`git loop task {}`", verb(&event)))?;
     let repo = ctx.repo()?;
-    let store = Store::new(&repo);
+    let store = Store::new(&repo).signing(repo.signs_commits());
     let id = store.resolve(prefix)?;
     let budget = policy(&repo)?.map_or_else(Budget::default, |p| Budget::from(&p));
     let moved = store.transition(&id, &event, &actor, &budget, |_, _| Ok(()))?;
