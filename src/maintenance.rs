@@ -19,14 +19,21 @@ use crate::git::Repo;
 use crate::git::cli::Git;
 
 /// Configuration for the processes git-loop starts in its worktrees: git's automatic
-/// maintenance off (`maintenance.auto`, and `gc.auto` for gits older than 2.29), passed the
-/// way git passes `-c` to its children, after whatever the environment already passes so.
+/// maintenance off (`maintenance.auto`, and `gc.auto` for gits older than 2.29), and no
+/// signing (`commit.gpgSign`, `tag.gpgSign`: what an agent commits is never signed as the
+/// person, and a sandbox hides the person's keys, so a signing git would fail), passed the way
+/// git passes `-c` to its children, after whatever the environment already passes so.
 pub fn quiet_git_env() -> Vec<(String, String)> {
     let first = std::env::var("GIT_CONFIG_COUNT")
         .ok()
         .and_then(|n| n.trim().parse::<usize>().ok())
         .unwrap_or(0);
-    let settings = [("maintenance.auto", "false"), ("gc.auto", "0")];
+    let settings = [
+        ("maintenance.auto", "false"),
+        ("gc.auto", "0"),
+        ("commit.gpgSign", "false"),
+        ("tag.gpgSign", "false"),
+    ];
     let mut env = vec![(
         "GIT_CONFIG_COUNT".to_string(),
         (first + settings.len()).to_string(),
@@ -134,10 +141,14 @@ mod tests {
             .ok()
             .and_then(|n| n.parse::<usize>().ok())
             .unwrap_or(0);
-        assert_eq!(env[0], ("GIT_CONFIG_COUNT".into(), (count + 2).to_string()));
+        assert_eq!(env[0], ("GIT_CONFIG_COUNT".into(), (count + 4).to_string()));
         assert!(env.contains(&(format!("GIT_CONFIG_KEY_{count}"), "maintenance.auto".into())));
         assert!(env.contains(&(format!("GIT_CONFIG_VALUE_{count}"), "false".into())));
         assert!(env.contains(&(format!("GIT_CONFIG_KEY_{}", count + 1), "gc.auto".into())));
+        assert!(env.contains(&(
+            format!("GIT_CONFIG_KEY_{}", count + 2),
+            "commit.gpgSign".into()
+        )));
     }
 
     #[test]

@@ -252,6 +252,34 @@ pub enum Leftover {
 /// The most of an outbox that is read: a run that writes more has its outbox cut there.
 const OUTBOX_BYTES: u64 = 1 << 20;
 
+/// What could sign as the person, which no sandboxed run may read: `~/.ssh`, and the key
+/// `user.signingKey` names (the file, and the private key beside a `.pub`). A task a run
+/// signed with them would pass `[trust]` (SPEC §13). A key held only by an ssh-agent is out
+/// of reach already: the agent's socket (`SSH_AUTH_SOCK`) is unset and `/tmp` and `/run` are
+/// the run's own.
+fn signing_secrets(repo: &Repo, home: Option<&Path>) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = home.map(|h| h.join(".ssh")).into_iter().collect();
+    if let Some(key) = repo.config_string("user.signingKey")
+        && !key.starts_with("key::")
+        && !key.starts_with("ssh-")
+    {
+        let path = match (key.strip_prefix("~/"), home) {
+            (Some(rest), Some(h)) => h.join(rest),
+            _ => PathBuf::from(&key),
+        };
+        if path.is_absolute() {
+            if let Some(private) = key.strip_suffix(".pub") {
+                out.push(path.with_file_name(Path::new(private).file_name().unwrap_or_default()));
+            }
+            out.push(path);
+        }
+    }
+    out.retain(|p| p.exists());
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// One sandboxed run: its scratch directory and what it may write.
 #[derive(Debug)]
 pub struct Session {
@@ -268,6 +296,8 @@ pub struct Session {
     read_only: Vec<PathBuf>,
     /// Files inside what is writable that stay read-only (see [`Session::prepare`]).
     pinned: Vec<PathBuf>,
+    /// What could sign as the person, hidden from the run (see [`signing_secrets`]).
+    secrets: Vec<PathBuf>,
     common: PathBuf,
     /// The task branch (`loop/<short>`) the run may move, and where it was when it began.
     branch: Option<(String, Option<ObjectId>)>,
@@ -317,6 +347,7 @@ impl Session {
             writable: Vec::new(),
             read_only: Vec::new(),
             pinned: Vec::new(),
+            secrets: Vec::new(),
             common: common.clone(),
             branch: None,
             task,
@@ -372,10 +403,12 @@ impl Session {
         let home = std::env::var_os("HOME")
             .map(PathBuf::from)
             .filter(|h| h.is_absolute() && h.is_dir() && h != Path::new("/"));
+        let secrets = signing_secrets(repo, home.as_deref());
         Ok(Session {
             tool: Some(Tool::Bwrap(bwrap.clone())),
             scratch,
             rules: Vec::new(),
+            secrets,
             home,
             extra: extra.iter().filter(|p| p.exists()).cloned().collect(),
             writable,
@@ -519,6 +552,14 @@ impl Session {
         }
         for file in &self.pinned {
             add(&["--ro-bind", &s(file), &s(file)]);
+        }
+        // Last, over whatever came before: nothing the run can read signs as the person.
+        for secret in &self.secrets {
+            if secret.is_dir() {
+                add(&["--tmpfs", &s(secret)]);
+            } else {
+                add(&["--ro-bind", "/dev/null", &s(secret)]);
+            }
         }
         add(&["--chdir", &s(cwd), "--"]);
         out.extend(argv);

@@ -458,6 +458,13 @@ impl<'r> Store<'r> {
                 parents.push(*k);
             }
         }
+        // A failure's account this clone writes is remembered here, so that under `[trust]`
+        // it is told to the next run while one pushed from elsewhere is not.
+        if let Some(context) = &task.context
+            && previous.is_none_or(|p| p.task.context.as_ref() != Some(context))
+        {
+            crate::trust::remember_context(self.repo, &task.id, context);
+        }
         let message = format!("{message}\n\nLoop-Task: {}\n", task.id);
         if self.sign {
             return self.repo.write_signed_commit(&message, tree, &parents);

@@ -2,15 +2,28 @@
 //! `refs/loop/tasks/*` could make an unattended agent run a prompt of theirs. With
 //! `[trust] signers` — an allowed-signers file in git's SSH format, committed in the repository
 //! and pinned with the finish line — a runner gives a task to an agent, a judge or a promotion
-//! only while the task's title and body, as they stand, are those of a commit *of that task*
-//! (its `Loop-Task:` trailer) that carries an SSH signature git finds good and made by a key the
-//! file lists. Every other task is held `blocked: untrusted`; a person whose key is listed
-//! re-arms it by a signed edit or reopen (`commit.gpgSign`: see [`crate::store::Store::signing`]).
+//! only while the task's title and body, as they stand, are those of the newest commit *of that
+//! task* (its `Loop-Task:` trailer, on the task's first-parent history) that carries an SSH
+//! signature git finds good and made by a key the file lists. Every other task is held
+//! `blocked: untrusted`; a person whose key is listed re-arms it by a signed edit or reopen
+//! (`commit.gpgSign`: see [`crate::store::Store::signing`]).
 //!
-//! The signatures are git's to check (`git log --format=%G?` with `gpg.ssh.allowedSignersFile`
-//! set to the pinned file), never git-loop's own: `G` is a good signature by a listed key; a
-//! good signature by a key the file does not list is `U`, and does not count. Only SSH
-//! signatures count: a GPG signature is judged by the person's keyring, not by the file.
+//! - The signatures are git's to check (`git log --no-walk --format=%G?` with
+//!   `gpg.ssh.allowedSignersFile` set to the pinned file's contents), never git-loop's own: `G`
+//!   is a good signature by a listed key; a good signature by a key the file does not list is
+//!   `U`, and does not count. Only SSH signatures count: a GPG signature is judged by the
+//!   person's keyring, not by the file. Which commits git is shown is found first by reading
+//!   them (a signature header and the trailer), at most [`MAX_CANDIDATES`] of them, so that a
+//!   long history costs a walk, not a signature check per commit.
+//! - The newest signed version decides: an older signed title or body put back on top is not
+//!   what the person signed last. This clone remembers the signed commit it accepted last for
+//!   each task, and refuses a history rewound past it.
+//! - The task's branch must be its own (`loop/<short id>`): it names what the agent works on.
+//! - What else the task carries is nobody's signature: under `[trust]` a runner shows an agent
+//!   a failure's account (`{context}`) only when this clone wrote it ([`context_is_ours`]), and
+//!   never moves the task branch to a head another clone's run record names.
+//! - A history that cannot be read or checked is untrusted, never an error: what anyone can
+//!   push must not stop the runner.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -103,30 +116,78 @@ impl Signers {
     }
 }
 
-/// What the last checks found, by task tip and signers blob (a tip's history never changes).
-type Checked = HashMap<(ObjectId, ObjectId), Verdict>;
+/// What the last checks found, by task tip, signers blob and the signed commit this clone
+/// accepted last (a tip's history never changes).
+type Checked = HashMap<(ObjectId, ObjectId, Option<ObjectId>), Verdict>;
 
 fn checked() -> std::sync::MutexGuard<'static, Checked> {
     static CHECKED: LazyLock<Mutex<Checked>> = LazyLock::new(Default::default);
     CHECKED.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Whether task `id`, whose ref is at `tip`, may be given to an agent under `signers`.
+/// At most this many signed commits of a task are shown to git, newest first: the newest one a
+/// listed key signed decides. More (signed by keys the file does not list) only hide it, and
+/// the task is then untrusted: a refusal, never a way in.
+const MAX_CANDIDATES: usize = 16;
+
+/// Where this clone keeps the signed commit it accepted last for task `id`: a later tip whose
+/// history no longer holds it was rewound to an older signed version, which is refused.
+fn accepted_path(repo: &Repo, id: &str) -> PathBuf {
+    repo.common_dir()
+        .join("loop")
+        .join("trust")
+        .join("accepted")
+        .join(id)
+}
+
+fn accepted(repo: &Repo, id: &str) -> Option<ObjectId> {
+    let text = std::fs::read_to_string(accepted_path(repo, id)).ok()?;
+    crate::git::oid(text.trim()).ok()
+}
+
+fn accept(repo: &Repo, id: &str, commit: ObjectId) -> Result<()> {
+    let path = accepted_path(repo, id);
+    let dir = path.parent().context("the accepted file has a directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, format!("{commit}\n"))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Whether task `id`, whose ref is at `tip`, may be given to an agent under `signers`. A
+/// history git-loop cannot read is untrusted, never an error: what anyone can push must not
+/// stop the runner.
 pub fn verify(repo: &Repo, signers: &Signers, id: &str, tip: ObjectId) -> Result<Verdict> {
-    if let Some(v) = checked().get(&(tip, signers.blob)) {
+    let memo = accepted(repo, id);
+    let key = (tip, signers.blob, memo);
+    if let Some(v) = checked().get(&key) {
         return Ok(v.clone());
     }
-    let verdict = check(repo, signers, id, tip)?;
-    let mut memo = checked();
-    if memo.len() > 4096 {
-        memo.clear();
+    let verdict = match check(repo, signers, id, tip, memo) {
+        Ok(v) => v,
+        Err(e) => Verdict::Untrusted(format!("its history cannot be checked: {e:#}")),
+    };
+    if let Verdict::Trusted { commit, .. } = &verdict
+        && memo != Some(*commit)
+    {
+        accept(repo, id, *commit)?;
     }
-    memo.insert((tip, signers.blob), verdict.clone());
+    let mut memo_map = checked();
+    if memo_map.len() > 4096 {
+        memo_map.clear();
+    }
+    memo_map.insert(key, verdict.clone());
     Ok(verdict)
 }
 
-/// A task's title and its body's blob at commit `at` (`None`: not a task document of `id`).
-fn content(repo: &Repo, id: &str, at: ObjectId) -> Result<Option<(String, Option<ObjectId>)>> {
+/// What an agent is told of a task: its title and its body's blob.
+type Content = (String, Option<ObjectId>);
+
+/// A task's title and its body's blob at commit `at` (`None`: not a task document of `id`,
+/// a body that is not a file, or a branch that is not the task's own `loop/<short id>`, which
+/// names the branch the agent works on).
+fn content(repo: &Repo, id: &str, at: ObjectId) -> Result<Option<Content>> {
     let Some(doc) = repo.file_at(at, crate::store::DOC)? else {
         return Ok(None);
     };
@@ -136,108 +197,168 @@ fn content(repo: &Repo, id: &str, at: ObjectId) -> Result<Option<(String, Option
     else {
         return Ok(None);
     };
-    if task.id != id {
+    if task.id != id || task.branch != format!("loop/{}", crate::ids::short(id)) {
         return Ok(None);
     }
-    let body = repo.entry_at(at, crate::store::BODY)?.map(|(blob, _)| blob);
+    let body = match repo.entry_at(at, crate::store::BODY)? {
+        Some((blob, mode)) if mode.starts_with("100") => Some(blob),
+        Some(_) => return Ok(None),
+        None => None,
+    };
     Ok(Some((task.title, body)))
 }
 
-fn check(repo: &Repo, signers: &Signers, id: &str, tip: ObjectId) -> Result<Verdict> {
-    let Some(now) = content(repo, id, tip)? else {
-        return Ok(Verdict::Untrusted(format!(
-            "its ref does not hold a task document of {}",
-            crate::ids::short(id)
-        )));
-    };
-    let file = signers.materialise()?;
-    let git = Git::new(repo.common_dir(), false);
-    let out = git.output(&[
-        "-c".to_string(),
-        format!("gpg.ssh.allowedSignersFile={}", file.display()),
-        "log".into(),
-        "--no-show-signature".into(),
-        "--first-parent".into(),
-        format!("--max-count={}", MAX_HISTORY + 1),
-        "--format=%H%x00%G?%x00%GS".into(),
-        tip.to_string(),
-    ])?;
-    if !out.status.success() {
-        return Err(LoopError::new(
-            Class::Transient,
-            format!(
-                "cannot read the history of task {}: {}",
-                crate::ids::short(id),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        )
-        .into());
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+/// The commits of the task's first-parent history (newest first) that carry an SSH signature
+/// and the task's trailer (found by reading the commits, before git checks any signature).
+fn candidates(
+    repo: &Repo,
+    id: &str,
+    tip: ObjectId,
+) -> Result<std::result::Result<Vec<ObjectId>, String>> {
     let trailer = format!("Loop-Task: {id}");
-    let (mut commits, mut unlisted, mut gpg) = (0usize, 0usize, 0usize);
-    let mut unchecked: Vec<&str> = Vec::new();
-    for line in text.lines() {
-        commits += 1;
-        if commits > MAX_HISTORY {
-            return Ok(Verdict::Untrusted(format!(
+    let mut found = Vec::new();
+    let mut at = Some(tip);
+    let mut walked = 0usize;
+    while let Some(commit) = at {
+        walked += 1;
+        if walked > MAX_HISTORY {
+            return Ok(Err(format!(
                 "its history is longer than {MAX_HISTORY} commits"
             )));
         }
-        let mut fields = line.split('\0');
-        let (Some(hex), Some(status), signer) = (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        match status {
-            "G" => {}
-            "N" => continue,
-            "U" => {
-                unlisted += 1;
-                continue;
-            }
-            other => {
-                unchecked.push(match other {
-                    "B" => "a bad signature",
-                    "X" | "Y" => "an expired signature or key",
-                    "R" => "a revoked key",
-                    _ => "a signature git could not check (is ssh-keygen installed?)",
-                });
-                continue;
-            }
-        }
-        let commit = crate::git::oid(hex)?;
         let info = repo.commit_info(commit)?;
-        if !info.ssh_signed {
-            gpg += 1;
-            continue;
+        if info.ssh_signed && info.message.lines().any(|l| l.trim_end() == trailer) {
+            found.push(commit);
         }
-        if !info.message.lines().any(|l| l.trim_end() == trailer) {
-            continue;
+        at = info.parents.first().copied();
+    }
+    Ok(Ok(found))
+}
+
+fn check(
+    repo: &Repo,
+    signers: &Signers,
+    id: &str,
+    tip: ObjectId,
+    memo: Option<ObjectId>,
+) -> Result<Verdict> {
+    let Some(now) = content(repo, id, tip)? else {
+        return Ok(Verdict::Untrusted(format!(
+            "its ref does not hold a task document of {} on its own branch loop/{}",
+            crate::ids::short(id),
+            crate::ids::short(id)
+        )));
+    };
+    let found = match candidates(repo, id, tip)? {
+        Ok(c) => c,
+        Err(why) => return Ok(Verdict::Untrusted(why)),
+    };
+    let shown: Vec<ObjectId> = found.iter().take(MAX_CANDIDATES).copied().collect();
+    let mut unlisted = 0usize;
+    let mut unchecked: Vec<&str> = Vec::new();
+    let mut decided = None;
+    if !shown.is_empty() {
+        let file = signers.materialise()?;
+        let git = Git::new(repo.common_dir(), false);
+        let mut args = vec![
+            "-c".to_string(),
+            format!("gpg.ssh.allowedSignersFile={}", file.display()),
+            "log".into(),
+            "--no-show-signature".into(),
+            "--no-walk=unsorted".into(),
+            "--format=%H%x00%G?%x00%GS".into(),
+        ];
+        args.extend(shown.iter().map(ObjectId::to_string));
+        let out = git.output(&args)?;
+        if !out.status.success() {
+            return Ok(Verdict::Untrusted(format!(
+                "git cannot check its signatures: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
         }
-        if content(repo, id, commit)?.as_ref() == Some(&now) {
-            return Ok(Verdict::Trusted {
-                signer: signer.unwrap_or_default().to_string(),
-                commit,
-            });
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines() {
+            let mut fields = line.split('\0');
+            let (Some(hex), Some(status), signer) = (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            match status {
+                "G" => {
+                    decided = Some((
+                        crate::git::oid(hex)?,
+                        signer.unwrap_or_default().to_string(),
+                    ));
+                    break;
+                }
+                "U" => unlisted += 1,
+                "N" => {}
+                "B" => unchecked.push("a bad signature"),
+                "X" | "Y" => unchecked.push("an expired signature or key"),
+                "R" => unchecked.push("a revoked key"),
+                _ => unchecked.push("a signature git could not check (is ssh-keygen installed?)"),
+            }
         }
     }
-    let mut why = format!(
-        "no commit of it signed by a key {} lists has its title and body as they are",
-        signers.path
-    );
-    if unlisted > 0 {
-        why.push_str(&format!(
-            " ({unlisted} signed by a key the file does not list)"
-        ));
+    let Some((commit, signer)) = decided else {
+        let mut why = format!("no commit of it is signed by a key {} lists", signers.path);
+        if unlisted > 0 {
+            why.push_str(&format!(
+                " ({unlisted} signed by a key the file does not list)"
+            ));
+        }
+        if let Some(first) = unchecked.first() {
+            why.push_str(&format!(" ({} with {first})", unchecked.len()));
+        }
+        return Ok(Verdict::Untrusted(why));
+    };
+    // The newest signed version decides: an older one put back on top (a retracted title or
+    // body) is not what the person signed last.
+    if content(repo, id, commit)?.as_ref() != Some(&now) {
+        return Ok(Verdict::Untrusted(format!(
+            "its title or body is not what {signer} signed last ({})",
+            crate::ids::short(&commit.to_string())
+        )));
     }
-    if gpg > 0 {
-        why.push_str(&format!(
-            " ({gpg} signed with GPG, which does not count: only SSH signatures do)"
-        ));
+    // A history rewound past the signed version this clone accepted last.
+    if let Some(memo) = memo
+        && memo != commit
+    {
+        let at = |c: ObjectId| found.iter().position(|f| *f == c);
+        let older = matches!((at(commit), at(memo)), (Some(p), Some(m)) if m > p);
+        if !older {
+            return Ok(Verdict::Untrusted(format!(
+                "its history no longer holds {}, the signed version this clone accepted last",
+                crate::ids::short(&memo.to_string())
+            )));
+        }
     }
-    if let Some(first) = unchecked.first() {
-        why.push_str(&format!(" ({} with {first})", unchecked.len()));
+    Ok(Verdict::Trusted { signer, commit })
+}
+
+fn context_path(repo: &Repo, id: &str) -> PathBuf {
+    repo.common_dir()
+        .join("loop")
+        .join("trust")
+        .join("context")
+        .join(id)
+}
+
+/// Remembers that this clone wrote `context` (a failure's account, given to the next run as
+/// `{context}`) for task `id`. Best effort: a context not remembered is only not shown.
+pub fn remember_context(repo: &Repo, id: &str, context: &str) {
+    let path = context_path(repo, id);
+    let written = path
+        .parent()
+        .map(std::fs::create_dir_all)
+        .transpose()
+        .and_then(|_| std::fs::write(&path, context));
+    if let Err(e) = written {
+        tracing::debug!("remembering the context of {id}: {e}");
     }
-    Ok(Verdict::Untrusted(why))
+}
+
+/// Whether `context` is the failure's account this clone wrote last for task `id`.
+pub fn context_is_ours(repo: &Repo, id: &str, context: &str) -> bool {
+    std::fs::read_to_string(context_path(repo, id)).is_ok_and(|ours| ours == context)
 }

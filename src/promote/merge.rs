@@ -222,7 +222,15 @@ impl Promotion<'_> {
     }
 
     /// Files (or finds) the conflict-fix task, blocks this task on it, and returns the error.
+    /// A source the target's push was to carry is pushed first, so that a person (and the
+    /// fix's agent in another clone) can see the branch.
     pub(super) fn conflict(&mut self, tip: ObjectId, paths: Vec<String>) -> anyhow::Error {
+        if let Some(remote) = self.remote().map(str::to_string)
+            && self.carried().unwrap_or(false)
+            && let Err(e) = self.push_branch(&remote)
+        {
+            return e;
+        }
         let title = format!(
             "resolve conflict: merge {} into {}",
             self.short(),

@@ -3,6 +3,16 @@
 use super::*;
 
 impl Promotion<'_> {
+    /// Whether the target's push carries the source (SPEC §7): the remote task branch would be
+    /// deleted in the same breath (`delete_remote_branch`, no verify commands, a strategy
+    /// whose result contains the source's commits), so it is not pushed on its own first.
+    pub(super) fn carried(&self) -> Result<bool> {
+        Ok(self.remote().is_some()
+            && self.policy.promote.delete_remote_branch
+            && self.policy.promote.strategy != Strategy::Squash
+            && self.frozen()?.sections.verify.commands.is_empty())
+    }
+
     pub(super) fn push_source(&mut self) -> Result<()> {
         if self.rec().has(Phase::PushSource) {
             return Ok(());
@@ -11,12 +21,23 @@ impl Promotion<'_> {
         let Some(remote) = self.remote().map(str::to_string) else {
             return self.skip(Phase::PushSource, "no remote");
         };
+        if self.carried()? {
+            return self.skip(Phase::PushSource, "carried by push_target");
+        }
+        self.push_branch(&remote)?;
+        crash_point(Phase::PushSource, "after");
+        let message = self.pushed_branch_message(&remote);
+        self.checkpoint(Phase::PushSource, &message, |_| {}, &[])
+    }
+
+    /// Pushes the approved source to the remote task branch, never forced.
+    pub(super) fn push_branch(&mut self, remote: &str) -> Result<()> {
         let source = self.rec().source.clone();
         let branch_ref = self.branch_ref();
         // Never forced: a push of what the remote already has is reported up to date ('=').
         let pushed = match self
             .git
-            .push(&remote, &[], &[format!("{source}:{branch_ref}")])?
+            .push(remote, &[], &[format!("{source}:{branch_ref}")])?
         {
             Push::Ok(refs) => refs,
             // The remote's task branch has commits the approved source lacks: someone pushed
@@ -44,21 +65,18 @@ impl Promotion<'_> {
                 return Err(policy_error(format!("{remote} rejected the push: {why}")).into());
             }
         };
-        let message = if pushed.iter().all(|r| r.flag == '=') {
-            format!(
-                "{remote} already has {} at {}",
-                self.task.branch,
-                &source[..7]
-            )
+        self.branch_was_there = pushed.iter().all(|r| r.flag == '=');
+        Ok(())
+    }
+
+    fn pushed_branch_message(&self, remote: &str) -> String {
+        let source = &self.rec().source;
+        let how = if self.branch_was_there {
+            "already has"
         } else {
-            format!(
-                "pushed {} to {remote} at {}",
-                self.task.branch,
-                &source[..7]
-            )
+            "was pushed"
         };
-        crash_point(Phase::PushSource, "after");
-        self.checkpoint(Phase::PushSource, &message, |_| {}, &[])
+        format!("{remote} {how} {} at {}", self.task.branch, &source[..7])
     }
 
     pub(super) fn push_or_classify(
@@ -111,17 +129,27 @@ impl Promotion<'_> {
             // task branch's deletion: one atomic push does both, so the branch cannot go
             // without the target being updated. If that push fails for any reason, the plain
             // push below says why, and the branch is left to delete_remote_branch.
+            // When the source was not pushed on its own (carried), the remote has no task
+            // branch as a rule: the push deletes it on condition that it is absent (one push
+            // for the whole promotion); one left there by an earlier attempt is deleted at
+            // the source it holds.
             if self.policy.promote.delete_remote_branch
                 && self.frozen()?.sections.verify.commands.is_empty()
             {
                 let branch_ref = self.branch_ref();
-                let branch_lease = format!("{branch_ref}:{}", self.rec().source);
-                if let Ok(Push::Ok(_)) = self.git.push(
-                    &remote,
-                    &[lease.clone(), branch_lease],
-                    &[spec.clone(), format!(":{branch_ref}")],
-                ) {
-                    deleted_with_it = true;
+                let mut expected = vec![self.rec().source.clone()];
+                if self.carried()? {
+                    expected.insert(0, String::new());
+                }
+                for old in expected {
+                    if let Ok(Push::Ok(_)) = self.git.push(
+                        &remote,
+                        &[lease.clone(), format!("{branch_ref}:{old}")],
+                        &[spec.clone(), format!(":{branch_ref}")],
+                    ) {
+                        deleted_with_it = true;
+                        break;
+                    }
                 }
             }
             let pushed = if deleted_with_it {

@@ -46,6 +46,10 @@ pub struct Job {
     pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Where the worker reports its phases and, at the end, its result.
     pub report: Sender<Msg>,
+    /// `[trust] signers` when the finish line names them (SPEC §13): the task was checked
+    /// before the claim, and only what a listed key signed or this clone wrote reaches the
+    /// agent.
+    pub signers: Option<crate::trust::Signers>,
 }
 
 /// A run record, `runs/<run>.toml` in the task's tree.
@@ -252,7 +256,33 @@ impl Worker<'_> {
     fn run_agent(&self) -> Result<Task> {
         let (job, repo) = (self.job, self.repo);
         let stored = self.store.load(&job.id)?;
-        let task = stored.task;
+        let mut task = stored.task;
+        if let Some(signers) = &job.signers {
+            // What is given to the agent is read after the claim: it must still be what a
+            // listed key signed (a push since would have changed it under the claim).
+            if let crate::trust::Verdict::Untrusted(why) =
+                crate::trust::verify(repo, signers, &job.id, stored.commit)?
+            {
+                return Err(LoopError::new(
+                    Class::Policy,
+                    format!(
+                        "task {} changed since it was claimed: {why}",
+                        short(&job.id)
+                    ),
+                )
+                .into());
+            }
+            // A failure's account another clone (or anyone who can push) wrote is not shown.
+            if let Some(context) = &task.context
+                && !crate::trust::context_is_ours(repo, &job.id, context)
+            {
+                task.context = Some(
+                    "A previous attempt failed; its account was recorded outside this clone \
+                     and is not shown (the loop's [trust] setting)."
+                        .to_string(),
+                );
+            }
+        }
         let policy = &job.policy;
         let wt = worktree(job, repo, &self.git, &task)?;
         let target = target_tip(job, repo, &self.git)?;

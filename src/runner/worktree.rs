@@ -80,7 +80,9 @@ pub(super) fn worktree(job: &Job, repo: &Repo, git: &Git, task: &Task) -> Result
 /// and the checkout removed, to be made again on the branch. Returns the branch's head.
 pub(super) fn settle(job: &Job, repo: &Repo, git: &Git, task: &Task) -> Result<Option<ObjectId>> {
     let local = repo.read_ref(&refs::branch(&task.branch))?;
-    let shared = job.policy.loop_.remote.is_some();
+    // Under `[trust]`, a head another clone's record names is anyone's who can push: the work
+    // goes on from this clone's own branch.
+    let shared = job.policy.loop_.remote.is_some() && job.signers.is_none();
     let Some(left) = settled_head(repo, &task.id, local, shared)? else {
         return Ok(local);
     };

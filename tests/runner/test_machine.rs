@@ -173,7 +173,14 @@ fn a_silent_agent_is_run_within_its_budget() {
 /// and a new commit on the task branch re-arms it.
 #[test]
 fn a_promotion_refused_by_policy_blocks_the_task_until_its_branch_moves() {
-    let l = setup(COMMIT_AND_DONE, BUDGET, true);
+    // A verify command makes the promotion push the task branch on its own first (with none,
+    // the target's push carries the source, and a stranger's branch of the same name is left
+    // alone): that push is what the remote refuses.
+    let l = setup(
+        COMMIT_AND_DONE,
+        &format!("{BUDGET}[verify]\ncommands = [[\"true\"]]\n"),
+        true,
+    );
     let id = l.add("collides with someone's branch");
     let branch = format!("loop/{}", &id[..7]);
     l.repo.git(&["checkout", "-q", "-b", "someone", "main"]);

@@ -327,14 +327,15 @@ fn uncommitted_changes_in_the_users_checkout_survive() {
     }
 }
 
-#[test]
-fn a_conflict_files_a_fix_task_and_its_completion_rearms_the_original() {
-    let f = Fixture::new(Config::default());
-    let repo = &f.repo;
-    // main changes the same file differently.
-    repo.write("feature.txt", "main's own version\n");
-    repo.git(&["add", "feature.txt"]);
-    repo.git(&["commit", "-q", "-m", "Main's feature"]);
+/// main changes the task's file differently.
+fn main_conflicts(f: &Fixture) {
+    f.repo.write("feature.txt", "main's own version\n");
+    f.repo.git(&["add", "feature.txt"]);
+    f.repo.git(&["commit", "-q", "-m", "Main's feature"]);
+}
+
+/// The promotion stops on the conflict (exit 5), naming the file.
+fn assert_promotion_conflicts(f: &Fixture) {
     let out = f.promote();
     assert_eq!(out.code, 5, "{}", out.stderr);
     assert!(
@@ -342,6 +343,34 @@ fn a_conflict_files_a_fix_task_and_its_completion_rearms_the_original() {
         "{}",
         out.stderr
     );
+}
+
+/// A promotion whose target push was to carry the source pushes the task branch on its own
+/// once the merge conflicts, before it blocks: a person (or the fix, from another clone) can
+/// see it on the remote.
+#[test]
+fn a_conflict_in_a_one_push_promotion_pushes_the_branch_before_blocking() {
+    let f = Fixture::new(Config {
+        remote: true,
+        verify: "[]",
+        ..Config::default()
+    });
+    let repo = &f.repo;
+    main_conflicts(&f);
+    repo.git(&["push", "-q", "origin", "main"]);
+    assert_promotion_conflicts(&f);
+    let remote = f.remote.as_ref().expect("remote");
+    let branch = format!("refs/heads/loop/{}", f.short());
+    let on_remote = repo.git(&["--git-dir", &remote.to_string_lossy(), "rev-parse", &branch]);
+    assert_eq!(on_remote, repo.git(&["rev-parse", &branch]));
+}
+
+#[test]
+fn a_conflict_files_a_fix_task_and_its_completion_rearms_the_original() {
+    let f = Fixture::new(Config::default());
+    let repo = &f.repo;
+    main_conflicts(&f);
+    assert_promotion_conflicts(&f);
 
     let tasks = repo.run(&["task", "list", "--json"]).json();
     let fix = tasks
@@ -722,9 +751,10 @@ fn refused_credentials_are_a_config_error() {
     );
 }
 
-/// The target push also deletes the remote task branch, in one atomic push, when nothing (no
-/// verify command) stands between them. If someone moved that branch on the remote meanwhile,
-/// the target is still pushed and their branch is kept.
+/// The target push carries the source and deletes the remote task branch, in one atomic push,
+/// when nothing (no verify command) stands between them: the branch is never pushed on its
+/// own. If someone pushed that branch to the remote meanwhile, with more commits, the target
+/// is still pushed and their branch is kept.
 #[test]
 fn a_remote_task_branch_moved_by_someone_is_kept_while_the_target_is_pushed() {
     let f = Fixture::new(Config {
@@ -737,10 +767,18 @@ fn a_remote_task_branch_moved_by_someone_is_kept_while_the_target_is_pushed() {
     assert_eq!(killed.code, -1);
     let remote = f.remote.as_ref().expect("remote");
     let branch = format!("refs/heads/loop/{}", f.short());
-    let pushed = f
-        .repo
-        .git(&["--git-dir", &remote.to_string_lossy(), "rev-parse", &branch]);
-    // Someone adds a commit to the task branch on the remote.
+    let on_remote = |r: &str| {
+        f.repo
+            .git_out(&["--git-dir", &remote.to_string_lossy(), "rev-parse", r])
+    };
+    assert_ne!(
+        on_remote(&branch).code,
+        0,
+        "the branch was pushed on its own"
+    );
+    let pushed = f.repo.git(&["rev-parse", &branch]);
+    // Someone pushes the task branch with a commit of theirs on top.
+    f.repo.git(&["push", "-q", "origin", &branch]);
     let other = f.other_clone();
     let in_other = |args: &[&str]| f.git_in(&other, args);
     in_other(&["checkout", "-q", &format!("loop/{}", f.short())]);
@@ -792,5 +830,6 @@ fn the_target_push_deletes_the_remote_task_branch_with_it() {
         .git(&["log", "--format=%s", &format!("refs/loop/promote/{}", f.id)]);
     assert!(log.contains("and deleted origin/loop/"), "{log}");
     assert!(log.contains("with the target push"), "{log}");
+    assert!(log.contains("carried by push_target"), "{log}");
     f.assert_converged();
 }

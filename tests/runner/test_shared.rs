@@ -79,14 +79,14 @@ fn remote_states(l: &Loop) -> Vec<(String, String)> {
 }
 
 #[test]
-fn three_clones_with_two_workers_each_run_every_task_once() {
+fn three_clones_with_two_workers_each_run_sixty_tasks_once_each() {
     let l = setup(COMMIT_AND_DONE, "[lease]\nttl = \"10s\"\n", true);
     let b = clone_of(&l, "clone-b");
     let c = clone_of(&l, "clone-c");
     let a = l.repo.root.clone();
     // Filed from all three, some after tasks another clone filed.
     let mut ids = Vec::new();
-    for round in 0..4 {
+    for round in 0..20 {
         for (name, dir) in [("a", &a), ("b", &b), ("c", &c)] {
             sync(&l, dir);
             let after = (round % 2 == 1).then(|| ids.last().cloned()).flatten();
