@@ -91,6 +91,8 @@ def make(root, tasks, name, remote=False):
         run(["git", "remote", "add", "origin", bare], repo)
         run(["git", "push", "-q", "origin", "main"], repo)
     if tasks:
+        # A person pins the finish line before the runner may judge (SPEC §9).
+        run([binary, "init", "--repin"], repo)
         for i in range(tasks):
             run([binary, "task", "add", f"task {i}", "--body", "work"], repo)
         run(["git", "checkout", "-q", "-b", "person"], repo)

@@ -614,15 +614,42 @@ impl<'r> Cx<'r> {
             .git
             .ls_remote_within(remote, &target, self.opts.remote_timeout)
         {
-            Ok(Some(tip)) => Ok(Check::ok(
-                NAME,
-                Class::Config,
-                format!(
+            Ok(Some(tip)) => {
+                let saw = format!(
                     "{remote} ({url}) answered: {} is at {}",
                     policy.loop_.target,
                     tip.get(..7).unwrap_or(&tip)
-                ),
-            )),
+                );
+                // Loop state is shared through the remote (SPEC §13): the pin there shows it
+                // took refs/loop/* (some hosts take only branches and tags).
+                match self.git.ls_remote_within(
+                    remote,
+                    crate::refs::ORACLE,
+                    self.opts.remote_timeout,
+                ) {
+                    Ok(Some(_)) => Ok(Check::ok(
+                        NAME,
+                        Class::Config,
+                        format!("{saw}; it holds the loop's state ({})", crate::refs::ORACLE),
+                    )),
+                    Ok(None) => Ok(Check::warn(
+                        NAME,
+                        Class::Config,
+                        format!(
+                            "{saw}, but holds no {}: it has not taken the loop's state yet",
+                            crate::refs::ORACLE
+                        ),
+                        "`git loop init --repin` pushes the pin there (a host that refuses \
+                         refs/loop/* fails then, naming its refusal)",
+                    )),
+                    Err(e) => Ok(Check::warn(
+                        NAME,
+                        Class::Transient,
+                        format!("{saw}; asking for {} failed: {e:#}", crate::refs::ORACLE),
+                        "try again when the remote is reachable",
+                    )),
+                }
+            }
             Ok(None) => Ok(Check::fail(
                 NAME,
                 Class::Config,
@@ -1044,7 +1071,8 @@ impl<'r> Cx<'r> {
             NAME,
             Class::Config,
             format!(
-                "{listed} key(s) in {}: only tasks they signed run",
+                "{listed} key(s) in {}: a task runs only when one of them signed its title \
+                 and body",
                 signers.path
             ),
         ))

@@ -329,8 +329,20 @@ impl<'r> Store<'r> {
         id: &str,
         mut edit: impl FnMut(&mut Task) -> Result<Edit>,
     ) -> Result<Updated> {
+        let mut first: Option<(String, String)> = None;
         for attempt in 0..MAX_TRIES {
             let current = self.load(id)?;
+            // What a person signs is what they had read: a title or body that changed under a
+            // signed edit (a lost race) is not signed in its place.
+            let read = (current.task.title.clone(), current.task.body.clone());
+            if self.sign && first.get_or_insert_with(|| read.clone()) != &read {
+                return Err(LoopError::new(
+                    Class::Transient,
+                    format!("task {id}'s title or body changed while it was being edited"),
+                )
+                .with_hint("look at it again (`git loop task show`), then edit it again")
+                .into());
+            }
             let mut task = current.task.clone();
             let change = match edit(&mut task) {
                 Ok(change) => change,

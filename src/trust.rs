@@ -320,6 +320,27 @@ fn check(
             crate::ids::short(&commit.to_string())
         )));
     }
+    // A signed cancel or gate holds the task for a person: it vouches for nothing to run (a
+    // person's cancel of a stranger's task carries the stranger's title and body).
+    if let Some(doc) = repo.file_at(commit, crate::store::DOC)?
+        && let Ok(signed) = std::str::from_utf8(&doc)
+            .map_err(|e| e.to_string())
+            .and_then(Task::from_toml)
+        && matches!(
+            signed.state,
+            crate::task::State::Cancelled | crate::task::State::HumanGated
+        )
+    {
+        return Ok(Verdict::Untrusted(format!(
+            "the newest version {signer} signed ({}) {} it; only a signed reopen re-arms it",
+            crate::ids::short(&commit.to_string()),
+            if signed.state == crate::task::State::Cancelled {
+                "cancelled"
+            } else {
+                "gated"
+            }
+        )));
+    }
     // A history rewound past the signed version this clone accepted last.
     if let Some(memo) = memo
         && memo != commit
@@ -336,29 +357,40 @@ fn check(
     Ok(Verdict::Trusted { signer, commit })
 }
 
-fn context_path(repo: &Repo, id: &str) -> PathBuf {
-    repo.common_dir()
-        .join("loop")
-        .join("trust")
-        .join("context")
-        .join(id)
-}
-
 /// Remembers that this clone wrote `context` (a failure's account, given to the next run as
 /// `{context}`) for task `id`. Best effort: a context not remembered is only not shown.
 pub fn remember_context(repo: &Repo, id: &str, context: &str) {
-    let path = context_path(repo, id);
-    let written = path
-        .parent()
-        .map(std::fs::create_dir_all)
-        .transpose()
-        .and_then(|_| std::fs::write(&path, context));
-    if let Err(e) = written {
-        tracing::debug!("remembering the context of {id}: {e}");
-    }
+    remember(repo, "context", id, context);
 }
 
 /// Whether `context` is the failure's account this clone wrote last for task `id`.
 pub fn context_is_ours(repo: &Repo, id: &str, context: &str) -> bool {
-    std::fs::read_to_string(context_path(repo, id)).is_ok_and(|ours| ours == context)
+    is_ours(repo, "context", id, context)
+}
+
+fn ours_path(repo: &Repo, kind: &str, id: &str) -> PathBuf {
+    repo.common_dir()
+        .join("loop")
+        .join("trust")
+        .join(kind)
+        .join(id)
+}
+
+/// Remembers that this clone wrote `value` as the `kind` of task `id` (a promotion checkpoint's
+/// tip, a judge's approval). Best effort: what is not remembered is only not trusted.
+pub fn remember(repo: &Repo, kind: &str, id: &str, value: &str) {
+    let path = ours_path(repo, kind, id);
+    let written = path
+        .parent()
+        .map(std::fs::create_dir_all)
+        .transpose()
+        .and_then(|_| std::fs::write(&path, value));
+    if let Err(e) = written {
+        tracing::debug!("remembering the {kind} of {id}: {e}");
+    }
+}
+
+/// Whether `value` is the `kind` of task `id` this clone wrote last.
+pub fn is_ours(repo: &Repo, kind: &str, id: &str, value: &str) -> bool {
+    std::fs::read_to_string(ours_path(repo, kind, id)).is_ok_and(|ours| ours == value)
 }

@@ -29,7 +29,8 @@ const REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 ///   sandbox           agents, gates and verify run in the OS sandbox (agent.sandbox; warns
 ///                     when they run unsandboxed, fails when "bwrap" is asked for and absent)
 ///   hooks             the shims are installed, current (else a diff) and chain correctly
-///   remote            loop.remote is configured and answers (not asked with --offline)
+///   remote            loop.remote is configured and answers, and holds the loop's state
+///                     (its refs/loop/oracle; not asked with --offline)
 ///   worktrees         no worktree deleted by hand; every loop worktree has a lease
 ///   branch-locks      no branch held by a stale worktree
 ///   git-locks         no lock file of git's (a ref's, an index's, packed-refs') left by a git

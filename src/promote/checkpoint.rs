@@ -55,7 +55,7 @@ impl Record {
 pub(super) struct Chain<'r> {
     repo: &'r Repo,
     name: String,
-    tip: Option<ObjectId>,
+    pub(super) tip: Option<ObjectId>,
     pub(super) rec: Option<Record>,
 }
 
@@ -66,8 +66,10 @@ impl<'r> Chain<'r> {
         let rec = match tip {
             None => None,
             Some(tip) => {
+                // The task's own trouble (anyone who can push refs/loop/* can write it), not
+                // the configuration's: it refuses this promotion, never opens the breaker.
                 let corrupt = |why: String| {
-                    LoopError::new(Class::Config, format!("{name} is corrupt: {why}"))
+                    LoopError::new(Class::Policy, format!("{name} is corrupt: {why}"))
                         .with_hint(format!("inspect it with `git log {name}`"))
                 };
                 if repo.kind(tip)? != Some(crate::git::Kind::Commit) {
@@ -117,6 +119,7 @@ impl<'r> Chain<'r> {
         };
         match self.repo.cas(&[edit])? {
             CasOutcome::Applied => {
+                crate::trust::remember(self.repo, "promote", &rec.task, &commit.to_string());
                 self.tip = Some(commit);
                 self.rec = Some(rec);
                 Ok(())

@@ -522,6 +522,7 @@ impl Worker<'_> {
                 .head
                 .context("an approval names a commit")?
                 .to_string();
+            crate::trust::remember(repo, "approved", &job.id, &head);
             let event = Event::Approved {
                 head,
                 summary: verdict.summary.clone(),

@@ -19,3 +19,4 @@ mod test_shared;
 mod test_start;
 mod test_tasks;
 mod test_trust;
+mod test_trust_attack;

@@ -983,3 +983,22 @@ fn trust_signers_must_be_committed_on_the_target_and_list_keys() {
     let v = doctor_exits(&repo, &[], 0);
     assert_check(&v, "trust", "ok", &["1 key(s) in .gitsigners"]);
 }
+
+#[test]
+fn a_shared_remote_without_the_loops_state_warns_until_the_pin_is_pushed() {
+    let repo = setup();
+    name_remote(&repo, "origin");
+    // A remote that has the target but never took refs/loop/*.
+    repo.add_bare_remote();
+    let v = doctor_exits(&repo, &[], 0);
+    assert_check(
+        &v,
+        "remote",
+        "warn",
+        &["main is at", "holds no refs/loop/oracle"],
+    );
+    assert!(fix_of(&v, "remote").contains("git loop init --repin"));
+    repo.ok(&["init", "--repin"]);
+    let v = doctor_exits(&repo, &[], 0);
+    assert_check(&v, "remote", "ok", &["holds the loop's state"]);
+}

@@ -10,7 +10,7 @@ use crate::test_shared::{add_at, clone_of, sync};
 use crate::test_start::{COMMIT_AND_DONE, Loop, setup_with_files};
 
 /// An SSH key pair made with ssh-keygen in `dir`: the private key's path and the public line.
-fn key(dir: &Path, name: &str) -> (PathBuf, String) {
+pub(crate) fn key(dir: &Path, name: &str) -> (PathBuf, String) {
     let path = dir.join(name);
     let out = std::process::Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
@@ -27,7 +27,7 @@ fn key(dir: &Path, name: &str) -> (PathBuf, String) {
 }
 
 /// Makes the clone at `dir` sign its commits with `key` (as a person sets git up to sign).
-fn sign_with(l: &Loop, dir: &Path, key: &Path) {
+pub(crate) fn sign_with(l: &Loop, dir: &Path, key: &Path) {
     for (k, v) in [
         ("gpg.format", "ssh"),
         ("user.signingKey", &key.to_string_lossy()),
@@ -37,14 +37,14 @@ fn sign_with(l: &Loop, dir: &Path, key: &Path) {
     }
 }
 
-fn state(l: &Loop, id: &str) -> (String, String, String) {
+pub(crate) fn state(l: &Loop, id: &str) -> (String, String, String) {
     let shown = l.show(id);
     let s = |k: &str| shown[k].as_str().unwrap_or_default().to_string();
     (s("state"), s("reason"), s("detail"))
 }
 
 /// Everything the agents of this clone were given and printed (their logs).
-fn logs(l: &Loop) -> String {
+pub(crate) fn logs(l: &Loop) -> String {
     let logs = l.repo.root.join(".git/loop/logs");
     let mut all = String::new();
     for entry in std::fs::read_dir(logs).into_iter().flatten().flatten() {
@@ -162,7 +162,7 @@ fn tasks_pushed_unsigned_or_by_an_unlisted_key_never_reach_an_agent_until_a_pers
     assert!(l.agent_runs(&unsigned).is_empty());
 }
 
-fn git_in(l: &Loop, dir: &Path, args: &[&str], input: &[u8]) -> String {
+pub(crate) fn git_in(l: &Loop, dir: &Path, args: &[&str], input: &[u8]) -> String {
     use std::io::Write;
     let mut cmd = Command::new("git");
     cmd.args(args).current_dir(dir);
@@ -183,7 +183,7 @@ fn git_in(l: &Loop, dir: &Path, args: &[&str], input: &[u8]) -> String {
 
 /// In clone `dir`, writes (unsigned) a commit on top of task `id`'s tip whose task.toml is
 /// `doc(old)`, with `extra` tree lines, extra `parents`, and pushes it to the remote.
-fn forge(
+pub(crate) fn forge(
     l: &Loop,
     dir: &Path,
     id: &str,
@@ -242,19 +242,19 @@ fn forge(
 }
 
 /// Asserts that no agent of this clone was given text with `marker` in it.
-fn never_prompted(l: &Loop, marker: &str, what: &str, said: &str) {
+pub(crate) fn never_prompted(l: &Loop, marker: &str, what: &str, said: &str) {
     let prompts = logs(l);
     assert!(!prompts.contains(marker), "{what}:\n{prompts}\n{said}");
 }
 
 /// An agent that prints the prompt it is given (into its log: see [`logs`]), then commits.
-fn prompting_agent() -> String {
+pub(crate) fn prompting_agent() -> String {
     format!("cat \"$2\"\n{COMMIT_AND_DONE}")
 }
 
 /// A loop with a remote whose `[trust] signers` lists one key, the person's, with which the
 /// person's git signs; the keys' directory (kept for the test's life) and the key's path.
-fn trusted_loop(agent: &str) -> (Loop, tempfile::TempDir, PathBuf) {
+pub(crate) fn trusted_loop(agent: &str) -> (Loop, tempfile::TempDir, PathBuf) {
     let keys = tempfile::tempdir().expect("tmp");
     let (person_key, person_pub) = key(keys.path(), "person");
     let signers = format!("person@example.com namespaces=\"git\" {person_pub}\n");

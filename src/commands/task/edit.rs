@@ -83,7 +83,9 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
             .into());
     }
 
-    let store = Store::new(&repo).signing(repo.signs_commits());
+    // A signed edit vouches for the title and body: only one that sets them is signed.
+    let store =
+        Store::new(&repo).signing(repo.signs_commits() && (args.title.is_some() || body.is_some()));
     let all_ids = store.ids()?;
     let refs: Vec<&str> = all_ids.iter().map(String::as_str).collect();
     let id = ids::resolve(&args.id, &refs)?.to_string();
