@@ -236,9 +236,10 @@ impl Promotion<'_> {
             );
         }
         if self.rec().remote_branch_deleted {
-            crash_point(Phase::DeleteRemoteBranch, "after");
+            // Nothing to do, as the record says: noted in the next checkpoint (no write, and
+            // with a shared remote no push, of its own).
             let message = format!("deleted {remote}/{} with the target push", self.task.branch);
-            return self.checkpoint(Phase::DeleteRemoteBranch, &message, |_| {}, &[]);
+            return self.skip(Phase::DeleteRemoteBranch, &message);
         }
         let branch_ref = self.branch_ref();
         let source = self.rec().source.clone();
