@@ -49,7 +49,13 @@ pub struct LoopSection {
     pub completion_token: String,
     /// How stale a runner's view of a shared remote's loop state may grow (SPEC §13).
     pub sync: Duration,
+    /// How long one push or fetch of loop state may take before it is given up as
+    /// `transient` (a remote that hangs rather than refusing).
+    pub remote_timeout: Duration,
 }
+
+/// `loop.remote_timeout` by default.
+pub const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct AgentSection {
@@ -226,6 +232,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "workers",
             "completion_token",
             "sync",
+            "remote_timeout",
         ],
     ),
     (
@@ -786,7 +793,17 @@ fn read_policy(cx: &Cx<'_>, root: &DeTable<'_>) -> Policy {
         workers: s.count("workers", 1, 1, MAX_WORKERS),
         completion_token: s.nonempty_string("completion_token", "LOOP_DONE"),
         sync: s.duration("sync", Duration::from_secs(2)),
+        remote_timeout: s.duration("remote_timeout", DEFAULT_REMOTE_TIMEOUT),
     };
+    if loop_.remote_timeout < Duration::from_secs(1)
+        && let Some(v) = s.get("remote_timeout")
+    {
+        s.bad(
+            "remote_timeout",
+            v,
+            "must be at least 1s: a push or fetch takes longer than that on a slow link",
+        );
+    }
 
     let s = section("agent");
     let command = match s.get("command") {

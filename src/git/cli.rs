@@ -22,6 +22,8 @@ pub struct Git {
     own_group: bool,
     /// The lock file that serialises git-loop's `git worktree` calls on this repository.
     worktree_lock: Option<PathBuf>,
+    /// How long a command may take before its process group is killed (see [`Git::within`]).
+    deadline: Option<std::time::Duration>,
 }
 
 /// The result of `git merge-tree`.
@@ -37,6 +39,38 @@ pub struct PushedRef {
     pub flag: char,
     pub to: String,
     pub summary: String,
+}
+
+/// Runs `cmd` (in a process group of its own) to its end or until `deadline`, whichever comes
+/// first: its output, or `None` when the deadline came first and the group was killed.
+fn output_within(
+    mut cmd: Command,
+    deadline: std::time::Duration,
+) -> std::io::Result<Option<Output>> {
+    use std::os::unix::process::CommandExt;
+    let child = cmd
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let group = child.id();
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        // A message or a hang-up: the command ended in time. A timeout: it did not.
+        let late = matches!(
+            watch.recv_timeout(deadline),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        if late {
+            crate::process::signal_group(group, crate::process::Signal::Kill);
+        }
+        late
+    });
+    let out = child.wait_with_output();
+    let _ = done.send(());
+    let late = watchdog.join().unwrap_or(false);
+    let out = out?;
+    Ok((!late).then_some(out))
 }
 
 /// What a push did, classified.
@@ -58,7 +92,17 @@ impl Git {
             env: Vec::new(),
             own_group: false,
             worktree_lock: None,
+            deadline: None,
         }
+    }
+
+    /// The same, each command given `deadline` to finish: past it, its process group (git and
+    /// the transport it started) is killed and the command fails as `transient`. For commands
+    /// that talk to a remote, which may hang rather than refuse; a push cut short so may or
+    /// may not have been applied there, which the next fetch shows.
+    pub fn within(mut self, deadline: std::time::Duration) -> Git {
+        self.deadline = Some(deadline);
+        self
     }
 
     /// The same, with `key=value` in every command's environment.
@@ -163,11 +207,28 @@ impl Git {
         let shown = describe(args);
         tracing::debug!("running {shown} in {}", self.dir.display());
         let started = std::time::Instant::now();
-        let out = cmd.output().map_err(|e| -> anyhow::Error {
+        let cannot = |e: std::io::Error| -> anyhow::Error {
             LoopError::new(Class::Config, format!("cannot run git: {e}"))
                 .with_hint("install git and make sure it is on PATH")
                 .into()
-        })?;
+        };
+        let out = match self.deadline {
+            None => cmd.output().map_err(cannot)?,
+            Some(deadline) => match output_within(cmd, deadline).map_err(cannot)? {
+                Some(out) => out,
+                None => {
+                    return Err(LoopError::new(
+                        Class::Transient,
+                        format!(
+                            "{shown} got no answer within {}: the remote may hang",
+                            crate::time::format_duration(deadline)
+                        ),
+                    )
+                    .with_hint("try again when the remote answers")
+                    .into());
+                }
+            },
+        };
         tracing::debug!(
             "{shown}: exit {:?} after {} ms",
             out.status.code(),
@@ -391,60 +452,30 @@ impl Git {
         refname: &str,
         timeout: std::time::Duration,
     ) -> Result<Option<String>> {
-        use std::io::Read;
-        use std::os::unix::process::CommandExt;
-        let args = ["ls-remote", "--refs", remote, refname];
-        let mut cmd = self.command(args);
-        cmd.env("GIT_TERMINAL_PROMPT", "0")
-            .process_group(0)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| -> anyhow::Error {
-            LoopError::new(Class::Config, format!("cannot run git: {e}")).into()
-        })?;
-        let group = child.id();
-        let read_all = |pipe: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut bytes = Vec::new();
-                if let Some(mut pipe) = pipe {
-                    let _ = pipe.read_to_end(&mut bytes);
-                }
-                bytes
-            })
-        };
-        let stdout = read_all(child.stdout.take().map(|p| Box::new(p) as _));
-        let stderr = read_all(child.stderr.take().map(|p| Box::new(p) as _));
-        let deadline = std::time::Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait().context("waiting for git ls-remote")? {
-                break Some(status);
-            }
-            if std::time::Instant::now() >= deadline {
-                crate::process::signal_group(group, crate::process::Signal::Kill);
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        };
-        let stdout = stdout.join().unwrap_or_default();
-        let stderr = stderr.join().unwrap_or_default();
-        let Some(status) = status else {
-            return Err(LoopError::new(
-                Class::Transient,
-                format!(
-                    "the remote {remote} did not answer within {}",
-                    crate::time::format_duration(timeout)
-                ),
-            )
-            .with_hint("try again when the remote is reachable")
-            .into());
-        };
-        if !status.success() {
+        let out = self
+            .clone()
+            .with_env("GIT_TERMINAL_PROMPT", "0")
+            .within(timeout)
+            .output(&["ls-remote", "--refs", remote, refname])
+            .map_err(|e| match crate::error::class_of(&e) {
+                Class::Transient => LoopError::new(
+                    Class::Transient,
+                    format!(
+                        "the remote {remote} did not answer within {}",
+                        crate::time::format_duration(timeout)
+                    ),
+                )
+                .with_hint("try again when the remote is reachable")
+                .into(),
+                _ => e,
+            })?;
+        if !out.status.success() {
             return Err(classify_unreachable(
                 remote,
-                &String::from_utf8_lossy(&stderr),
+                &String::from_utf8_lossy(&out.stderr),
             ));
         }
+        let stdout = out.stdout;
         Ok(listed_id(&stdout, refname))
     }
 

@@ -96,7 +96,7 @@ pub struct Repo {
     /// The identity of the packed-refs file gix's buffer was last refreshed from.
     packed: std::sync::Mutex<Option<FileIdentity>>,
     /// The remote loop state is shared through (`loop.remote`), once looked up.
-    shared: std::sync::OnceLock<Option<String>>,
+    shared: std::sync::OnceLock<Option<(String, std::time::Duration)>>,
 }
 
 /// What tells one version of a file from the next: device, inode, size, modification and
@@ -509,11 +509,21 @@ impl Repo {
     /// The remote loop state is shared through: `loop.remote` of the policy in the main
     /// checkout (SPEC §13), looked up once per handle; `None` keeps loop state in this clone.
     pub fn shared_remote(&self) -> Option<&str> {
+        self.sharing().map(|(remote, _)| remote.as_str())
+    }
+
+    /// How long one push or fetch of loop state may take (`loop.remote_timeout`).
+    pub fn remote_timeout(&self) -> std::time::Duration {
+        self.sharing()
+            .map_or(crate::policy::DEFAULT_REMOTE_TIMEOUT, |(_, t)| *t)
+    }
+
+    fn sharing(&self) -> Option<&(String, std::time::Duration)> {
         self.shared
             .get_or_init(|| {
                 let main = self.main_workdir()?;
                 match crate::policy::Policy::load(&main) {
-                    Ok(Some(p)) => p.loop_.remote,
+                    Ok(Some(p)) => p.loop_.remote.map(|r| (r, p.loop_.remote_timeout)),
                     Ok(None) => None,
                     Err(e) => {
                         tracing::debug!("no shared remote: the policy does not read: {e:#}");
@@ -521,13 +531,13 @@ impl Repo {
                     }
                 }
             })
-            .as_deref()
+            .as_ref()
     }
 
-    /// Sets the remote loop state is shared through (the runner's, from the policy it runs
-    /// with); only before the first look-up.
-    pub fn share_through(&self, remote: Option<String>) {
-        let _ = self.shared.set(remote);
+    /// Sets the remote loop state is shared through, and how long a push or fetch of it may
+    /// take (the runner's, from the policy it runs with); only before the first look-up.
+    pub fn share_through(&self, remote: Option<String>, timeout: std::time::Duration) {
+        let _ = self.shared.set(remote.map(|r| (r, timeout)));
     }
 
     /// The main checkout's root, also from a linked worktree.

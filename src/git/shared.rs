@@ -180,8 +180,10 @@ fn refused(remote: &str, why: &str) -> anyhow::Error {
     .into()
 }
 
+/// The git that pushes and fetches loop state: each command given `loop.remote_timeout`, so
+/// that a remote that hangs (rather than refusing) holds no runner past it.
 fn git(repo: &Repo) -> Git {
-    Git::new(repo.common_dir(), true)
+    Git::new(repo.common_dir(), true).within(repo.remote_timeout())
 }
 
 /// The remote's loop state as this clone last saw it: shared ref name → value.

@@ -134,7 +134,7 @@ struct TrustSeen {
 /// ever). Progress lines go to `say`.
 pub fn run(workdir: &Path, policy: Policy, opts: &Options, say: &mut dyn Write) -> Result<Finish> {
     let repo = Repo::discover(workdir)?;
-    repo.share_through(policy.loop_.remote.clone());
+    repo.share_through(policy.loop_.remote.clone(), policy.loop_.remote_timeout);
     let _lock = heartbeat::take_lock(&repo)?;
     let id = format!(
         "{}-{}-{:04x}",

@@ -655,3 +655,46 @@ while [ $i -lt 14 ]; do echo working; sleep 1; i=$((i+1)); done
         );
     }
 }
+
+#[test]
+fn a_remote_that_hangs_is_given_up_after_remote_timeout_and_its_transport_ended() {
+    // A remote reached through a transport that never answers (an ssh that sleeps): a sync
+    // fails as transient (exit 4) once loop.remote_timeout has passed, and the transport it
+    // started is gone with it.
+    let l = setup(COMMIT_AND_DONE, "[loop]\nremote_timeout = \"2s\"\n", true);
+    let tmp = l.repo.root.parent().expect("tmp").to_path_buf();
+    let pidfile = tmp.join("hanging-ssh.pid");
+    let ssh = tmp.join("hanging-ssh");
+    crate::common::write_executable(
+        &ssh,
+        &format!(
+            "#!/bin/sh\necho $$ > '{}'\nexec sleep 600\n",
+            pidfile.display()
+        ),
+    );
+    l.repo
+        .git(&["config", "core.sshCommand", &ssh.to_string_lossy()]);
+    l.repo.git(&[
+        "remote",
+        "set-url",
+        "origin",
+        "ssh://hangs.invalid/remote.git",
+    ]);
+    // Bounded from outside too, so that a sync that hangs fails the test instead of holding it.
+    let mut sync = l
+        .repo
+        .spawn_through(&l.repo.root, &["timeout", "60"], &["sync"]);
+    let status = sync.child.wait().expect("wait for the sync");
+    let said = sync.stderr_text();
+    assert_eq!(status.code(), Some(4), "{said}");
+    assert!(said.contains("got no answer within 2s"), "{said}");
+    let pid = std::fs::read_to_string(&pidfile).expect("the transport ran");
+    // Killed, it may stay a zombie until its new parent reaps it: running is what counts.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    let state = stat.rsplit(')').next().unwrap_or_default().trim_start();
+    assert!(
+        stat.is_empty() || state.starts_with('Z'),
+        "the transport {} outlived the sync: {stat}",
+        pid.trim()
+    );
+}
