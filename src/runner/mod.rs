@@ -637,7 +637,10 @@ impl Runner<'_> {
                 Err(e) => {
                     // The breaker opens on a finish line that cannot be read; until then,
                     // nothing is given out unchecked.
-                    tracing::warn!("cannot read [trust] signers, claiming nothing: {e:#}");
+                    tracing::warn!(
+                        "cannot read the finish line (for its [trust] signers), claiming \
+                         nothing until it can: {e:#}"
+                    );
                     return Ok(0);
                 }
             }
