@@ -109,12 +109,26 @@ pub fn run(ctx: &mut Ctx<'_>, args: Args) -> Result<()> {
 fn repin(ctx: &mut Ctx<'_>, repo: &Repo, root: &Path) -> Result<()> {
     let policy = Policy::load_required(root)?;
     let Some((line, source)) = target_line(repo, &policy)? else {
-        return Err(crate::error::config(format!(
-            "{} has no committed policy.toml to pin",
-            policy.loop_.target
-        ))
-        .with_hint("commit policy.toml on the target first")
-        .into());
+        // With a remote, the target is the remote's (as last fetched): a commit made here
+        // counts once it is pushed there.
+        let (target, hint) = match &policy.loop_.remote {
+            Some(remote) => (
+                format!("{remote}/{}", policy.loop_.target),
+                format!(
+                    "commit policy.toml on {} and push it (`git push --no-verify {remote} {}`:                      git-loop's pre-push hook keeps other pushes off the target)",
+                    policy.loop_.target, policy.loop_.target
+                ),
+            ),
+            None => (
+                policy.loop_.target.clone(),
+                "commit policy.toml on the target first".to_string(),
+            ),
+        };
+        return Err(
+            crate::error::config(format!("{target} has no committed policy.toml to pin"))
+                .with_hint(hint)
+                .into(),
+        );
     };
     loop {
         let old = finish_line::read_pin(repo)?.map(|(tip, _)| tip);

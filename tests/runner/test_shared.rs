@@ -698,3 +698,28 @@ fn a_remote_that_hangs_is_given_up_after_remote_timeout_and_its_transport_ended(
         pid.trim()
     );
 }
+
+#[test]
+fn a_repin_before_the_policy_reached_the_remote_says_to_push_it() {
+    // The person committed the policy but did not push it: with a shared remote, the finish
+    // line is the remote's target, which has none yet.
+    let repo = crate::common::TestRepo::new();
+    repo.add_bare_remote();
+    repo.write(
+        "policy.toml",
+        "[loop]\ntarget = \"main\"\nremote = \"origin\"\n[agent]\ncommand = [\"true\"]\n",
+    );
+    repo.git(&["add", "policy.toml"]);
+    repo.git(&["commit", "-q", "-m", "set up git-loop"]);
+    let out = repo.run(&["init", "--repin"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("origin/main has no committed policy.toml to pin")
+            && out.stderr.contains("git push --no-verify origin main"),
+        "{}",
+        out.stderr
+    );
+    repo.git(&["push", "-q", "--no-verify", "origin", "main"]);
+    repo.ok(&["init", "--repin"]);
+}
