@@ -26,10 +26,6 @@ fn set_state(doc: String, to: &str) -> String {
         .join("\n")
 }
 
-/// A person who sees a stranger's task held `blocked: untrusted` cancels it (or gates it):
-/// `task cancel` and `task gate` sign their commit, and that signed commit carries the
-/// stranger's title and body. Whoever can push then flips the state back to `ready`, unsigned:
-/// the newest signed commit's title and body are the task's, so it runs.
 /// Pushes, from clone `dir`, a promotion checkpoint of task `id` holding record `rec`, made on
 /// top of commit `on` with subject `subject`, as a runner of another clone would have.
 fn push_checkpoint(l: &Loop, dir: &Path, id: &str, rec: &str, on: &str, subject: &str) {
@@ -60,6 +56,10 @@ fn push_checkpoint(l: &Loop, dir: &Path, id: &str, rec: &str, on: &str, subject:
     git_in(l, dir, &["push", "-q", "origin", &spec], b"");
 }
 
+/// A person who sees a stranger's task held `blocked: untrusted` cancels it (or gates it):
+/// `task cancel` and `task gate` sign their commit, and that signed commit carries the
+/// stranger's title and body. Whoever can push then flips the state back to `ready`, unsigned:
+/// the newest signed commit's title and body are the task's, so it runs.
 #[test]
 fn cancelling_or_gating_an_untrusted_task_does_not_vouch_for_it() {
     let (l, _keys, _) = trusted_loop(&prompting_agent());
