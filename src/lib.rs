@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commands;
 pub mod doctor;
 pub mod error;
+pub mod files;
 pub mod finish_line;
 pub mod gate;
 pub mod git;

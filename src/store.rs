@@ -475,7 +475,7 @@ impl<'r> Store<'r> {
         if let Some(context) = &task.context
             && previous.is_none_or(|p| p.task.context.as_ref() != Some(context))
         {
-            crate::trust::remember_context(self.repo, &task.id, context);
+            crate::trust::remember(self.repo, crate::trust::Kept::Context, &task.id, context);
         }
         let message = format!("{message}\n\nLoop-Task: {}\n", task.id);
         if self.sign {

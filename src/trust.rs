@@ -13,14 +13,14 @@
 //!   is a good signature by a listed key; a good signature by a key the file does not list is
 //!   `U`, and does not count. Only SSH signatures count: a GPG signature is judged by the
 //!   person's keyring, not by the file. Which commits git is shown is found first by reading
-//!   them (a signature header and the trailer), at most [`MAX_CANDIDATES`] of them, so that a
+//!   them (a signature header and the trailer), at most the newest 16 of them, so that a
 //!   long history costs a walk, not a signature check per commit.
 //! - The newest signed version decides: an older signed title or body put back on top is not
 //!   what the person signed last. This clone remembers the signed commit it accepted last for
 //!   each task, and refuses a history rewound past it.
 //! - The task's branch must be its own (`loop/<short id>`): it names what the agent works on.
 //! - What else the task carries is nobody's signature: under `[trust]` a runner shows an agent
-//!   a failure's account (`{context}`) only when this clone wrote it ([`context_is_ours`]), and
+//!   a failure's account (`{context}`) only when this clone wrote it ([`Kept::Context`]), and
 //!   never moves the task branch to a head another clone's run record names.
 //! - A history that cannot be read or checked is untrusted, never an error: what anyone can
 //!   push must not stop the runner.
@@ -98,20 +98,10 @@ impl Signers {
     /// The file git reads, holding exactly the pinned contents (written again when anything
     /// else changed it).
     fn materialise(&self) -> Result<&PathBuf> {
-        if std::fs::read(&self.file).ok().as_deref() == Some(self.bytes.as_slice()) {
-            return Ok(&self.file);
+        if std::fs::read(&self.file).ok().as_deref() != Some(self.bytes.as_slice()) {
+            crate::files::replace(&self.file, &self.bytes)
+                .with_context(|| format!("writing {}", self.file.display()))?;
         }
-        let dir = self
-            .file
-            .parent()
-            .context("the signers file has a directory")?;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = self
-            .file
-            .with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, &self.bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.file)
-            .with_context(|| format!("writing {}", self.file.display()))?;
         Ok(&self.file)
     }
 }
@@ -130,29 +120,10 @@ fn checked() -> std::sync::MutexGuard<'static, Checked> {
 /// the task is then untrusted: a refusal, never a way in.
 const MAX_CANDIDATES: usize = 16;
 
-/// Where this clone keeps the signed commit it accepted last for task `id`: a later tip whose
-/// history no longer holds it was rewound to an older signed version, which is refused.
-fn accepted_path(repo: &Repo, id: &str) -> PathBuf {
-    repo.common_dir()
-        .join("loop")
-        .join("trust")
-        .join("accepted")
-        .join(id)
-}
-
+/// The signed commit this clone accepted last for task `id`: a later tip whose history no
+/// longer holds it was rewound to an older signed version, which is refused.
 fn accepted(repo: &Repo, id: &str) -> Option<ObjectId> {
-    let text = std::fs::read_to_string(accepted_path(repo, id)).ok()?;
-    crate::git::oid(text.trim()).ok()
-}
-
-fn accept(repo: &Repo, id: &str, commit: ObjectId) -> Result<()> {
-    let path = accepted_path(repo, id);
-    let dir = path.parent().context("the accepted file has a directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, format!("{commit}\n"))
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    crate::git::oid(recall(repo, Kept::Accepted, id)?.trim()).ok()
 }
 
 /// Whether task `id`, whose ref is at `tip`, may be given to an agent under `signers`. A
@@ -171,7 +142,7 @@ pub fn verify(repo: &Repo, signers: &Signers, id: &str, tip: ObjectId) -> Result
     if let Verdict::Trusted { commit, .. } = &verdict
         && memo != Some(*commit)
     {
-        accept(repo, id, *commit)?;
+        remember(repo, Kept::Accepted, id, &commit.to_string());
     }
     let mut memo_map = checked();
     if memo_map.len() > 4096 {
@@ -357,40 +328,53 @@ fn check(
     Ok(Verdict::Trusted { signer, commit })
 }
 
-/// Remembers that this clone wrote `context` (a failure's account, given to the next run as
-/// `{context}`) for task `id`. Best effort: a context not remembered is only not shown.
-pub fn remember_context(repo: &Repo, id: &str, context: &str) {
-    remember(repo, "context", id, context);
+/// What this clone keeps of each task under `[trust]` (`<git-common-dir>/loop/trust/<kind>/<id>`):
+/// what it wrote itself, which nobody who can only push loop state can make it believe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kept {
+    /// The failure's account (`{context}`) this clone wrote last.
+    Context,
+    /// The signed commit this clone accepted last (see [`verify`]).
+    Accepted,
+    /// The promotion checkpoint this clone wrote last.
+    Promote,
+    /// The head this clone's judge (or a promotion's gates) approved last.
+    Approved,
 }
 
-/// Whether `context` is the failure's account this clone wrote last for task `id`.
-pub fn context_is_ours(repo: &Repo, id: &str, context: &str) -> bool {
-    is_ours(repo, "context", id, context)
-}
-
-fn ours_path(repo: &Repo, kind: &str, id: &str) -> PathBuf {
-    repo.common_dir()
-        .join("loop")
-        .join("trust")
-        .join(kind)
-        .join(id)
-}
-
-/// Remembers that this clone wrote `value` as the `kind` of task `id` (a promotion checkpoint's
-/// tip, a judge's approval). Best effort: what is not remembered is only not trusted.
-pub fn remember(repo: &Repo, kind: &str, id: &str, value: &str) {
-    let path = ours_path(repo, kind, id);
-    let written = path
-        .parent()
-        .map(std::fs::create_dir_all)
-        .transpose()
-        .and_then(|_| std::fs::write(&path, value));
-    if let Err(e) = written {
-        tracing::debug!("remembering the {kind} of {id}: {e}");
+impl Kept {
+    fn dir(self) -> &'static str {
+        match self {
+            Kept::Context => "context",
+            Kept::Accepted => "accepted",
+            Kept::Promote => "promote",
+            Kept::Approved => "approved",
+        }
     }
 }
 
+fn kept_path(repo: &Repo, kind: Kept, id: &str) -> PathBuf {
+    repo.common_dir()
+        .join("loop")
+        .join("trust")
+        .join(kind.dir())
+        .join(id)
+}
+
+/// Remembers that this clone wrote `value` as the `kind` of task `id`. Best effort: what is
+/// not remembered is only not trusted.
+pub fn remember(repo: &Repo, kind: Kept, id: &str, value: &str) {
+    if let Err(e) = crate::files::replace(&kept_path(repo, kind, id), value.as_bytes()) {
+        tracing::debug!("remembering the {} of {id}: {e}", kind.dir());
+    }
+}
+
+/// What this clone remembers as the `kind` of task `id`.
+fn recall(repo: &Repo, kind: Kept, id: &str) -> Option<String> {
+    std::fs::read_to_string(kept_path(repo, kind, id)).ok()
+}
+
 /// Whether `value` is the `kind` of task `id` this clone wrote last.
-pub fn is_ours(repo: &Repo, kind: &str, id: &str, value: &str) -> bool {
-    std::fs::read_to_string(ours_path(repo, kind, id)).is_ok_and(|ours| ours == value)
+pub fn is_ours(repo: &Repo, kind: Kept, id: &str, value: &str) -> bool {
+    recall(repo, kind, id).is_some_and(|ours| ours == value)
 }

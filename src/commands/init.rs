@@ -115,7 +115,8 @@ fn repin(ctx: &mut Ctx<'_>, repo: &Repo, root: &Path) -> Result<()> {
             Some(remote) => (
                 format!("{remote}/{}", policy.loop_.target),
                 format!(
-                    "commit policy.toml on {} and push it (`git push --no-verify {remote} {}`:                      git-loop's pre-push hook keeps other pushes off the target)",
+                    "commit policy.toml on {} and push it (`git push --no-verify {remote} {}`: \
+                     git-loop's pre-push hook keeps other pushes off the target)",
                     policy.loop_.target, policy.loop_.target
                 ),
             ),

@@ -119,7 +119,12 @@ impl<'r> Chain<'r> {
         };
         match self.repo.cas(&[edit])? {
             CasOutcome::Applied => {
-                crate::trust::remember(self.repo, "promote", &rec.task, &commit.to_string());
+                crate::trust::remember(
+                    self.repo,
+                    crate::trust::Kept::Promote,
+                    &rec.task,
+                    &commit.to_string(),
+                );
                 self.tip = Some(commit);
                 self.rec = Some(rec);
                 Ok(())

@@ -314,7 +314,6 @@ fn promote_holding(repo: &Repo, policy: &Policy, id: &str, options: &Options) ->
         stop: options.stop.clone(),
         sandbox: crate::sandbox::Sandbox::for_policy(repo, policy)?,
         remote_tip: None,
-        branch_was_there: false,
         skipped: Vec::new(),
         release: options.release.clone(),
     };
@@ -350,8 +349,6 @@ struct Promotion<'r> {
     skipped: Vec<(Phase, String)>,
     /// The runner's lease to delete in the transaction that marks the task done.
     release: Option<Release>,
-    /// The last push of the task branch found the remote already holding it.
-    branch_was_there: bool,
 }
 
 impl Promotion<'_> {

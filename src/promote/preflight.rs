@@ -41,43 +41,42 @@ impl Promotion<'_> {
         let target_tip = self.target_tip()?;
         self.freeze()?;
         self.check_manifest(target_tip)?;
-        // Under [trust], a checkpoint (its source, its merge) is anyone's who can push
-        // refs/loop/*: only one this clone wrote is gone on from.
-        if self.frozen()?.sections.trust.signers.is_some()
-            && let Some(tip) = self.chain.tip
-            && !crate::trust::is_ours(self.repo, "promote", &self.id, &tip.to_string())
-        {
-            return Err(policy_error(format!(
-                "the promotion checkpoint of task {} ({}) was not written by this clone \
-                 ([trust]): it is not gone on from",
-                self.short(),
-                short(&tip.to_string())
-            ))
-            .with_hint(format!(
-                "look at refs/loop/promote/{}; delete it to promote from this clone's branch",
-                self.id
-            ))
-            .into());
-        }
-        // Under [trust], `approved` is anyone's who can push: only an approval this clone's
-        // judge (or gates, here) made counts.
-        // A runner promotes nothing this clone did not judge: any other goes back to the judge.
-        if self.frozen()?.sections.trust.signers.is_some()
-            && matches!(self.actor, crate::task::machine::Actor::Runner(_))
-            && !self
+        // Under [trust], a checkpoint (its source, its merge) and an approval are anyone's who
+        // can push refs/loop/*: only a checkpoint this clone wrote is gone on from, and a
+        // runner promotes only what this clone's judge (or gates, here) approved — any other
+        // goes back to the judge.
+        if self.frozen()?.sections.trust.signers.is_some() {
+            use crate::trust::{Kept, is_ours};
+            if let Some(tip) = self.chain.tip
+                && !is_ours(self.repo, Kept::Promote, &self.id, &tip.to_string())
+            {
+                return Err(policy_error(format!(
+                    "the promotion checkpoint of task {} ({}) was not written by this clone \
+                     ([trust]): it is not gone on from",
+                    self.short(),
+                    short(&tip.to_string())
+                ))
+                .with_hint(format!(
+                    "look at refs/loop/promote/{}; delete it to promote from this clone's branch",
+                    self.id
+                ))
+                .into());
+            }
+            let approved_here = self
                 .task
                 .approved
                 .as_deref()
-                .is_some_and(|a| crate::trust::is_ours(self.repo, "approved", &self.id, a))
-        {
-            let message = format!(
-                "task {} was not approved by this clone's judge ([trust]): it is judged again",
-                self.short()
-            );
-            self.transition(Event::BranchMoved {
-                detail: message.clone(),
-            })?;
-            return Err(policy_error(message).into());
+                .is_some_and(|a| is_ours(self.repo, Kept::Approved, &self.id, a));
+            if matches!(self.actor, crate::task::machine::Actor::Runner(_)) && !approved_here {
+                let message = format!(
+                    "task {} was not approved by this clone's judge ([trust]): it is judged again",
+                    self.short()
+                );
+                self.transition(Event::BranchMoved {
+                    detail: message.clone(),
+                })?;
+                return Err(policy_error(message).into());
+            }
         }
 
         // Which commit this promotion is for. A recorded promotion goes on with its source,
@@ -330,7 +329,12 @@ impl Promotion<'_> {
                     .into());
                 }
                 // Approved and promoting in one write.
-                crate::trust::remember(self.repo, "approved", &self.id, &head_hex);
+                crate::trust::remember(
+                    self.repo,
+                    crate::trust::Kept::Approved,
+                    &self.id,
+                    &head_hex,
+                );
                 self.transition(Event::Promote {
                     approve: Some((head_hex, results.len())),
                 })?;

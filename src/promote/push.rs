@@ -24,14 +24,23 @@ impl Promotion<'_> {
         if self.carried()? {
             return self.skip(Phase::PushSource, "carried by push_target");
         }
-        self.push_branch(&remote)?;
+        let how = if self.push_branch(&remote)? {
+            "already has"
+        } else {
+            "was pushed"
+        };
         crash_point(Phase::PushSource, "after");
-        let message = self.pushed_branch_message(&remote);
+        let message = format!(
+            "{remote} {how} {} at {}",
+            self.task.branch,
+            &self.rec().source[..7]
+        );
         self.checkpoint(Phase::PushSource, &message, |_| {}, &[])
     }
 
-    /// Pushes the approved source to the remote task branch, never forced.
-    pub(super) fn push_branch(&mut self, remote: &str) -> Result<()> {
+    /// Pushes the approved source to the remote task branch, never forced; `true` when the
+    /// remote already had it there.
+    pub(super) fn push_branch(&mut self, remote: &str) -> Result<bool> {
         let source = self.rec().source.clone();
         let branch_ref = self.branch_ref();
         // Never forced: a push of what the remote already has is reported up to date ('=').
@@ -65,18 +74,7 @@ impl Promotion<'_> {
                 return Err(policy_error(format!("{remote} rejected the push: {why}")).into());
             }
         };
-        self.branch_was_there = pushed.iter().all(|r| r.flag == '=');
-        Ok(())
-    }
-
-    fn pushed_branch_message(&self, remote: &str) -> String {
-        let source = &self.rec().source;
-        let how = if self.branch_was_there {
-            "already has"
-        } else {
-            "was pushed"
-        };
-        format!("{remote} {how} {} at {}", self.task.branch, &source[..7])
+        Ok(pushed.iter().all(|r| r.flag == '='))
     }
 
     pub(super) fn push_or_classify(

@@ -273,10 +273,8 @@ fn offline_path(repo: &Repo) -> std::path::PathBuf {
 impl Offline {
     pub fn write(&self, repo: &Repo) -> Result<()> {
         let path = offline_path(repo);
-        let tmp = path.with_extension("toml.tmp");
-        std::fs::write(&tmp, toml::to_string(self)?)?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(())
+        crate::files::replace(&path, toml::to_string(self)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// What a runner here said, if it still says it (its file is there).

@@ -274,7 +274,7 @@ impl Worker<'_> {
             }
             // A failure's account another clone (or anyone who can push) wrote is not shown.
             if let Some(context) = &task.context
-                && !crate::trust::context_is_ours(repo, &job.id, context)
+                && !crate::trust::is_ours(repo, crate::trust::Kept::Context, &job.id, context)
             {
                 task.context = Some(
                     "A previous attempt failed; its account was recorded outside this clone \
@@ -522,7 +522,7 @@ impl Worker<'_> {
                 .head
                 .context("an approval names a commit")?
                 .to_string();
-            crate::trust::remember(repo, "approved", &job.id, &head);
+            crate::trust::remember(repo, crate::trust::Kept::Approved, &job.id, &head);
             let event = Event::Approved {
                 head,
                 summary: verdict.summary.clone(),

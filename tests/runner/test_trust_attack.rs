@@ -130,14 +130,18 @@ fn evil_commit(l: &crate::test_start::Loop, attacker: &Path) -> String {
     git_in(l, attacker, &["rev-parse", "HEAD"], b"")
 }
 
-fn remote_main_has_agents_md(l: &crate::test_start::Loop) -> bool {
-    let remote = l.remote.as_ref().unwrap();
-    Command::new("git")
+/// Runs the runner once, then asserts that the attacker's commit (`AGENTS.md`) is not in the
+/// remote's target: `what` says how it would have got there.
+fn run_and_assert_main_has_nothing_of_theirs(l: &Loop, what: &str) {
+    let out = l.start(&[]);
+    let remote = l.remote.as_ref().expect("a remote");
+    let theirs = Command::new("git")
         .args(["cat-file", "-e", "main:AGENTS.md"])
         .current_dir(remote)
         .status()
-        .unwrap()
-        .success()
+        .expect("git cat-file")
+        .success();
+    assert!(!theirs, "{what}:\n{}\n{}", out.stderr, logs(l));
 }
 
 /// A promotion checkpoint (`refs/loop/promote/<id>`) is nobody's signature either. Pushed with a
@@ -158,13 +162,7 @@ fn a_promotion_checkpoint_pushed_from_elsewhere_never_promotes_a_strangers_commi
     );
     push_checkpoint(&l, &attacker, &id, &rec, &evil, "preflight: promoting");
     forge(&l, &attacker, &id, |d| set_state(d, "promoting"), "", &[]);
-    let out = l.start(&[]);
-    assert!(
-        !remote_main_has_agents_md(&l),
-        "the attacker's commit was promoted into main:\n{}\n{}",
-        out.stderr,
-        logs(&l)
-    );
+    run_and_assert_main_has_nothing_of_theirs(&l, "the attacker's commit was promoted into main");
 }
 
 /// The documented gap (SHORTCOMINGS: a forged `promoting` with an approved head of the
@@ -199,11 +197,9 @@ fn a_forged_promoting_with_a_strangers_approved_head_is_blocked_by_the_local_bra
         "",
         &[&evil],
     );
-    let out = l.start(&[]);
-    assert!(
-        !remote_main_has_agents_md(&l),
-        "the attacker's approved head was promoted into main:\n{}",
-        out.stderr
+    run_and_assert_main_has_nothing_of_theirs(
+        &l,
+        "the attacker's approved head was promoted into main",
     );
 }
 
@@ -359,17 +355,12 @@ fn a_pushed_checkpoint_with_a_recorded_merge_never_becomes_the_target() {
     );
     push_checkpoint(&l, &attacker, &id, &rec, &evil, "merge: built");
     forge(&l, &attacker, &id, |d| set_state(d, "promoting"), "", &[]);
-    let out = l.start(&[]);
-    assert!(
-        !remote_main_has_agents_md(&l),
-        "the attacker's commit became the target:\n{}",
-        out.stderr
-    );
+    run_and_assert_main_has_nothing_of_theirs(&l, "the attacker's commit became the target");
 }
 
 /// Availability, not a bypass: a pushed checkpoint that is not a commit, beside a task forged
-/// `promoting` (its signed title and body intact), is a `config` error of the promotion. Does it
-/// stop the runner's other work (the breaker)?
+/// `promoting` (its signed title and body intact), refuses that task's promotion alone; it
+/// must not open the breaker and stop the runner's other work.
 #[test]
 fn a_corrupt_checkpoint_pushed_from_elsewhere_holds_that_task_not_the_runner() {
     let (l, _keys, _) = trusted_loop(&prompting_agent());
